@@ -1,0 +1,46 @@
+"""Backends, loaded lazily by URL scheme so a missing driver only matters to those who use it."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from conveyor.model.errors import ConfigurationError
+from conveyor.ports import Backend
+
+# scheme -> (module, class, extra that installs its driver)
+_SCHEMES: dict[str, tuple[str, str, str | None]] = {
+    "memory": ("conveyor.backends.memory", "MemoryBackend", None),
+    "sqlite": ("conveyor.backends.sqlite", "SQLiteBackend", None),
+    "redis": ("conveyor.backends.redis", "RedisBackend", "redis"),
+    "rediss": ("conveyor.backends.redis", "RedisBackend", "redis"),
+    "postgresql": ("conveyor.backends.postgres", "PostgresBackend", "postgres"),
+    "postgres": ("conveyor.backends.postgres", "PostgresBackend", "postgres"),
+}
+
+
+def url_options(url: str) -> dict[str, str]:
+    """The query string of a backend URL as a dict (``?poll_interval=0.5&prefix=x``)."""
+    return dict(parse_qsl(urlsplit(url).query))
+
+
+def open_backend(url: str, **options: Any) -> Backend:
+    """Create (not connect) the backend for ``url``; the driver is imported only now."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme not in _SCHEMES:
+        known = ", ".join(f"{s}://" for s in sorted(_SCHEMES))
+        raise ConfigurationError(f"unknown backend URL scheme {scheme!r} in {url!r}; known: {known}")
+    module_name, class_name, extra = _SCHEMES[scheme]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if extra is None or (exc.name or "").startswith("conveyor"):
+            raise
+        raise ConfigurationError(
+            f"the {scheme}:// backend needs the {exc.name!r} package: "
+            f"pip install 'conveyor[{extra}]'"
+        ) from exc
+    backend_class = getattr(module, class_name)
+    backend: Backend = backend_class(url, **options)
+    return backend

@@ -1,0 +1,77 @@
+"""conveyor's exceptions.
+
+Two families, kept apart on purpose:
+
+* control flow a handler raises on purpose: :class:`PermanentError` (do not retry, dead-letter now)
+  and :class:`Retry` (retry, optionally after a given delay);
+* errors that signal a misuse or a failure of the system: everything under :class:`ConveyorError`.
+"""
+
+from __future__ import annotations
+
+
+class PermanentError(Exception):
+    """Raised by a handler when retrying cannot help: the job goes straight to the dead-letter queue."""
+
+
+class Retry(Exception):
+    """Raised by a handler to ask for another attempt, optionally after ``delay`` seconds.
+
+    The attempt still counts towards ``max_attempts``.
+    """
+
+    def __init__(self, message: str = "retry requested", *, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class ConveyorError(Exception):
+    """Base of every error conveyor itself raises."""
+
+
+class ConfigurationError(ConveyorError):
+    """The app, a service or a decorator was configured in a way that cannot work."""
+
+
+class UndeclaredEmitError(ConveyorError):
+    """A handler emitted an event it did not declare in ``emits=[...]``."""
+
+
+class UnknownQueueError(ConveyorError):
+    """A queue, command or schedule name that no service of the app defines."""
+
+
+class PayloadValidationError(ConveyorError):
+    """A payload did not validate against its pydantic model. Permanent for an incoming job."""
+
+
+class PayloadTooLargeError(ConveyorError):
+    """A serialized payload is larger than the app's ``max_payload_bytes``."""
+
+
+class UndecodableMessageError(ConveyorError):
+    """A stored message could not be decoded (not JSON, or not a conveyor envelope)."""
+
+
+class LeaseLostError(ConveyorError):
+    """The job's lease expired or was taken by another worker; this attempt can no longer commit."""
+
+
+class StateConflictError(ConveyorError):
+    """A ``compare_and_set`` found another version than the one expected."""
+
+
+class BackendError(ConveyorError):
+    """A backend operation failed; the driver's own exception is chained as ``__cause__``."""
+
+
+class BackendUnavailableError(BackendError):
+    """The backend cannot be reached (connection refused, lost, timed out)."""
+
+
+class SchemaVersionError(BackendError):
+    """The backend's stored schema is of a version this conveyor does not know."""
+
+
+class HandlerTimeoutError(ConveyorError):
+    """An attempt ran longer than its ``Lifecycle.timeout``. Retryable."""

@@ -1,0 +1,99 @@
+"""Lifecycle of a job: lease length, attempts, timeout and retry strategy (pure policy, no I/O)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from conveyor.model.errors import ConfigurationError
+
+Seconds = float | int | timedelta
+
+
+def seconds(value: Seconds) -> float:
+    """Normalize a duration given as seconds or :class:`~datetime.timedelta` to float seconds."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryStrategy:
+    """Exponential backoff with jitter.
+
+    The delay before attempt ``n + 1`` (after ``n`` failed attempts) is
+    ``min(max_delay, initial_delay * multiplier ** (n - 1))``, then moved by a uniformly random
+    fraction in ``[-jitter, +jitter]`` of itself.
+
+    >>> RetryStrategy(initial_delay=5, max_delay=60, multiplier=2, jitter=0).delay(3)
+    20.0
+    """
+
+    initial_delay: float = 1.0
+    max_delay: float = 300.0
+    multiplier: float = 2.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("initial_delay", "max_delay"):
+            object.__setattr__(self, name, seconds(getattr(self, name)))
+        if self.initial_delay < 0 or self.max_delay < 0:
+            raise ConfigurationError("retry delays must not be negative")
+        if self.multiplier < 1:
+            raise ConfigurationError("RetryStrategy.multiplier must be >= 1")
+        if not 0 <= self.jitter <= 1:
+            raise ConfigurationError("RetryStrategy.jitter is a fraction between 0 and 1")
+
+    def base_delay(self, attempt: int) -> float:
+        """The delay after failed attempt number ``attempt`` (1-based), before jitter."""
+        exponent = max(attempt - 1, 0)
+        try:
+            raw = self.initial_delay * self.multiplier**exponent
+        except OverflowError:
+            raw = self.max_delay
+        return min(self.max_delay, raw)
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """The delay after failed attempt ``attempt``, with random jitter applied."""
+        base = self.base_delay(attempt)
+        if not self.jitter:
+            return base
+        fraction = (rng or random).uniform(-self.jitter, self.jitter)
+        return max(0.0, base * (1.0 + fraction))
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    """How one queue's jobs are leased, timed out and retried.
+
+    * ``visibility_timeout``: how long a lease lasts; a job whose worker dies is leased again after it.
+    * ``max_attempts``: attempts before the job is dead-lettered (1 means no retry).
+    * ``timeout``: the longest one attempt may run (``None``: bounded by the lease only).
+    * ``heartbeat``: extend the lease automatically while the handler runs.
+    """
+
+    visibility_timeout: Seconds = 60.0
+    max_attempts: int = 5
+    timeout: Seconds | None = None
+    retry: RetryStrategy = field(default_factory=RetryStrategy)
+    heartbeat: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "visibility_timeout", seconds(self.visibility_timeout))
+        if self.timeout is not None:
+            object.__setattr__(self, "timeout", seconds(self.timeout))
+        if self.visibility_timeout <= 0:
+            raise ConfigurationError("Lifecycle.visibility_timeout must be positive")
+        if self.max_attempts < 1:
+            raise ConfigurationError("Lifecycle.max_attempts must be at least 1")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigurationError("Lifecycle.timeout must be positive")
+
+    @property
+    def lease_seconds(self) -> float:
+        return float(self.visibility_timeout)
+
+    @property
+    def timeout_seconds(self) -> float | None:
+        return None if self.timeout is None else float(self.timeout)

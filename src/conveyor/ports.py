@@ -1,0 +1,274 @@
+"""The backend ports: what a backend must do, split by role.
+
+Backends store and move data; policy (retry delays, dead-letter decisions, schedule ticks) lives in
+the runtime. Every time a backend compares against "now" it is given ``now`` by the caller, so one
+injectable clock drives leases, delays and schedules on every backend.
+
+A job row, whatever the storage, holds: ``id``, ``queue``, ``body`` (the encoded envelope),
+``available_at``, ``attempts`` (leases taken so far), ``token`` (fencing token of the current lease,
+an integer that only grows), ``enqueued_at``, ``idempotency_key``. A lease moves ``available_at`` to the
+lease deadline, so a job whose worker died becomes available again by the same rule as a delayed one.
+
+The unit of writing is a :class:`Commit`: an optional :class:`Settlement` of a leased job (ack,
+retry, dead-letter, release) plus the :class:`Effects` its handler buffered. A backend applies each
+commit atomically: all of it or none of it. A batch of commits may share one round trip or one
+transaction, but the commits stay independent: one stale commit does not sink the others.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(slots=True, frozen=True)
+class NewJob:
+    """A job to store. ``id`` is chosen by the runtime; on an idempotency-key hit the existing id wins."""
+
+    id: str
+    queue: str
+    body: bytes
+    available_at: float
+    enqueued_at: float
+    idempotency_key: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class NewEvent:
+    """An event to fan out: one job per subscription of ``event``, in the subscription's queue.
+
+    The fanned-out job's id is ``f"{id}:{queue}"`` so a re-delivery of the same event collapses.
+    """
+
+    id: str
+    event: str
+    body: bytes
+    emitted_at: float
+
+
+@dataclass(slots=True, frozen=True)
+class LeasedJob:
+    id: str
+    queue: str
+    body: bytes
+    attempt: int
+    """1-based: this lease's attempt number (leases taken so far, including this one)."""
+    token: int
+    """Fencing token of this lease; stale once the job is leased again."""
+    lease_deadline: float
+    enqueued_at: float
+
+
+class StateOp(enum.Enum):
+    SET = "set"
+    DELETE = "delete"
+
+
+@dataclass(slots=True, frozen=True)
+class StateWrite:
+    """A state write. With ``expected_version`` set, the commit fails with ``CONFLICT`` unless the
+    stored version is exactly that (0 means "must not exist")."""
+
+    key: str
+    op: StateOp
+    value: bytes | None = None
+    expected_version: int | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class StateRecord:
+    value: bytes
+    version: int
+    """Starts at 1 and grows by one on every write."""
+
+
+@dataclass(slots=True, frozen=True)
+class HistoryEntry:
+    """One transition of a workflow instance, written in the same commit as the step it describes."""
+
+    correlation_id: str
+    at: float
+    kind: str
+    """enqueued, started, succeeded, retried, dead_lettered, released, emitted, state_changed, cancelled."""
+    name: str
+    """queue or event name, or the state key."""
+    message_id: str | None = None
+    attempt: int | None = None
+    detail: str | None = None
+    """JSON text with anything else (error, timings)."""
+
+
+@dataclass(slots=True)
+class Effects:
+    """Everything a handler asked for, buffered until its job commits."""
+
+    jobs: list[NewJob] = field(default_factory=list)
+    events: list[NewEvent] = field(default_factory=list)
+    states: list[StateWrite] = field(default_factory=list)
+    cancels: list[tuple[str, str]] = field(default_factory=list)
+    """(queue, idempotency_key) of pending jobs to delete."""
+    history: list[HistoryEntry] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.jobs or self.events or self.states or self.cancels or self.history)
+
+
+class Outcome(enum.Enum):
+    ACK = "ack"
+    """Done: delete the job (keep its idempotency key for the retention window)."""
+    RETRY = "retry"
+    """Failed: lease ends, job available again at ``available_at``; ``error`` is kept as last error."""
+    DEAD = "dead"
+    """Move to the dead-letter queue with ``error``."""
+    RELEASE = "release"
+    """Give the job back unrun (graceful shutdown): lease ends, the attempt is not spent."""
+
+
+@dataclass(slots=True, frozen=True)
+class ErrorInfo:
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Settlement:
+    job_id: str
+    token: int
+    outcome: Outcome
+    available_at: float | None = None
+    error: ErrorInfo | None = None
+
+
+@dataclass(slots=True)
+class Commit:
+    settlement: Settlement | None = None
+    effects: Effects = field(default_factory=Effects)
+
+
+class CommitStatus(enum.Enum):
+    OK = "ok"
+    STALE = "stale"
+    """The settlement's token is not the job's current lease, or the lease expired: nothing applied."""
+    CONFLICT = "conflict"
+    """A state write's ``expected_version`` did not match: nothing applied."""
+
+
+@dataclass(slots=True, frozen=True)
+class CommitResult:
+    status: CommitStatus
+    job_ids: tuple[str, ...] = ()
+    """Ids of ``effects.jobs`` in order (an idempotency-key hit gives the existing job's id)."""
+    deliveries: int = 0
+    """How many subscription jobs ``effects.events`` fanned out into."""
+
+
+@dataclass(slots=True, frozen=True)
+class DeadLetter:
+    id: str
+    queue: str
+    body: bytes
+    error: ErrorInfo
+    attempts: int
+    enqueued_at: float
+    failed_at: float
+
+
+@dataclass(slots=True, frozen=True)
+class QueueStats:
+    queue: str
+    ready: int
+    """available now and not leased"""
+    scheduled: int
+    """available later (delayed or retrying)"""
+    leased: int
+    dead: int
+    oldest_ready_at: float | None
+
+
+@runtime_checkable
+class QueueStore(Protocol):
+    """Durable jobs: enqueue, lease with a fencing token, extend, settle, dead letters."""
+
+    async def lease(self, queues: Mapping[str, float], limit: int, now: float) -> list[LeasedJob]:
+        """Lease up to ``limit`` jobs with ``available_at <= now`` from ``queues`` (name → lease
+        seconds), oldest ``available_at`` first. Each gets ``attempts + 1``, a new token, and
+        ``available_at = now + lease seconds``."""
+        ...
+
+    async def extend(self, job_id: str, token: int, until: float, now: float) -> bool:
+        """Move a live lease's deadline to ``until``. False if the token is stale or the lease expired."""
+        ...
+
+    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when jobs may have arrived in ``queues``, or after ``timeout`` (real) seconds.
+        Spurious returns are allowed; a backend without notifications may simply sleep briefly."""
+        ...
+
+    async def dead_letters(
+        self, queue: str | None, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]: ...
+
+    async def redrive(self, ids: Sequence[str], now: float) -> int:
+        """Move dead letters back to their queues as new attempts (attempts reset). Returns the count."""
+        ...
+
+    async def purge(self, ids: Sequence[str] | None, queue: str | None = None) -> int:
+        """Delete the given dead letters (or all of ``queue``'s when ``ids`` is None)."""
+        ...
+
+    async def stats(self, queues: Sequence[str], now: float) -> list[QueueStats]: ...
+
+
+@runtime_checkable
+class TopicStore(Protocol):
+    """Durable subscriptions: which queues an event fans out into."""
+
+    async def register_subscriptions(self, routes: Sequence[tuple[str, str]]) -> None:
+        """Durably register (event, queue) routes; registering one twice is a no-op."""
+        ...
+
+    async def subscriptions(self) -> list[tuple[str, str]]: ...
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Versioned key/value state. Writes go through :meth:`Backend.commit`."""
+
+    async def get_states(self, keys: Sequence[str]) -> dict[str, StateRecord]: ...
+
+
+@runtime_checkable
+class HistoryStore(Protocol):
+    """Workflow history, appended through :meth:`Backend.commit`."""
+
+    async def history(self, correlation_id: str) -> list[HistoryEntry]:
+        """Entries of one workflow instance in the order they were written."""
+        ...
+
+    async def prune_history(self, before: float) -> int:
+        """Delete entries older than ``before``. Returns how many were deleted."""
+        ...
+
+
+@runtime_checkable
+class Backend(QueueStore, TopicStore, StateStore, HistoryStore, Protocol):
+    """A backend serving every role, committing settlements and effects atomically."""
+
+    async def connect(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def commit(self, commits: Sequence[Commit], now: float) -> list[CommitResult]:
+        """Apply each commit atomically and independently; results in the same order.
+
+        For a settlement: check the token (and that ``available_at >= now``, the lease is live),
+        then ACK deletes the job, RETRY/RELEASE end the lease (RELEASE also gives the attempt back),
+        DEAD moves the job to the dead-letter queue. Then the effects: state writes (checked against
+        ``expected_version`` before anything is applied), cancels, new jobs (idempotency keys are
+        unique per queue while the job exists and for ``idempotency_retention`` after its ack),
+        events fanned out into every subscribed queue, history entries.
+        """
+        ...

@@ -1,0 +1,76 @@
+"""Backend URLs for the contract suites: every test that takes ``backend_url`` runs on each backend.
+
+A backend whose server is not reachable is skipped locally and fails in CI (``CI=true``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/conveyor_test")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def require_server(name: str, host: str, port: int) -> None:
+    if _reachable(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port}"
+    if IN_CI:
+        pytest.fail(message + " (CI=true: backend tests must run against the real server)")
+    pytest.skip(message)
+
+
+def _available_backends() -> list[str]:
+    backends = ["memory", "sqlite"]
+    here = Path(__file__).parent.parent / "src" / "conveyor" / "backends"
+    for name in ("redis", "postgres"):
+        if (here / name / "__init__.py").exists():
+            backends.append(name)
+    return backends
+
+
+BACKENDS = _available_backends()
+
+
+def fresh_url(kind: str, tmp_path: Path) -> str:
+    """A URL of an empty, isolated backend of ``kind``."""
+    unique = uuid.uuid4().hex[:10]
+    if kind == "memory":
+        return "memory://"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/conveyor-{unique}.db"
+    if kind == "redis":
+        require_server("Redis", "127.0.0.1", 6379)
+        return f"{REDIS_URL}?prefix=test-{unique}"
+    if kind == "postgres":
+        require_server("PostgreSQL", "127.0.0.1", 5432)
+        return f"{POSTGRES_URL}?schema=test_{unique}"
+    raise ValueError(kind)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    kind: str = request.param
+    if kind == "sqlite" and not (Path(__file__).parent.parent / "src/conveyor/backends/sqlite/__init__.py").exists():
+        pytest.skip("the SQLite backend is not built yet")
+    yield kind
+
+
+@pytest.fixture
+def backend_url(backend_kind: str, tmp_path: Path) -> str:
+    return fresh_url(backend_kind, tmp_path)
