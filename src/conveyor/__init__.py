@@ -1,0 +1,41 @@
+"""conveyor: event-driven services and long-running workflows.
+
+Durable queues with leases, retries and dead letters; events fanned out to durable subscriptions;
+schedules; a state store; effects that commit with the job's acknowledgement.
+"""
+
+from conveyor.app import App, DeadLetters
+from conveyor.model.errors import (
+    ConfigurationError,
+    ConveyorError,
+    LeaseLostError,
+    PayloadValidationError,
+    PermanentError,
+    Retry,
+    UndeclaredEmitError,
+)
+from conveyor.model.lifecycle import Lifecycle, RetryStrategy
+from conveyor.runtime.context import Context
+from conveyor.runtime.worker import WorkerConfig
+from conveyor.service import Service
+from conveyor.workflows.status import Workflow, WorkflowStatus
+
+__all__ = [
+    "App",
+    "ConfigurationError",
+    "ConveyorError",
+    "Context",
+    "DeadLetters",
+    "LeaseLostError",
+    "Lifecycle",
+    "PayloadValidationError",
+    "PermanentError",
+    "Retry",
+    "RetryStrategy",
+    "Service",
+    "UndeclaredEmitError",
+    "WorkerConfig",
+    "Workflow",
+    "WorkflowStatus",
+]
+__version__ = "0.1.0"

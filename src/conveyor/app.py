@@ -1,0 +1,340 @@
+"""App: services wired to a backend, resources and a clock. The entry point of everything."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Generator, Iterable, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+from conveyor.backends import open_backend
+from conveyor.model.errors import ConfigurationError, ConveyorError, StateConflictError
+from conveyor.model.lifecycle import Seconds
+from conveyor.observability.tracing import Tracing
+from conveyor.ports import (
+    Backend,
+    Commit,
+    CommitResult,
+    CommitStatus,
+    DeadLetter,
+    Effects,
+    QueueStats,
+    StateOp,
+    StateWrite,
+)
+from conveyor.runtime.clock import Clock, SystemClock
+from conveyor.runtime.context import encode_state
+from conveyor.runtime.messages import DEFAULT_MAX_PAYLOAD_BYTES, MessageFactory, Origin, available_at, jsonable
+from conveyor.runtime.registry import Registry
+from conveyor.runtime.runtime import Runtime
+from conveyor.runtime.scheduler import Scheduler
+from conveyor.runtime.worker import Worker, WorkerConfig
+from conveyor.service import Service
+from conveyor.workflows.status import Workflow, Workflows
+
+logger = logging.getLogger("conveyor")
+
+DEFAULT_BACKEND = "sqlite:///conveyor.db"
+ENQUEUE_BATCH = 5_000
+
+
+class DeadLetters:
+    """The dead-letter queue of one queue (or of all): ``await`` it for a list, or act on it.
+
+    >>> # entries = await app.dead_letters("process_payment")
+    >>> # await app.dead_letters("process_payment").redrive()
+    """
+
+    def __init__(self, app: App, queue: str | None) -> None:
+        self._app = app
+        self.queue = queue
+
+    def __await__(self) -> Generator[Any, None, list[DeadLetter]]:
+        return self.list().__await__()
+
+    async def list(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        return await self._app.backend.dead_letters(self.queue, limit, offset)
+
+    async def redrive(self, ids: Sequence[str] | None = None) -> int:
+        """Put dead jobs back on their queues with fresh attempts (all of this queue's by default)."""
+        if ids is None:
+            ids = [d.id for d in await self.list(limit=1_000_000)]
+        return await self._app.backend.redrive(list(ids), self._app.clock.now())
+
+    async def purge(self, ids: Sequence[str] | None = None) -> int:
+        """Delete dead jobs for good (all of this queue's by default)."""
+        if ids is None and self.queue is None:
+            return await self._app.backend.purge(None, None)
+        return await self._app.backend.purge(None if ids is None else list(ids), self.queue)
+
+
+class AppStates:
+    """``app.states``: the state store outside handlers; every write commits at once."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        record = (await self._app.backend.get_states([key])).get(key)
+        return default if record is None else orjson.loads(record.value)
+
+    async def get_versioned(self, key: str) -> tuple[Any, int]:
+        record = (await self._app.backend.get_states([key])).get(key)
+        return (None, 0) if record is None else (orjson.loads(record.value), record.version)
+
+    async def _write(self, write: StateWrite) -> bool:
+        [result] = await self._app.backend.commit([Commit(effects=Effects(states=[write]))], self._app.clock.now())
+        return result.status is CommitStatus.OK
+
+    async def set(self, key: str, value: Any) -> None:
+        await self._write(StateWrite(key, StateOp.SET, encode_state(value)))
+
+    async def delete(self, key: str) -> None:
+        await self._write(StateWrite(key, StateOp.DELETE))
+
+    async def compare_and_set(self, key: str, value: Any, version: int) -> bool:
+        """Write if the stored version is ``version`` (0: absent). False when another writer won."""
+        return await self._write(StateWrite(key, StateOp.SET, encode_state(value), expected_version=version))
+
+
+class App:
+    """Services wired to a backend.
+
+    >>> # app = App([orders], backend="sqlite:///conveyor.db", resources={"inventory": Inventory()})
+    >>> # async with app:
+    >>> #     await app.enqueue("validate_inventory", {...})
+
+    ``backend`` is a URL (``memory://``, ``sqlite:///path``, ``redis://…``, ``postgresql://…``) or a
+    backend object. ``clock`` is injectable for tests (see :class:`conveyor.testing.FakeClock`).
+    """
+
+    def __init__(
+        self,
+        services: Iterable[Service],
+        backend: str | Backend = DEFAULT_BACKEND,
+        *,
+        resources: Mapping[str, Any] | None = None,
+        clock: Clock | None = None,
+        events: str | None = None,
+        queues: str | None = None,
+        states: str | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        history: bool = True,
+        tracing: bool | None = None,
+        worker: WorkerConfig | None = None,
+        workflows: Iterable[Workflow] = (),
+    ) -> None:
+        self.registry = Registry(services)
+        for role, url in (("events", events), ("queues", queues), ("states", states)):
+            if url is not None and url != backend:
+                raise ConfigurationError(
+                    f"{role}={url!r}: a backend per role is not supported yet; every role uses backend="
+                )
+        self.backend: Backend = open_backend(backend) if isinstance(backend, str) else backend
+        self.clock: Clock = clock or SystemClock()
+        self.worker_config = worker or WorkerConfig()
+        self.runtime = Runtime(
+            backend=self.backend,
+            registry=self.registry,
+            clock=self.clock,
+            resources=resources or {},
+            messages=MessageFactory(max_payload_bytes),
+            tracer=Tracing(tracing),
+            history_enabled=history,
+        )
+        self.states = AppStates(self)
+        self._connected = 0
+        self._workers: list[Worker] = []
+        self._scheduler: Scheduler | None = None
+        self.workflows = Workflows(self)
+        self.workflows.declare(*workflows)
+
+    # lifecycle
+
+    async def __aenter__(self) -> App:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect the backend and register this app's subscriptions durably (re-entrant)."""
+        self._connected += 1
+        if self._connected > 1:
+            return
+        try:
+            await self.backend.connect()
+            self.runtime.tracer.activate()
+            routes = [(route.event, route.queue) for route in self.registry.routes]
+            if routes:
+                await self.backend.register_subscriptions(routes)
+        except BaseException:
+            self._connected -= 1
+            raise
+
+    async def close(self) -> None:
+        self._connected -= 1
+        if self._connected == 0:
+            await self.backend.close()
+
+    # producing
+
+    async def enqueue(
+        self,
+        queue: str,
+        payload: Any = None,
+        *,
+        delay: Seconds | None = None,
+        run_at: datetime | float | None = None,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
+        """Store a job on ``queue`` and return its id (the first job's id on an idempotency-key hit)."""
+        [job_id] = await self.enqueue_many(
+            queue, [payload], delay=delay, run_at=run_at, idempotency_keys=[idempotency_key],
+            correlation_id=correlation_id,
+        )
+        return job_id
+
+    async def enqueue_many(
+        self,
+        queue: str,
+        payloads: Iterable[Any],
+        *,
+        delay: Seconds | None = None,
+        run_at: datetime | float | None = None,
+        idempotency_keys: Sequence[str | None] | None = None,
+        correlation_id: str | None = None,
+    ) -> list[str]:
+        """Store many jobs on ``queue`` in few round trips (batches of 5,000); ids in order."""
+        runtime = self.runtime
+        now = self.clock.now()
+        when = available_at(now, delay, run_at)
+        definition = self.registry.queues.get(queue)
+        model = definition.payload if definition is not None and definition.accepts_payload else None
+        payload_list = list(payloads)
+        keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(payload_list)
+        if len(keys) != len(payload_list):
+            raise ConfigurationError("idempotency_keys must have one entry per payload")
+        ids: list[str] = []
+        with runtime.tracer.produce("enqueue", queue):
+            origin = Origin(trace=runtime.tracer.inject())
+            for start in range(0, len(payload_list), ENQUEUE_BATCH):
+                effects = Effects()
+                for payload, key in zip(
+                    payload_list[start : start + ENQUEUE_BATCH], keys[start : start + ENQUEUE_BATCH], strict=True
+                ):
+                    new, entry = runtime.messages.job(
+                        queue, jsonable(payload, model, f"queue {queue!r}"), message_id=None, origin=origin,
+                        now=now, available_at=when, idempotency_key=key, correlation_id=correlation_id,
+                    )
+                    effects.jobs.append(new)
+                    if runtime.history_enabled:
+                        effects.history.append(entry)
+                ids.extend((await self._commit(effects)).job_ids)
+        return ids
+
+    async def emit(self, event: str, payload: Any = None, *, correlation_id: str | None = None) -> str:
+        """Publish ``event``: one job per subscription. ``correlation_id`` starts a workflow instance."""
+        runtime = self.runtime
+        with runtime.tracer.produce("emit", event):
+            new, entry = runtime.messages.event(
+                event, jsonable(payload, None, f"event {event!r}"), message_id=None,
+                origin=Origin(trace=runtime.tracer.inject()), now=self.clock.now(), correlation_id=correlation_id,
+            )
+            effects = Effects(events=[new], history=[entry] if runtime.history_enabled else [])
+            result = await self._commit(effects)
+        if result.deliveries == 0:
+            logger.warning("event %r (%s) has no subscription: nobody will receive it", event, new.id)
+        return new.id
+
+    async def _commit(self, effects: Effects) -> CommitResult:
+        [result] = await self.backend.commit([Commit(effects=effects)], self.clock.now())
+        if result.status is not CommitStatus.OK:
+            raise StateConflictError(f"commit failed: {result.status.value}")
+        return result
+
+    async def invoke(self, command: str, payload: Any = None) -> Any:
+        """Run ``command`` in this process and return its result; its effects commit on success."""
+        return await self.runtime.invoke(command, payload)
+
+    # operating
+
+    def dead_letters(self, queue: str | None = None) -> DeadLetters:
+        """The dead-letter queue of ``queue`` (all queues when None)."""
+        return DeadLetters(self, queue)
+
+    async def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
+        names = list(queues) if queues is not None else sorted(self.registry.queues)
+        return await self.backend.stats(names, self.clock.now())
+
+    # running
+
+    async def serve(
+        self,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        scheduler: bool = True,
+        ready: asyncio.Event | None = None,
+    ) -> None:
+        """Run workers and the scheduler until :meth:`stop` (graceful: see ``WorkerConfig``)."""
+        config = self.worker_config
+        if concurrency is not None:
+            config = WorkerConfig(concurrency, config.poll_interval, config.shutdown_grace, config.commit_batch)
+        names = list(queues) if queues is not None else sorted(self.registry.queues)
+        definitions = [self.registry.queue(name) for name in names]
+        async with self:
+            worker = Worker(self.runtime, definitions, config)
+            schedules = [d for d in definitions if d.schedule is not None] if scheduler else []
+            self._scheduler = Scheduler(self.runtime, schedules)
+            self._workers.append(worker)
+            tasks = [asyncio.create_task(worker.run(), name="conveyor-worker"),
+                     asyncio.create_task(self._scheduler.run(), name="conveyor-scheduler")]
+            if ready is not None:
+                ready.set()
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                self._workers.remove(worker)
+
+    def stop(self) -> None:
+        """Ask running workers to stop gracefully (what SIGTERM does)."""
+        for worker in self._workers:
+            worker.stop()
+        if self._scheduler is not None:
+            self._scheduler.stop()
+
+    def run(self, *, queues: Sequence[str] | None = None, concurrency: int | None = None) -> None:
+        """Blocking: serve until SIGTERM or SIGINT, then shut down gracefully."""
+        asyncio.run(self._run_with_signals(self.serve(queues=queues, concurrency=concurrency)))
+
+    async def _run_with_signals(self, main: Awaitable[None]) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError):  # not on the main thread / platform
+                pass
+        await main
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if any(worker._stop.is_set() for worker in self._workers):
+            logger.warning("second %s: exiting without waiting", sig.name)
+            raise SystemExit(1)
+        logger.info("%s received: finishing running jobs, then stopping", sig.name)
+        self.stop()
+
+
+__all__ = ["App", "ConveyorError", "DeadLetters"]

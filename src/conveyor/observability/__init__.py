@@ -1,0 +1,1 @@
+"""Tracing, logging and metrics."""

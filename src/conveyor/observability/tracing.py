@@ -1,0 +1,94 @@
+"""OpenTelemetry tracing across steps: W3C trace context travels in the envelope.
+
+Only the OpenTelemetry API is used; with no SDK configured, tracing costs nothing (no context is
+injected and no span is started). Span names and attributes follow the messaging conventions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from conveyor.model.envelope import Envelope
+
+_TRACER_NAME = "conveyor"
+
+
+def sdk_configured() -> bool:
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+class Tracing:
+    """Injects and extracts trace context; starts producer/consumer spans when enabled."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self._requested = enabled
+        self.enabled = bool(enabled)
+
+    def activate(self) -> None:
+        """Decide, when the app starts, whether to trace (``None``: when an SDK is configured)."""
+        self.enabled = sdk_configured() if self._requested is None else self._requested
+
+    def inject(self) -> dict[str, str] | None:
+        if not self.enabled:
+            return None
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        return carrier or None
+
+    @contextmanager
+    def consume(
+        self, envelope: Envelope, queue: str, job_id: str, attempt: int
+    ) -> Iterator[Span | None]:
+        if not self.enabled:
+            yield None
+            return
+        parent = propagate.extract(envelope.trace or {})
+        attributes: dict[str, Any] = {
+            "messaging.system": "conveyor",
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": queue,
+            "messaging.message.id": job_id,
+            "messaging.message.conversation_id": envelope.correlation_id,
+            "conveyor.attempt": attempt,
+            "conveyor.correlation_id": envelope.correlation_id,
+        }
+        if envelope.kind == "event":
+            attributes["conveyor.event"] = envelope.name
+        tracer = trace.get_tracer(_TRACER_NAME)
+        with tracer.start_as_current_span(
+            f"process {queue}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes,
+            record_exception=False, set_status_on_exception=False,
+        ) as span:
+            yield span
+
+    @contextmanager
+    def produce(self, operation: str, destination: str) -> Iterator[None]:
+        """A producer span around ``app.enqueue``/``app.emit`` outside handlers."""
+        if not self.enabled:
+            yield
+            return
+        tracer = trace.get_tracer(_TRACER_NAME)
+        with tracer.start_as_current_span(
+            f"send {destination}", kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "conveyor",
+                "messaging.operation.type": "send",
+                "messaging.operation.name": operation,
+                "messaging.destination.name": destination,
+            },
+        ):
+            yield
+
+
+def record_failure(span: Span | None, error: BaseException) -> None:
+    if span is None:
+        return
+    span.record_exception(error)
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))

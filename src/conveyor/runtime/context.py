@@ -1,0 +1,280 @@
+"""The handler's view of the world: ``ctx``. Every write is buffered and commits with the job."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from pydantic import BaseModel
+
+from conveyor.model.envelope import Envelope
+from conveyor.model.errors import LeaseLostError, UndeclaredEmitError
+from conveyor.model.lifecycle import Seconds, seconds
+from conveyor.ports import Commit, Effects, HistoryEntry, LeasedJob, StateOp, StateWrite
+from conveyor.runtime.messages import Origin, available_at, child_id, jsonable
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from conveyor.runtime.runtime import Runtime
+
+
+@dataclass(slots=True, frozen=True)
+class JobInfo:
+    """The job being worked: ``ctx.job``."""
+
+    id: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    enqueued_at: float
+
+
+class Resources(Mapping[str, Any]):
+    """The app's resources, by attribute (``ctx.resources.inventory``) or by key."""
+
+    def __init__(self, resources: Mapping[str, Any]) -> None:
+        self._resources = dict(resources)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._resources[name]
+        except KeyError:
+            known = ", ".join(sorted(self._resources)) or "none"
+            raise AttributeError(f"no resource named {name!r} (resources: {known})") from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self._resources[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._resources)
+
+    def __len__(self) -> int:
+        return len(self._resources)
+
+
+def encode_state(value: Any) -> bytes:
+    if isinstance(value, BaseModel):
+        return value.model_dump_json().encode()
+    return orjson.dumps(value)
+
+
+class EffectsBuffer:
+    """Effects of one handler run, with deterministic ids for what it produces."""
+
+    __slots__ = ("_sequence", "effects", "parent_id")
+
+    def __init__(self, parent_id: str | None) -> None:
+        self.effects = Effects()
+        self.parent_id = parent_id
+        self._sequence = 0
+
+    def next_id(self) -> str | None:
+        if self.parent_id is None:
+            return None
+        self._sequence += 1
+        return child_id(self.parent_id, self._sequence)
+
+
+class States:
+    """``ctx.states``: read through to the store, write into the job's commit.
+
+    Reads see this handler's own buffered writes. ``compare_and_set`` is checked when the job
+    commits; a conflict discards the attempt's effects and retries it.
+    """
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+        self._written: dict[str, bytes | None] = {}
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        if key in self._written:
+            raw = self._written[key]
+            return default if raw is None else orjson.loads(raw)
+        records = await self._context.runtime.backend.get_states([key])
+        record = records.get(key)
+        return default if record is None else orjson.loads(record.value)
+
+    async def get_versioned(self, key: str) -> tuple[Any, int]:
+        """The value and its version (``(None, 0)`` when absent), for ``compare_and_set``."""
+        records = await self._context.runtime.backend.get_states([key])
+        record = records.get(key)
+        return (None, 0) if record is None else (orjson.loads(record.value), record.version)
+
+    def _write(self, write: StateWrite) -> None:
+        context = self._context
+        self._written[write.key] = write.value
+        context.buffer.effects.states.append(write)
+        context.history("state_changed", write.key, detail=write.op.value)
+
+    async def set(self, key: str, value: Any) -> None:
+        self._write(StateWrite(key, StateOp.SET, encode_state(value)))
+
+    async def delete(self, key: str) -> None:
+        self._write(StateWrite(key, StateOp.DELETE))
+
+    async def compare_and_set(self, key: str, value: Any, version: int) -> None:
+        """Write ``value`` if the stored version is still ``version`` (0: the key must not exist)."""
+        self._write(StateWrite(key, StateOp.SET, encode_state(value), expected_version=version))
+
+
+class Context:
+    """What a handler gets as ``ctx``.
+
+    ``emit``, ``enqueue``, ``cancel`` and state writes are buffered and commit atomically with the
+    job's acknowledgement: a failed attempt leaves nothing behind, and an attempt whose lease was
+    lost cannot commit.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        service: str | None,
+        service_version: str | None,
+        emits: frozenset[str] | None,
+        envelope: Envelope | None = None,
+        leased: LeasedJob | None = None,
+        max_attempts: int = 1,
+        logger: logging.LoggerAdapter[logging.Logger] | None = None,
+        span: Span | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.message = envelope
+        self.emits = emits
+        self.buffer = EffectsBuffer(envelope.id if envelope is not None else None)
+        self.states = States(self)
+        self._leased = leased
+        self._origin = Origin(envelope, service, service_version)
+        self._max_attempts = max_attempts
+        self.logger = logger or logging.LoggerAdapter(logging.getLogger("conveyor.handler"), {})
+        self._span = span
+
+    # read-only facts
+
+    @property
+    def resources(self) -> Resources:
+        return self.runtime.resources
+
+    @property
+    def job(self) -> JobInfo | None:
+        leased = self._leased
+        if leased is None:
+            return None
+        return JobInfo(leased.id, leased.queue, leased.attempt, self._max_attempts, leased.enqueued_at)
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.message.correlation_id if self.message is not None else None
+
+    @property
+    def idempotency_key(self) -> str | None:
+        """Stable across every attempt of this job: hand it to payment providers and the like."""
+        if self.message is None:
+            return None
+        return self.message.idempotency_key or self.message.id
+
+    @property
+    def span(self) -> Span:
+        if self._span is not None:
+            return self._span
+        from opentelemetry import trace
+
+        return trace.get_current_span()
+
+    # effects
+
+    def history(self, kind: str, name: str, *, message_id: str | None = None, detail: str | None = None) -> None:
+        correlation_id = self.correlation_id
+        if correlation_id is not None and self.runtime.history_enabled:
+            self.buffer.effects.history.append(
+                HistoryEntry(correlation_id, self.runtime.clock.now(), kind, name, message_id, None, detail)
+            )
+
+    def _trace(self) -> Origin:
+        carrier = self.runtime.tracer.inject()
+        origin = self._origin
+        if carrier is None:
+            return origin
+        return Origin(origin.parent, origin.service, origin.service_version, carrier)
+
+    async def emit(self, event: str, payload: Any = None) -> str:
+        """Emit ``event`` (declared in ``emits=``); it is published when this job commits."""
+        if self.emits is not None and event not in self.emits:
+            declared = ", ".join(sorted(self.emits)) or "nothing"
+            raise UndeclaredEmitError(
+                f"emitted event {event!r} is not declared by this handler (it declares {declared}); "
+                f"add it to emits=[...]"
+            )
+        runtime = self.runtime
+        new, entry = runtime.messages.event(
+            event,
+            jsonable(payload, None, f"event {event!r}"),
+            message_id=self.buffer.next_id(),
+            origin=self._trace(),
+            now=runtime.clock.now(),
+            correlation_id=self.correlation_id,
+        )
+        self.buffer.effects.events.append(new)
+        if runtime.history_enabled:
+            self.buffer.effects.history.append(entry)
+        return new.id
+
+    async def enqueue(
+        self,
+        queue: str,
+        payload: Any = None,
+        *,
+        delay: Seconds | None = None,
+        run_at: datetime | float | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Enqueue a job on ``queue``; it is stored when this job commits.
+
+        Returns the new job's id (with an ``idempotency_key`` that is already taken, the stored job
+        keeps its own id).
+        """
+        runtime = self.runtime
+        now = runtime.clock.now()
+        definition = runtime.registry.queues.get(queue)
+        data = jsonable(payload, definition.payload if definition else None, f"queue {queue!r}")
+        new, entry = runtime.messages.job(
+            queue,
+            data,
+            message_id=self.buffer.next_id(),
+            origin=self._trace(),
+            now=now,
+            available_at=available_at(now, delay, run_at),
+            idempotency_key=idempotency_key,
+            correlation_id=self.correlation_id,
+        )
+        self.buffer.effects.jobs.append(new)
+        if runtime.history_enabled:
+            self.buffer.effects.history.append(entry)
+        return new.id
+
+    async def cancel(self, queue: str, idempotency_key: str) -> None:
+        """Delete the pending (not running) job of ``queue`` with ``idempotency_key``, at commit."""
+        self.buffer.effects.cancels.append((queue, idempotency_key))
+        self.history("cancelled", queue, detail=idempotency_key)
+
+    async def invoke(self, command: str, payload: Any = None) -> Any:
+        """Run a command in this process; its effects join this job's commit."""
+        return await self.runtime.invoke(command, payload, parent=self)
+
+    async def extend_lease(self, duration: Seconds) -> None:
+        """Keep the job's lease for ``duration`` more seconds; raises :class:`LeaseLostError` if lost."""
+        leased = self._leased
+        if leased is None:
+            return
+        runtime = self.runtime
+        now = runtime.clock.now()
+        if not await runtime.backend.extend(leased.id, leased.token, now + seconds(duration), now):
+            raise LeaseLostError(f"job {leased.id} of queue {leased.queue!r} lost its lease")
+
+    def commit(self) -> Commit:
+        return Commit(effects=self.buffer.effects)

@@ -1,0 +1,148 @@
+"""Turning user payloads into stored jobs and events (and back), with the checks that go with it."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from conveyor.model.envelope import Envelope, Kind, new_id
+from conveyor.model.errors import ConfigurationError, PayloadTooLargeError, PayloadValidationError
+from conveyor.model.lifecycle import Seconds, seconds
+from conveyor.ports import HistoryEntry, NewEvent, NewJob
+
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+
+
+def child_id(parent_id: str, sequence: int) -> str:
+    """The id of the ``sequence``-th message a handler of ``parent_id`` produces.
+
+    Deterministic, so every attempt of one job produces the same ids and a consumer that sees
+    two deliveries of one effect (mixed backends) can tell they are the same.
+    """
+    return hashlib.blake2b(f"{parent_id}/{sequence}".encode(), digest_size=14).hexdigest()
+
+
+def jsonable(payload: Any, model: type[BaseModel] | None, what: str) -> Any:
+    """Validate ``payload`` against ``model`` (when known) and return its JSON-ready form."""
+    if payload is None:
+        payload = {}
+    if isinstance(payload, BaseModel):
+        if model is not None and not isinstance(payload, model):
+            payload = validate(model, payload.model_dump(mode="json"), what)
+        return payload.model_dump(mode="json")
+    if model is not None:
+        validate(model, payload, what)
+    return payload
+
+
+def validate(model: type[BaseModel], payload: Any, what: str) -> BaseModel:
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise PayloadValidationError(f"{what}: payload does not match {model.__name__}: {exc}") from None
+
+
+@dataclass(slots=True, frozen=True)
+class Origin:
+    """Who produces a message: the parent message (for correlation and causation) and the service."""
+
+    parent: Envelope | None = None
+    service: str | None = None
+    service_version: str | None = None
+    trace: dict[str, str] | None = None
+
+
+class MessageFactory:
+    """Builds envelopes and the :class:`NewJob`/:class:`NewEvent` rows that store them."""
+
+    def __init__(self, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+        self.max_payload_bytes = max_payload_bytes
+
+    def _envelope(
+        self, kind: Kind, name: str, message_id: str, data: Any, origin: Origin,
+        correlation_id: str | None, idempotency_key: str | None, now: float,
+    ) -> tuple[Envelope, bytes]:
+        parent = origin.parent
+        envelope = Envelope(
+            id=message_id,
+            kind=kind,
+            name=name,
+            payload=data,
+            correlation_id=correlation_id or (parent.correlation_id if parent else message_id),
+            causation_id=parent.id if parent else None,
+            idempotency_key=idempotency_key,
+            trace=origin.trace,
+            created_at=now,
+            service=origin.service,
+            service_version=origin.service_version,
+        )
+        try:
+            body = envelope.encode()
+        except TypeError as exc:
+            raise PayloadValidationError(f"{kind} {name!r}: payload is not JSON-serializable: {exc}") from None
+        if len(body) > self.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"{kind} {name!r}: message is {len(body)} bytes, over the limit of "
+                f"{self.max_payload_bytes} (App(max_payload_bytes=...))"
+            )
+        return envelope, body
+
+    def job(
+        self,
+        queue: str,
+        data: Any,
+        *,
+        message_id: str | None,
+        origin: Origin,
+        now: float,
+        available_at: float | None = None,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+    ) -> tuple[NewJob, HistoryEntry]:
+        envelope, body = self._envelope(
+            "job", queue, message_id or new_id(), data, origin, correlation_id, idempotency_key, now
+        )
+        new = NewJob(envelope.id, queue, body, available_at if available_at is not None else now, now,
+                     idempotency_key)
+        detail = None
+        if available_at is not None and available_at > now:
+            detail = orjson.dumps({"available_at": available_at}).decode()
+        return new, HistoryEntry(envelope.correlation_id, now, "enqueued", queue, envelope.id, None, detail)
+
+    def event(
+        self,
+        event: str,
+        data: Any,
+        *,
+        message_id: str | None,
+        origin: Origin,
+        now: float,
+        correlation_id: str | None = None,
+    ) -> tuple[NewEvent, HistoryEntry]:
+        envelope, body = self._envelope(
+            "event", event, message_id or new_id(), data, origin, correlation_id, None, now
+        )
+        return (
+            NewEvent(envelope.id, event, body, now),
+            HistoryEntry(envelope.correlation_id, now, "emitted", event, envelope.id),
+        )
+
+
+def available_at(now: float, delay: Seconds | None, run_at: datetime | float | None) -> float | None:
+    """When a job becomes available, from ``delay`` seconds or an absolute ``run_at``."""
+    if delay is not None and run_at is not None:
+        raise ConfigurationError("give delay= or run_at=, not both")
+    if delay is not None:
+        return now + max(0.0, seconds(delay))
+    if run_at is None:
+        return None
+    if isinstance(run_at, datetime):
+        if run_at.tzinfo is None:
+            raise ConfigurationError("run_at must be timezone-aware (naive datetimes are ambiguous)")
+        return run_at.timestamp()
+    return float(run_at)

@@ -1,0 +1,424 @@
+"""The worker: leases jobs in batches, runs their handlers, commits outcomes with their effects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import traceback
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from conveyor.model.envelope import Envelope
+from conveyor.model.errors import (
+    BackendError,
+    HandlerTimeoutError,
+    PayloadValidationError,
+    PermanentError,
+    Retry,
+    UndecodableMessageError,
+)
+from conveyor.observability.tracing import record_failure
+from conveyor.ports import (
+    Commit,
+    CommitStatus,
+    Effects,
+    ErrorInfo,
+    HistoryEntry,
+    LeasedJob,
+    Outcome,
+    Settlement,
+)
+from conveyor.runtime.committer import Committer
+from conveyor.runtime.context import Context
+from conveyor.runtime.runtime import Runtime
+from conveyor.service import QueueWorker
+
+logger = logging.getLogger("conveyor.worker")
+
+MAX_TRACEBACK_CHARS = 16_000
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """How one worker runs.
+
+    * ``concurrency``: jobs run at once (asyncio tasks).
+    * ``poll_interval``: longest idle wait before looking again; backends wake workers sooner on
+      new jobs, so this bounds only how late a delayed or retried job may start.
+    * ``shutdown_grace``: on stop, how long running jobs may finish before they are released.
+    """
+
+    concurrency: int = 50
+    poll_interval: float = 0.5
+    shutdown_grace: float = 30.0
+    commit_batch: int = 500
+
+
+class _Released(Exception):
+    """Internal: the job was cancelled by shutdown and must be given back unrun."""
+
+
+def error_info(error: BaseException) -> ErrorInfo:
+    kind = type(error)
+    name = kind.__qualname__ if kind.__module__ in ("builtins", "__main__") else (
+        f"{kind.__module__}.{kind.__qualname__}"
+    )
+    text = "".join(traceback.format_exception(error))
+    if len(text) > MAX_TRACEBACK_CHARS:
+        text = "…" + text[-MAX_TRACEBACK_CHARS:]
+    return ErrorInfo(name, str(error) or kind.__name__, text)
+
+
+class Worker:
+    """Works the given queues until :meth:`stop`; SIGTERM handling belongs to the caller."""
+
+    def __init__(
+        self, runtime: Runtime, queues: Sequence[QueueWorker[Any]], config: WorkerConfig
+    ) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.queues = {definition.name: definition for definition in queues}
+        self._lease_map = {name: d.lifecycle.lease_seconds for name, d in self.queues.items()}
+        self._committer = Committer(runtime.backend, runtime.clock, max_batch=config.commit_batch)
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Task[None]] = set()
+        self._slot_free = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._nudge = asyncio.Event()
+        self._releasing = False
+        self._next_retry: float | None = None
+        """earliest retry this worker scheduled: the idle wait ends then, not a poll later"""
+        self.processed = 0
+
+    def stop(self) -> None:
+        """Stop leasing; running jobs get ``shutdown_grace`` to finish, then are released."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        if not self.queues:
+            await self._stop.wait()
+            return
+        committer = asyncio.create_task(self._committer.run(), name="conveyor-committer")
+        names = sorted(self.queues)
+        logger.info("worker started: queues %s, concurrency %d", ", ".join(names), self.config.concurrency)
+        try:
+            await self._lease_loop(names)
+        finally:
+            await self._drain()
+            await self._committer.close()
+            await committer
+            logger.info("worker stopped after %d jobs", self.processed)
+
+    async def _lease_loop(self, names: list[str]) -> None:
+        backend, clock, config = self.runtime.backend, self.runtime.clock, self.config
+        backoff = 0.0
+        while not self._stop.is_set():
+            free = config.concurrency - len(self._inflight)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._first(self._slot_free.wait(), self._stop.wait())
+                continue
+            try:
+                jobs = await backend.lease(self._lease_map, free, clock.now())
+            except BackendError as exc:
+                backoff = min(max(backoff * 2, 0.1), 5.0)
+                logger.warning("lease failed (%s); retrying in %.1fs", exc, backoff)
+                await self._first(asyncio.sleep(backoff), self._stop.wait())
+                continue
+            if backoff:
+                logger.info("backend reachable again; leasing resumed")
+                backoff = 0.0
+            for leased in jobs:
+                task = asyncio.create_task(self._work(leased))
+                self._inflight.add(task)
+                task.add_done_callback(self._finished)
+            if len(jobs) < free:
+                idle = config.poll_interval
+                if self._next_retry is not None:
+                    idle = max(0.0, min(idle, self._next_retry - clock.now()))
+                    self._next_retry = None
+                self._nudge.clear()
+                await self._first(
+                    backend.wait_for_jobs(names, idle),
+                    clock.sleep(idle),
+                    self._stop.wait(),
+                    self._nudge.wait(),
+                )
+
+    @staticmethod
+    async def _first(*waits: Awaitable[Any]) -> None:
+        tasks = [asyncio.ensure_future(w) for w in waits]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._running.discard(task)
+        self._slot_free.set()
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("internal error while settling a job", exc_info=task.exception())
+
+    async def _drain(self) -> None:
+        if self._inflight:
+            logger.info("waiting up to %.0fs for %d running jobs", self.config.shutdown_grace, len(self._inflight))
+            await asyncio.wait(set(self._inflight), timeout=self.config.shutdown_grace)
+        self._releasing = True
+        for task in list(self._running):
+            task.cancel()
+        if self._inflight:
+            await asyncio.wait(set(self._inflight))
+
+    # one job
+
+    async def _work(self, leased: LeasedJob) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
+        try:
+            commit, describe = await self._run(leased)
+        except asyncio.CancelledError:
+            if not self._releasing:
+                raise
+            self._running.discard(task)
+            commit = Commit(Settlement(leased.id, leased.token, Outcome.RELEASE))
+            describe = "released at shutdown"
+        self._running.discard(task)
+        try:
+            result = await self._committer.submit(commit)
+        except Exception as exc:
+            logger.error(
+                "could not commit job %s of %r (%s); it runs again when its lease expires",
+                leased.id, leased.queue, exc,
+            )
+            return
+        self.processed += 1
+        if result.status is CommitStatus.STALE:
+            logger.warning(
+                "job %s of %r lost its lease before committing; its effects were discarded "
+                "(raise visibility_timeout or use ctx.extend_lease / heartbeat=True)",
+                leased.id, leased.queue,
+            )
+        elif result.status is CommitStatus.CONFLICT:
+            await self._retry_after_conflict(leased)
+        else:
+            settlement = commit.settlement
+            if settlement is not None and settlement.outcome is Outcome.RETRY and settlement.available_at:
+                if self._next_retry is None or settlement.available_at < self._next_retry:
+                    self._next_retry = settlement.available_at
+                    self._nudge.set()
+            if describe:
+                logger.debug("job %s of %r: %s", leased.id, leased.queue, describe)
+
+    async def _retry_after_conflict(self, leased: LeasedJob) -> None:
+        definition = self.queues[leased.queue]
+        error = error_info(RuntimeError("a compare_and_set lost a race with another writer"))
+        settlement = self._failure_settlement(leased, definition, None, error, permanent=False)
+        result = await self._committer.submit(Commit(settlement))
+        if result.status is CommitStatus.OK:
+            logger.warning("job %s of %r: state conflict, retrying", leased.id, leased.queue)
+
+    async def _run(self, leased: LeasedJob) -> tuple[Commit, str]:
+        runtime = self.runtime
+        definition = self.queues[leased.queue]
+        started = runtime.clock.now()
+        try:
+            envelope = Envelope.decode(leased.body)
+        except UndecodableMessageError as exc:
+            logger.error("job %s of %r is undecodable, dead-lettered: %s", leased.id, leased.queue, exc)
+            return self._dead(leased, None, exc, Effects(), started), "undecodable"
+        envelope.attempt = leased.attempt
+        lifecycle = definition.lifecycle
+        if leased.attempt > lifecycle.max_attempts:
+            error = RuntimeError(
+                f"attempt {leased.attempt} exceeds max_attempts={lifecycle.max_attempts}: "
+                "earlier attempts' workers died or lost their lease"
+            )
+            return await self._dead_with_hook(leased, definition, envelope, None, error, started), "dead"
+        if definition.kind == "subscription" and envelope.kind == "event" and envelope.name != definition.event:
+            error = PermanentError(
+                f"subscription {definition.name!r} consumes {definition.event!r}, got event {envelope.name!r}"
+            )
+            logger.error("job %s: %s; dead-lettered", leased.id, error)
+            return self._dead(leased, envelope, error, Effects(), started), "unknown event"
+        payload: Any = envelope.payload
+        if definition.payload is not None and definition.accepts_payload:
+            try:
+                payload = definition.payload.model_validate(envelope.payload)
+            except ValidationError as exc:
+                error = PayloadValidationError(
+                    f"payload of job {leased.id} does not match {definition.payload.__name__}: {exc}"
+                )
+                logger.error("job %s of %r dead-lettered: invalid payload", leased.id, leased.queue)
+                return self._dead(leased, envelope, error, Effects(), started), "invalid payload"
+        log = logging.LoggerAdapter(
+            logging.getLogger(f"conveyor.handler.{definition.name}"),
+            {
+                "service": definition.service.name,
+                "queue": definition.name,
+                "job_id": leased.id,
+                "attempt": leased.attempt,
+                "correlation_id": envelope.correlation_id,
+            },
+        )
+        with runtime.tracer.consume(envelope, definition.name, leased.id, leased.attempt) as span:
+            context = Context(
+                runtime,
+                service=definition.service.name,
+                service_version=definition.service.version,
+                emits=definition.emits,
+                envelope=envelope,
+                leased=leased,
+                max_attempts=lifecycle.max_attempts,
+                logger=log,
+                span=span,
+            )
+            try:
+                await self._call(definition, context, payload, leased)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as error:
+                record_failure(span, error)
+                permanent = isinstance(error, PermanentError)
+                if permanent or leased.attempt >= lifecycle.max_attempts:
+                    return await self._dead_with_hook(
+                        leased, definition, envelope, payload, error, started
+                    ), "dead"
+                settlement = self._failure_settlement(
+                    leased, definition, error, error_info(error), permanent=False
+                )
+                log.warning(
+                    "attempt %d/%d failed, retrying at +%.2fs: %s: %s",
+                    leased.attempt, lifecycle.max_attempts,
+                    (settlement.available_at or started) - runtime.clock.now(),
+                    type(error).__name__, error,
+                )
+                return Commit(settlement, self._history(envelope, leased, "retried", started, error)), "retried"
+        effects = context.buffer.effects
+        if runtime.history_enabled:
+            # the step's own entry first, so a timeline reads "step, then what it emitted"
+            effects.history[:0] = self._history(envelope, leased, "succeeded", started, None).history
+        return Commit(Settlement(leased.id, leased.token, Outcome.ACK), effects), ""
+
+    async def _call(self, definition: QueueWorker[Any], context: Context, payload: Any, leased: LeasedJob) -> None:
+        lifecycle = definition.lifecycle
+        call = definition.handler(context) if definition.kind == "schedule" else definition.handler(context, payload)
+        heartbeat = None
+        if lifecycle.heartbeat:
+            heartbeat = asyncio.create_task(self._heartbeat(leased, lifecycle.lease_seconds))
+        try:
+            timeout = lifecycle.timeout_seconds
+            if timeout is None:
+                await call
+            else:
+                try:
+                    async with asyncio.timeout(timeout):
+                        await call
+                except TimeoutError:
+                    raise HandlerTimeoutError(f"attempt ran longer than its timeout of {timeout:g}s") from None
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+
+    async def _heartbeat(self, leased: LeasedJob, lease_seconds: float) -> None:
+        runtime = self.runtime
+        while True:
+            await asyncio.sleep(lease_seconds / 3)
+            now = runtime.clock.now()
+            try:
+                ok = await runtime.backend.extend(leased.id, leased.token, now + lease_seconds, now)
+            except BackendError as exc:
+                logger.warning("heartbeat of job %s failed: %s", leased.id, exc)
+                continue
+            if not ok:
+                logger.warning("job %s of %r lost its lease; its result will be discarded", leased.id, leased.queue)
+                return
+
+    def _failure_settlement(
+        self, leased: LeasedJob, definition: QueueWorker[Any], error: BaseException | None,
+        info: ErrorInfo, *, permanent: bool,
+    ) -> Settlement:
+        now = self.runtime.clock.now()
+        if isinstance(error, Retry) and error.delay is not None:
+            delay = max(0.0, error.delay)
+        else:
+            delay = definition.lifecycle.retry.delay(leased.attempt)
+        return Settlement(leased.id, leased.token, Outcome.RETRY, now + delay, info)
+
+    def _history(
+        self, envelope: Envelope, leased: LeasedJob, kind: str, started: float, error: BaseException | None
+    ) -> Effects:
+        effects = Effects()
+        runtime = self.runtime
+        if runtime.history_enabled:
+            now = runtime.clock.now()
+            detail: dict[str, Any] = {"started_at": started, "duration": now - started}
+            if error is not None:
+                detail["error"] = f"{type(error).__name__}: {error}"
+            effects.history.append(
+                HistoryEntry(envelope.correlation_id, now, kind, leased.queue, leased.id, leased.attempt,
+                             orjson.dumps(detail).decode())
+            )
+        return effects
+
+    def _dead(
+        self, leased: LeasedJob, envelope: Envelope | None, error: BaseException, effects: Effects, started: float
+    ) -> Commit:
+        info = error_info(error)
+        if envelope is not None:
+            effects.history.extend(self._history(envelope, leased, "dead_lettered", started, error).history)
+        return Commit(Settlement(leased.id, leased.token, Outcome.DEAD, None, info), effects)
+
+    async def _dead_with_hook(
+        self, leased: LeasedJob, definition: QueueWorker[Any], envelope: Envelope, payload: Any,
+        error: BaseException, started: float,
+    ) -> Commit:
+        """Dead-letter the job; ``on_dead_letter``'s effects commit with the move."""
+        hook = definition.dead_letter_handler
+        effects = Effects()
+        logger.error(
+            "job %s of %r dead-lettered after attempt %d: %s: %s",
+            leased.id, leased.queue, leased.attempt, type(error).__name__, error,
+            exc_info=error if not isinstance(error, PermanentError | HandlerTimeoutError) else None,
+        )
+        if hook is not None:
+            if payload is None and definition.payload is not None:
+                with contextlib.suppress(ValidationError):
+                    payload = definition.payload.model_validate(envelope.payload)
+            context = Context(
+                self.runtime,
+                service=definition.service.name,
+                service_version=definition.service.version,
+                emits=definition.dead_letter_emits,
+                envelope=envelope,
+                leased=leased,
+                max_attempts=definition.lifecycle.max_attempts,
+            )
+            try:
+                await hook(context, payload, error)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as hook_error:
+                logger.error(
+                    "on_dead_letter of %r failed for job %s; dead-lettered without its effects",
+                    definition.name, leased.id, exc_info=hook_error,
+                )
+                error = RuntimeError(f"{type(error).__name__}: {error} (then on_dead_letter failed: {hook_error!r})")
+            else:
+                effects = context.buffer.effects
+                if self.runtime.history_enabled:
+                    effects.history.append(
+                        HistoryEntry(envelope.correlation_id, self.runtime.clock.now(), "compensated",
+                                     definition.name, leased.id, leased.attempt)
+                    )
+        return self._dead(leased, envelope, error, effects, started)

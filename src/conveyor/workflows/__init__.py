@@ -1,0 +1,1 @@
+"""Workflow tracking: status from history, graph from code."""

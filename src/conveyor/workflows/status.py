@@ -1,0 +1,203 @@
+"""Where is workflow instance X, and why: status computed from the history the runtime records."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+
+from conveyor.model.lifecycle import Seconds, seconds
+from conveyor.ports import HistoryEntry
+
+if TYPE_CHECKING:
+    from conveyor.app import App
+
+State = Literal["unknown", "running", "waiting", "completed", "failed", "compensated", "timed_out"]
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A workflow's shape: the event that starts an instance and the events that end it.
+
+    >>> Workflow("order_fulfillment", start="order_placed", completed=["confirmation_sent"],
+    ...          failed=["order_backordered"], compensated=["payment_compensated"]).name
+    'order_fulfillment'
+    """
+
+    name: str
+    start: str
+    completed: Iterable[str] = ()
+    failed: Iterable[str] = ()
+    compensated: Iterable[str] = ()
+    deadline: Seconds | None = None
+
+    def __post_init__(self) -> None:
+        for attribute in ("completed", "failed", "compensated"):
+            object.__setattr__(self, attribute, frozenset(getattr(self, attribute)))
+
+
+@dataclass(frozen=True)
+class Step:
+    """One job of the instance: a queue it went through, with attempts and timing."""
+
+    queue: str
+    job_id: str
+    state: Literal["pending", "scheduled", "succeeded", "retrying", "dead_lettered"]
+    attempts: int
+    enqueued_at: float | None
+    finished_at: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class WorkflowStatus:
+    id: str
+    state: State
+    workflow: str | None
+    started_at: float | None
+    updated_at: float | None
+    steps: list[Step]
+    events: list[str]
+    """Events emitted by the instance, in order."""
+    current: list[str]
+    """Queues with a job not finished yet."""
+    compensations: list[str]
+    last_error: str | None
+    history: list[HistoryEntry] = field(repr=False, default_factory=list)
+
+    @property
+    def path(self) -> list[str]:
+        """Steps and events in the order they happened: the path the instance took."""
+        path: list[str] = []
+        for entry in self.history:
+            if entry.kind == "succeeded":
+                path.append(entry.name)
+            elif entry.kind == "emitted":
+                path.append(f"({entry.name})")
+            elif entry.kind == "dead_lettered":
+                path.append(f"{entry.name}✗")
+        return path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "workflow": self.workflow,
+            "started_at": self.started_at,
+            "updated_at": self.updated_at,
+            "current": self.current,
+            "events": self.events,
+            "compensations": self.compensations,
+            "last_error": self.last_error,
+            "path": self.path,
+            "steps": [step.__dict__ for step in self.steps],
+            "history": [entry.__dict__ for entry in self.history],
+        }
+
+
+def _detail(entry: HistoryEntry) -> dict[str, Any]:
+    if not entry.detail:
+        return {}
+    try:
+        value = orjson.loads(entry.detail)
+    except orjson.JSONDecodeError:
+        return {"text": entry.detail}
+    return value if isinstance(value, dict) else {"text": value}
+
+
+def summarize(instance_id: str, history: list[HistoryEntry], workflows: Iterable[Workflow], now: float) -> WorkflowStatus:
+    """Fold an instance's history into its status."""
+    steps: dict[str, dict[str, Any]] = {}
+    events: list[str] = []
+    compensations: list[str] = []
+    last_error: str | None = None
+    for entry in history:
+        if entry.kind == "emitted":
+            events.append(entry.name)
+            continue
+        if entry.kind == "compensated":
+            compensations.append(entry.name)
+            continue
+        if entry.message_id is None or entry.kind in ("state_changed", "cancelled"):
+            continue
+        step = steps.setdefault(
+            entry.message_id,
+            {"queue": entry.name, "state": "pending", "attempts": 0, "enqueued_at": None,
+             "finished_at": None, "last_error": None},
+        )
+        detail = _detail(entry)
+        if entry.kind == "enqueued":
+            step["enqueued_at"] = entry.at
+            if detail.get("available_at", 0) > entry.at:
+                step["state"] = "scheduled"
+        elif entry.kind in ("succeeded", "retried", "dead_lettered"):
+            step["attempts"] = max(step["attempts"], entry.attempt or 0)
+            step["state"] = {"succeeded": "succeeded", "retried": "retrying",
+                             "dead_lettered": "dead_lettered"}[entry.kind]
+            if entry.kind != "retried":
+                step["finished_at"] = entry.at
+            if "error" in detail:
+                step["last_error"] = last_error = str(detail["error"])
+    workflow = next((w for w in workflows if events and events[0] == w.start), None)
+    if workflow is None:
+        workflow = next((w for w in workflows if w.start in events), None)
+    open_steps = [s for s in steps.values() if s["state"] in ("pending", "scheduled", "retrying")]
+    state: State
+    emitted = set(events)
+    if not history:
+        state = "unknown"
+    elif workflow is not None and emitted & set(workflow.compensated):
+        state = "compensated"
+    elif workflow is not None and emitted & set(workflow.failed):
+        state = "failed"
+    elif workflow is not None and emitted & set(workflow.completed):
+        state = "completed"
+    elif open_steps:
+        running = any(s["state"] == "pending" for s in open_steps)
+        state = "running" if running else "waiting"
+    elif any(s["state"] == "dead_lettered" for s in steps.values()):
+        state = "compensated" if compensations else "failed"
+    elif workflow is not None:
+        state = "waiting"
+    else:
+        state = "completed"
+    started_at = history[0].at if history else None
+    if (
+        workflow is not None and workflow.deadline is not None and started_at is not None
+        and state in ("running", "waiting") and now - started_at > seconds(workflow.deadline)
+    ):
+        state = "timed_out"
+    return WorkflowStatus(
+        id=instance_id,
+        state=state,
+        workflow=workflow.name if workflow else None,
+        started_at=started_at,
+        updated_at=history[-1].at if history else None,
+        steps=[Step(s["queue"], job_id, s["state"], s["attempts"], s["enqueued_at"], s["finished_at"], s["last_error"])
+               for job_id, s in steps.items()],
+        events=events,
+        current=sorted({s["queue"] for s in open_steps}),
+        compensations=compensations,
+        last_error=last_error,
+        history=history,
+    )
+
+
+class Workflows:
+    """``app.workflows``: status and history of workflow instances (by correlation id)."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+        self.declared: list[Workflow] = []
+
+    def declare(self, *workflows: Workflow) -> None:
+        self.declared.extend(workflows)
+
+    async def history(self, instance_id: str) -> list[HistoryEntry]:
+        return await self._app.backend.history(instance_id)
+
+    async def status(self, instance_id: str) -> WorkflowStatus:
+        history = await self._app.backend.history(instance_id)
+        return summarize(instance_id, history, self.declared, self._app.clock.now())
