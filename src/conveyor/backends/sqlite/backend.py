@@ -1,0 +1,239 @@
+"""``SQLiteBackend``: the async face of the embedded backend.
+
+The sqlite3 module blocks, so every database call of one backend instance runs on one dedicated
+thread (a single-thread executor that owns the connection); the event loop only awaits it. Calls
+from many coroutines queue up on that thread in order, which also serializes this instance's
+transactions. Other processes using the same file coordinate through SQLite's locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+from urllib.parse import unquote, urlsplit
+
+from conveyor.backends import url_options
+from conveyor.backends.sqlite.store import Store
+from conveyor.backends.sqlite.wakeup import Watcher
+from conveyor.model.errors import BackendError, ConfigurationError
+from conveyor.ports import (
+    Commit,
+    CommitResult,
+    DeadLetter,
+    HistoryEntry,
+    LeasedJob,
+    QueueStats,
+    StateRecord,
+)
+
+T = TypeVar("T")
+
+DEFAULT_IDEMPOTENCY_RETENTION = 24 * 3600.0
+DEFAULT_BUSY_TIMEOUT = 10.0
+DEFAULT_WAKEUP_INTERVAL = 0.001
+
+
+def database_path(url: str) -> str:
+    """The file path of a ``sqlite:`` URL: three slashes then a relative path, four for absolute.
+
+    >>> database_path("sqlite:///data/conveyor.db"), database_path("sqlite:////var/lib/c.db")
+    ('data/conveyor.db', '/var/lib/c.db')
+    """
+    parts = urlsplit(url)
+    hint = "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+    if parts.scheme.lower() != "sqlite":
+        raise ConfigurationError(f"not a sqlite:// URL: {url!r}")
+    if parts.netloc:
+        raise ConfigurationError(f"a SQLite URL names no host ({url!r}): {hint}")
+    path = unquote(parts.path)[1:]
+    if not path:
+        raise ConfigurationError(f"the SQLite URL {url!r} names no file: {hint}")
+    if path == ":memory:":
+        raise ConfigurationError(
+            "sqlite:///:memory: is not supported (workers and wake-ups need a file); "
+            "use memory:// for a throwaway backend"
+        )
+    return path
+
+
+def _option(given: float | None, options: Mapping[str, str], name: str, default: float) -> float:
+    if given is not None:
+        return float(given)
+    if name not in options:
+        return default
+    try:
+        return float(options[name])
+    except ValueError:
+        raise ConfigurationError(f"URL option {name}={options[name]!r} is not a number") from None
+
+
+class SQLiteBackend:
+    """``sqlite:///path``: the embedded default, durable in one file shared by any number of
+    worker processes on one machine.
+
+    Options (keyword or URL query string, keyword wins):
+
+    * ``idempotency_retention``: seconds an idempotency key stays taken after its job's ack or
+      dead-lettering (default 24 h);
+    * ``busy_timeout``: the longest, in seconds, an operation waits for another process's write
+      lock before it fails with :class:`~conveyor.model.errors.BackendError` (default 10);
+    * ``wakeup_interval``: how often idle workers look for commits of other processes (default
+      0.001 s; only while some worker is idle).
+
+    >>> backend = SQLiteBackend("sqlite:///var/conveyor.db?busy_timeout=30")
+    >>> backend.busy_timeout
+    30.0
+    """
+
+    def __init__(
+        self,
+        url: str = "sqlite:///conveyor.db",
+        *,
+        idempotency_retention: float | None = None,
+        busy_timeout: float | None = None,
+        wakeup_interval: float | None = None,
+    ) -> None:
+        self.url = url
+        self.path = database_path(url)
+        options = url_options(url)
+        self.idempotency_retention = _option(
+            idempotency_retention, options, "idempotency_retention", DEFAULT_IDEMPOTENCY_RETENTION
+        )
+        self.busy_timeout = _option(busy_timeout, options, "busy_timeout", DEFAULT_BUSY_TIMEOUT)
+        self.wakeup_interval = _option(
+            wakeup_interval, options, "wakeup_interval", DEFAULT_WAKEUP_INTERVAL
+        )
+        if self.busy_timeout < 0 or self.wakeup_interval <= 0 or self.idempotency_retention < 0:
+            raise ConfigurationError(
+                "busy_timeout and idempotency_retention must not be negative, "
+                "wakeup_interval must be positive"
+            )
+        self._executor: ThreadPoolExecutor | None = None
+        self._store: Store | None = None
+        self._watcher: Watcher | None = None
+        # generation of the wake-up watcher when each set of queues was last leased from
+        self._leased_at_generation: dict[frozenset[str], int] = {}
+
+    def __repr__(self) -> str:
+        return f"SQLiteBackend({self.url!r})"
+
+    # lifecycle
+
+    async def connect(self) -> None:
+        """Open the file (creating it, its directory and the schema if needed)."""
+        if self._store is not None:
+            return
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conveyor-sqlite")
+        try:
+            self._store = await asyncio.get_running_loop().run_in_executor(
+                executor, self._open_store
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._executor = executor
+        self._watcher = Watcher(self.path, interval=self.wakeup_interval)
+
+    def _open_store(self) -> Store:
+        return Store(
+            self.path,
+            busy_timeout=self.busy_timeout,
+            idempotency_retention=self.idempotency_retention,
+        )
+
+    async def close(self) -> None:
+        executor, store, watcher = self._executor, self._store, self._watcher
+        self._executor = self._store = self._watcher = None
+        if executor is None or store is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(executor, store.close)
+            if watcher is not None:
+                await loop.run_in_executor(executor, watcher.close)
+        finally:
+            executor.shutdown(wait=False)
+
+    async def _run(self, call: Callable[..., T], *args: object) -> T:
+        if self._executor is None:
+            raise BackendError(f"{self!r} is not connected: await connect() first")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
+
+    def _store_or_raise(self) -> Store:
+        if self._store is None:
+            raise BackendError(f"{self!r} is not connected: await connect() first")
+        return self._store
+
+    # queue store
+
+    async def lease(self, queues: Mapping[str, float], limit: int, now: float) -> list[LeasedJob]:
+        store = self._store_or_raise()
+        if self._watcher is not None:
+            self._leased_at_generation[frozenset(queues)] = self._watcher.generation
+        return await self._run(store.lease, dict(queues), limit, now)
+
+    async def extend(self, job_id: str, token: int, until: float, now: float) -> bool:
+        return await self._run(self._store_or_raise().extend, job_id, token, until, now)
+
+    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109 (the port's signature)
+        """Return soon after any process commits to the file (jobs may have arrived), at once if
+        that happened since these queues were last leased from, or after ``timeout`` seconds."""
+        watcher = self._watcher
+        if watcher is None:
+            raise BackendError(f"{self!r} is not connected: await connect() first")
+        if timeout <= 0:
+            return
+        since = self._leased_at_generation.pop(frozenset(queues), None)
+        await watcher.wait(since, timeout)
+
+    async def dead_letters(
+        self, queue: str | None, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
+        return await self._run(self._store_or_raise().dead_letters, queue, limit, offset)
+
+    async def redrive(self, ids: Sequence[str], now: float) -> int:
+        count = await self._run(self._store_or_raise().redrive, list(ids), now)
+        if count and self._watcher is not None:
+            self._watcher.notify()
+        return count
+
+    async def purge(self, ids: Sequence[str] | None, queue: str | None = None) -> int:
+        return await self._run(
+            self._store_or_raise().purge, None if ids is None else list(ids), queue
+        )
+
+    async def stats(self, queues: Sequence[str], now: float) -> list[QueueStats]:
+        return await self._run(self._store_or_raise().stats, list(queues), now)
+
+    # topic store
+
+    async def register_subscriptions(self, routes: Sequence[tuple[str, str]]) -> None:
+        await self._run(self._store_or_raise().register_subscriptions, list(routes))
+
+    async def subscriptions(self) -> list[tuple[str, str]]:
+        return await self._run(self._store_or_raise().subscriptions)
+
+    # state store
+
+    async def get_states(self, keys: Sequence[str]) -> dict[str, StateRecord]:
+        return await self._run(self._store_or_raise().get_states, list(keys))
+
+    # history store
+
+    async def history(self, correlation_id: str) -> list[HistoryEntry]:
+        return await self._run(self._store_or_raise().history, correlation_id)
+
+    async def prune_history(self, before: float) -> int:
+        return await self._run(self._store_or_raise().prune_history, before)
+
+    # commit
+
+    async def commit(self, commits: Sequence[Commit], now: float) -> list[CommitResult]:
+        if not commits:
+            return []
+        results, made_available = await self._run(self._store_or_raise().commit, list(commits), now)
+        if made_available and self._watcher is not None:
+            self._watcher.notify()
+        return results

@@ -1,0 +1,184 @@
+"""Opening the database file: pragmas, schema migrations and transactions that survive contention.
+
+Everything here is blocking and runs on the backend's own thread (see ``backend.py``).
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from conveyor.backends.sqlite.sql import MIGRATIONS, QUERIES, SCHEMA_VERSION
+from conveyor.model.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ConfigurationError,
+    SchemaVersionError,
+)
+
+T = TypeVar("T")
+
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_CANTOPEN = 14
+_MAX_BACKOFF = 0.05
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` means another connection holds a lock we need (worth retrying)."""
+    code = _primary_code(exc)
+    if code is not None:
+        return code in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    message = str(exc)
+    return "database is locked" in message or "database table is locked" in message
+
+
+def translate(exc: sqlite3.Error, path: str) -> BackendError:
+    """The conveyor error for a driver error (the caller chains ``exc`` as its cause)."""
+    if _primary_code(exc) == _SQLITE_CANTOPEN or "unable to open database" in str(exc):
+        return BackendUnavailableError(f"cannot open SQLite database {path!r}: {exc}")
+    return BackendError(f"SQLite error on {path!r}: {exc}")
+
+
+def script_statements(script: str) -> Iterator[str]:
+    """The statements of an SQL script, one at a time (``executescript`` would commit mid-way)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+    if buffer.strip() and not all(
+        part.strip().startswith("--") or not part.strip() for part in buffer.splitlines()
+    ):
+        raise ValueError(f"unterminated SQL statement in script: {buffer.strip()[:80]!r}")
+
+
+class Connection:
+    """One sqlite3 connection with conveyor's pragmas and a contention-proof transaction runner.
+
+    Lock waits are bounded by ``busy_timeout`` seconds in total: SQLite's own busy handler waits
+    first, then :meth:`write` retries a transaction that still hit ``SQLITE_BUSY`` with a short
+    randomized backoff, and finally raises :class:`BackendError` saying how long it waited.
+    """
+
+    def __init__(self, path: str, *, busy_timeout: float) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(
+                path,
+                timeout=busy_timeout,
+                isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+                check_same_thread=False,  # created and used on the backend thread, closed there too
+                cached_statements=256,
+            )
+        except OSError as exc:
+            raise BackendUnavailableError(
+                f"cannot create the directory of {path!r}: {exc}"
+            ) from exc
+        except sqlite3.Error as exc:
+            raise translate(exc, path) from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        started = time.monotonic()
+        delay = 0.001
+        while True:
+            try:
+                return attempt()
+            except sqlite3.Error as exc:
+                if not is_busy(exc):
+                    raise translate(exc, self.path) from exc
+                waited = time.monotonic() - started
+                if waited + delay > self.busy_timeout:
+                    raise BackendError(
+                        f"SQLite database {self.path!r} stayed locked for {waited:.2f}s "
+                        f"(busy_timeout={self.busy_timeout:g}s): another connection held a lock "
+                        "all that time; raise busy_timeout or shorten that connection's "
+                        "transactions"
+                    ) from exc
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, _MAX_BACKOFF)
+
+    def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in one ``BEGIN IMMEDIATE`` transaction, committed if it returns.
+
+        IMMEDIATE takes the write lock up front, so two processes never deadlock upgrading a read
+        lock. ``work`` may run more than once (after a busy error): it must only touch the database.
+        """
+        db = self.db
+
+        def attempt() -> T:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return result
+
+        return self._retrying(attempt)
+
+    def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run read-only ``work`` (autocommit: each statement sees the latest commit)."""
+        return self._retrying(lambda: work(self.db))
+
+    def setup(self) -> None:
+        """Check the schema version, switch to WAL and create or migrate the schema.
+
+        The version is read before anything is written: a database made by a newer conveyor is
+        refused with :class:`SchemaVersionError` and left untouched.
+        """
+        self._check_version(self.read(_stored_version))
+        mode = self._retrying(lambda: self.db.execute("PRAGMA journal_mode = WAL").fetchone())
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise ConfigurationError(
+                f"SQLite database {self.path!r} cannot use WAL mode (got {mode!r}); "
+                "conveyor needs WAL, which does not work on network file systems"
+            )
+        # NORMAL in WAL mode: a commit survives a crash of the process; an OS crash or power loss
+        # may lose the last transactions (never corrupts the file). FULL would fsync every commit.
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        if self.read(_stored_version) != SCHEMA_VERSION:
+            self.write(self._migrate)
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"SQLite database {self.path!r} has conveyor schema version {version}, but this "
+                f"conveyor only knows versions up to {SCHEMA_VERSION}: upgrade conveyor to use it "
+                "(nothing was changed in the file)"
+            )
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        # Re-read under the write lock: another process may have migrated meanwhile.
+        current = _stored_version(db)
+        self._check_version(current)
+        db.execute(QUERIES["create_schema_version_table"])
+        for version, script in MIGRATIONS.items():
+            if version > current:
+                for statement in script_statements(script):
+                    db.execute(statement)
+                db.execute(QUERIES["record_schema_version"], {"version": version})
+
+
+def _stored_version(db: sqlite3.Connection) -> int:
+    if db.execute(QUERIES["schema_version_table_exists"]).fetchone() is None:
+        return 0
+    row = db.execute(QUERIES["schema_version"]).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0

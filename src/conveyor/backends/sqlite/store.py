@@ -1,0 +1,344 @@
+"""The blocking half of the SQLite backend: every port operation as one short transaction.
+
+A :class:`Store` is created, used and closed on the backend's single thread. Writes run in
+``BEGIN IMMEDIATE`` transactions (see :class:`~conveyor.backends.sqlite.connection.Connection`);
+per-row Python work is kept to building tuples for ``executemany``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from operator import itemgetter
+from typing import Any
+
+import orjson
+
+from conveyor.backends.sqlite.connection import Connection
+from conveyor.backends.sqlite.sql import MAX_QUEUES_PER_COMPOUND, QUERIES, lease_statement
+from conveyor.ports import (
+    Commit,
+    CommitResult,
+    CommitStatus,
+    DeadLetter,
+    Effects,
+    ErrorInfo,
+    HistoryEntry,
+    LeasedJob,
+    NewJob,
+    Outcome,
+    QueueStats,
+    Settlement,
+    StateOp,
+    StateRecord,
+)
+
+Q = QUERIES
+RETURNING_SUPPORTED = sqlite3.sqlite_version_info >= (3, 35, 0)
+"""``UPDATE ... RETURNING`` arrived in SQLite 3.35; older libraries lease with SELECT + UPDATE."""
+
+# Expired idempotency keys are ignored on lookup; deleting them is housekeeping done this often
+# (seconds of the caller's clock).
+KEY_SWEEP_INTERVAL = 60.0
+
+_OK_EMPTY = CommitResult(CommitStatus.OK)
+_STALE = CommitResult(CommitStatus.STALE)
+_CONFLICT = CommitResult(CommitStatus.CONFLICT)
+_by_token = itemgetter(4)
+
+
+class Store:
+    """One database file, opened with the conveyor schema (created or checked on open)."""
+
+    def __init__(self, path: str, *, busy_timeout: float, idempotency_retention: float) -> None:
+        self.connection = Connection(path, busy_timeout=busy_timeout)
+        try:
+            self.connection.setup()
+        except BaseException:
+            self.connection.close()
+            raise
+        self.idempotency_retention = idempotency_retention
+        self.returning = RETURNING_SUPPORTED
+        self._next_key_sweep = float("-inf")
+
+    def close(self) -> None:
+        self.connection.close()
+
+    # queue store
+
+    def lease(self, queues: Mapping[str, float], limit: int, now: float) -> list[LeasedJob]:
+        if not queues or limit <= 0:
+            return []
+        names = list(queues)
+        probe = {"queues": json.dumps(names), "now": now}
+        if self.connection.read(lambda db: db.execute(Q["any_ready"], probe).fetchone()) is None:
+            return []
+        params: dict[str, Any] = {"now": now, "limit": limit}
+        if len(names) > MAX_QUEUES_PER_COMPOUND:
+            params["queue_leases"] = json.dumps({name: float(s) for name, s in queues.items()})
+        else:
+            for i, name in enumerate(names):
+                params[f"queue{i}"] = name
+                params[f"lease{i}"] = float(queues[name])
+        sql = lease_statement(len(names), returning=self.returning)
+        return self.connection.write(lambda db: self._lease(db, sql, params))
+
+    def _lease(self, db: sqlite3.Connection, sql: str, params: dict[str, Any]) -> list[LeasedJob]:
+        base: int = db.execute(Q["token_counter"]).fetchone()[0]
+        if self.returning:
+            rows = db.execute(sql, {**params, "base": base}).fetchall()
+            rows.sort(key=_by_token)  # token = base + rank restores oldest-first
+            leased = [LeasedJob(*row) for row in rows]
+        else:
+            leased, updates = [], []
+            selected = db.execute(sql, params).fetchall()
+            for rank, (seq, job_id, queue, body, attempt, deadline, enqueued_at) in enumerate(
+                selected, 1
+            ):
+                token = base + rank
+                updates.append((token, deadline, seq))
+                leased.append(LeasedJob(job_id, queue, body, attempt, token, deadline, enqueued_at))
+            db.executemany(Q["update_leased"], updates)
+        if leased:
+            db.execute(Q["advance_token_counter"], {"count": len(leased)})
+        return leased
+
+    def extend(self, job_id: str, token: int, until: float, now: float) -> bool:
+        params = {"id": job_id, "token": token, "until": until, "now": now}
+        return bool(self.connection.write(lambda db: db.execute(Q["extend"], params).rowcount))
+
+    def dead_letters(self, queue: str | None, limit: int, offset: int) -> list[DeadLetter]:
+        params = {"queue": queue, "limit": limit, "offset": offset}
+        rows = self.connection.read(lambda db: db.execute(Q["dead_letters"], params).fetchall())
+        return [
+            DeadLetter(
+                id=row[0],
+                queue=row[1],
+                body=row[2],
+                error=ErrorInfo(row[3], row[4], row[5]),
+                attempts=row[6],
+                enqueued_at=row[7],
+                failed_at=row[8],
+            )
+            for row in rows
+        ]
+
+    def redrive(self, ids: Sequence[str], now: float) -> int:
+        if not ids:
+            return 0
+        params = {"ids": json.dumps(list(ids)), "now": now}
+
+        def move(db: sqlite3.Connection) -> int:
+            db.execute(Q["redrive_insert"], params)
+            return int(db.execute(Q["redrive_delete"], params).rowcount)
+
+        return self.connection.write(move)
+
+    def purge(self, ids: Sequence[str] | None, queue: str | None) -> int:
+        if ids is None:
+            sql, params = Q["purge_queue"], {"queue": queue}
+        else:
+            sql, params = Q["purge_ids"], {"ids": json.dumps(list(ids))}
+        return int(self.connection.write(lambda db: db.execute(sql, params).rowcount))
+
+    def stats(self, queues: Sequence[str], now: float) -> list[QueueStats]:
+        def count(db: sqlite3.Connection) -> list[QueueStats]:
+            result = []
+            for queue in queues:
+                row = db.execute(Q["queue_stats"], {"queue": queue, "now": now}).fetchone()
+                ready, scheduled, leased, oldest, dead = row
+                result.append(QueueStats(queue, ready, scheduled, leased, dead, oldest))
+            return result
+
+        return self.connection.read(count)
+
+    # topic store
+
+    def register_subscriptions(self, routes: Sequence[tuple[str, str]]) -> None:
+        rows = [(event, queue) for event, queue in routes]
+        if rows:
+            self.connection.write(lambda db: db.executemany(Q["register_subscription"], rows))
+
+    def subscriptions(self) -> list[tuple[str, str]]:
+        rows = self.connection.read(lambda db: db.execute(Q["subscriptions"]).fetchall())
+        return [(event, queue) for event, queue in rows]
+
+    # state store
+
+    def get_states(self, keys: Sequence[str]) -> dict[str, StateRecord]:
+        if not keys:
+            return {}
+        param = (json.dumps(list(keys)),)
+        rows = self.connection.read(lambda db: db.execute(Q["get_states"], param).fetchall())
+        found = {key: StateRecord(value, version) for key, value, version in rows}
+        return {key: found[key] for key in keys if key in found}
+
+    # history store
+
+    def history(self, correlation_id: str) -> list[HistoryEntry]:
+        rows = self.connection.read(
+            lambda db: db.execute(Q["history"], (correlation_id,)).fetchall()
+        )
+        return [HistoryEntry(*row) for row in rows]
+
+    def prune_history(self, before: float) -> int:
+        return int(
+            self.connection.write(lambda db: db.execute(Q["prune_history"], (before,)).rowcount)
+        )
+
+    # commit
+
+    def commit(self, commits: Sequence[Commit], now: float) -> tuple[list[CommitResult], bool]:
+        """Apply ``commits`` in one transaction. Also returns whether jobs became available."""
+
+        def apply(db: sqlite3.Connection) -> tuple[list[CommitResult], bool]:
+            batch = _Batch(db, now, self.idempotency_retention)
+            results = [batch.apply(commit) for commit in commits]
+            batch.flush()
+            if now >= self._next_key_sweep:
+                db.execute(Q["sweep_expired_keys"], (now,))
+            return results, batch.made_available
+
+        results, made_available = self.connection.write(apply)
+        if now >= self._next_key_sweep:
+            self._next_key_sweep = now + KEY_SWEEP_INTERVAL
+        return results, made_available
+
+
+class _Batch:
+    """One commit batch inside its transaction.
+
+    Rows that no later commit of the batch can observe (new jobs, history) are collected and
+    written with ``executemany`` at the end; a cancel flushes the jobs first, since it may target
+    a job enqueued earlier in the same batch.
+    """
+
+    def __init__(self, db: sqlite3.Connection, now: float, retention: float) -> None:
+        self.db = db
+        self.now = now
+        self.retention = retention
+        self.jobs: list[tuple[str, str, bytes, float, float, str | None]] = []
+        self.history: list[tuple[Any, ...]] = []
+        self.routes: dict[str, list[str]] | None = None
+        self.made_available = False
+
+    def apply(self, commit: Commit) -> CommitResult:
+        db, settlement, effects = self.db, commit.settlement, commit.effects
+        live = None
+        if settlement is not None:
+            live = db.execute(
+                Q["live_lease"], (settlement.job_id, settlement.token, self.now)
+            ).fetchone()
+            if live is None:
+                return _STALE
+        for write in effects.states:
+            if write.expected_version is not None:
+                row = db.execute(Q["state_version"], (write.key,)).fetchone()
+                if (row[0] if row else 0) != write.expected_version:
+                    return _CONFLICT
+        # From here on nothing can fail: apply everything.
+        if settlement is not None and live is not None:
+            self._settle(settlement, live)
+        for write in effects.states:
+            if write.op is StateOp.DELETE:
+                db.execute(Q["delete_state"], (write.key,))
+            else:
+                db.execute(Q["set_state"], (write.key, write.value))
+        if effects.cancels:
+            self._cancel(effects.cancels)
+        job_ids = tuple([self._enqueue(new) for new in effects.jobs]) if effects.jobs else ()
+        deliveries = self._fan_out(effects) if effects.events else 0
+        if effects.history:
+            self.history.extend(
+                [
+                    (e.correlation_id, e.at, e.kind, e.name, e.message_id, e.attempt, e.detail)
+                    for e in effects.history
+                ]
+            )
+        if not job_ids and not deliveries:
+            return _OK_EMPTY
+        return CommitResult(CommitStatus.OK, job_ids, deliveries)
+
+    def _settle(self, settlement: Settlement, live: tuple[int, str, str | None]) -> None:
+        db, now = self.db, self.now
+        rowid, queue, key = live
+        outcome = settlement.outcome
+        if outcome is Outcome.ACK or outcome is Outcome.DEAD:
+            if outcome is Outcome.DEAD:
+                error = settlement.error or ErrorInfo("Unknown", "dead-lettered without an error")
+                db.execute(
+                    Q["dead_letter_job"],
+                    (error.type, error.message, error.traceback, now, rowid),
+                )
+            db.execute(Q["delete_job"], (rowid,))
+            if key is not None:
+                db.execute(Q["retire_key"], (now + self.retention, queue, key, settlement.job_id))
+            return
+        self.made_available = True
+        if outcome is Outcome.RELEASE:
+            db.execute(Q["release_job"], (now, rowid))
+        else:
+            available_at = now if settlement.available_at is None else settlement.available_at
+            error_text = None
+            if settlement.error is not None:
+                error_text = orjson.dumps(
+                    {"type": settlement.error.type, "message": settlement.error.message}
+                ).decode()
+            db.execute(Q["retry_job"], (available_at, error_text, rowid))
+
+    def _holder(self, queue: str, key: str) -> str | None:
+        row = self.db.execute(Q["key_holder"], (queue, key)).fetchone()
+        if row is None or (row[1] is not None and row[1] <= self.now):
+            return None
+        holder: str = row[0]
+        return holder
+
+    def _enqueue(self, new: NewJob) -> str:
+        if new.idempotency_key is not None:
+            holder = self._holder(new.queue, new.idempotency_key)
+            if holder is not None:
+                return holder
+            self.db.execute(Q["hold_key"], (new.queue, new.idempotency_key, new.id))
+        self.jobs.append(
+            (new.id, new.queue, new.body, new.available_at, new.enqueued_at, new.idempotency_key)
+        )
+        return new.id
+
+    def _cancel(self, cancels: list[tuple[str, str]]) -> None:
+        self.flush()
+        db = self.db
+        for queue, key in cancels:
+            holder = self._holder(queue, key)
+            if holder is not None and db.execute(Q["cancel_pending_job"], (holder,)).rowcount:
+                db.execute(Q["free_key"], (queue, key))
+
+    def _fan_out(self, effects: Effects) -> int:
+        if self.routes is None:
+            self.routes = {}
+            for event_name, queue in self.db.execute(Q["routes"]):
+                self.routes.setdefault(event_name, []).append(queue)
+        deliveries = 0
+        for event in effects.events:
+            for queue in self.routes.get(event.event, ()):
+                self.jobs.append(
+                    (
+                        f"{event.id}:{queue}",
+                        queue,
+                        event.body,
+                        event.emitted_at,
+                        event.emitted_at,
+                        None,
+                    )
+                )
+                deliveries += 1
+        return deliveries
+
+    def flush(self) -> None:
+        if self.jobs:
+            self.db.executemany(Q["insert_job"], self.jobs)
+            self.jobs = []
+            self.made_available = True
+        if self.history:
+            self.db.executemany(Q["insert_history"], self.history)
+            self.history = []
