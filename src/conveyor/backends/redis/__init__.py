@@ -1,0 +1,48 @@
+"""The Redis backend: ``redis://host:port/db?prefix=conveyor`` (``rediss://`` for TLS).
+
+Every role (queues, topics, states, history) lives in one Redis 6.2+ database. Each lease batch
+and each commit batch is one Lua script call (``*.lua`` beside this module, loaded once with
+``SCRIPT LOAD``, run by SHA with ``EVALSHA``, reloaded after ``NOSCRIPT``), so a commit's
+settlement and effects apply atomically: all of a commit or none of it.
+
+Key layout (``P`` is the prefix, ``?prefix=`` in the URL, default ``conveyor``; ``{queue}`` is a
+Redis Cluster hash tag, so one queue's keys share a slot)::
+
+    P:{queue}:jobs          sorted set: job id -> available_at, ready, delayed AND leased jobs
+                            (a lease moves the score to the lease deadline, so an expired
+                            lease is due again by the same rule as a delayed job)
+    P:{queue}:leased        sorted set: job id -> lease deadline, the leased subset
+    P:{queue}:dead          sorted set: dead letter id -> failed_at
+    P:{queue}:idem:<key>    string "<expires_at> <job id>" (expires_at "-" while the job exists;
+                            after ACK/DEAD it is now + idempotency_retention, with a PX TTL as
+                            garbage collection; a cancel deletes it)
+    P:{queue}:notify        pub/sub channel: published when jobs become due, for wait_for_jobs
+    P:job:<id>              hash: q queue, b body, a attempts, t token, e enqueued_at, k key
+    P:dead:<id>             hash: the job's fields + f failed_at, et/em/tb the error
+    P:dead                  sorted set: dead letter id -> failed_at, every queue
+    P:token                 counter: fencing tokens (INCRBY once per lease batch)
+    P:events                set: event names with subscriptions
+    P:sub:<event>           set: queues subscribed to the event
+    P:state:<key>           hash: v value, n version
+    P:history:<correlation> list: history entries as JSON arrays, in commit order
+    P:history               sorted set: correlation id -> its oldest entry's time (for pruning)
+
+Times are float seconds from the caller's clock, never Redis's: scores and script arguments
+carry every digit of a double. Idempotency expiry is judged on the caller's clock too; the TTL
+only collects garbage.
+
+Redis Cluster is out of scope: job hashes are addressed by job id alone (a settlement names its
+job, not its queue), and a commit that touches several queues is one multi-key script. The hash
+tags make a later split possible; on one Redis (or a primary with replicas) everything works.
+
+Durability: Redis acknowledges a commit once it is in memory. With ``appendonly yes`` and
+``appendfsync everysec`` a Redis crash (or power loss) can lose up to about one second of
+acknowledged enqueues, acks and state writes; ``appendfsync always`` loses none at a large cost
+in throughput; without persistence (or with RDB snapshots only) a restart loses everything
+since the last snapshot. A lost ack means a job runs again (at-least-once holds); a lost enqueue
+is lost. Run Redis with ``maxmemory-policy noeviction``: an evicting Redis silently drops jobs.
+"""
+
+from conveyor.backends.redis.backend import RedisBackend
+
+__all__ = ["RedisBackend"]

@@ -1,0 +1,273 @@
+"""``RedisBackend``: every port on one Redis, one Lua script per lease batch and per commit batch.
+
+The key layout, the Cluster caveat and the durability notes are in the package docstring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from conveyor.backends import url_options
+from conveyor.backends.redis import codec
+from conveyor.backends.redis.notifier import Notifier
+from conveyor.backends.redis.scripts import Scripts, command
+from conveyor.model.errors import BackendError, BackendUnavailableError, ConfigurationError
+from conveyor.ports import (
+    Commit,
+    CommitResult,
+    DeadLetter,
+    HistoryEntry,
+    LeasedJob,
+    QueueStats,
+    StateRecord,
+)
+
+DEFAULT_PREFIX = "conveyor"
+DEFAULT_IDEMPOTENCY_RETENTION = 24 * 3600.0
+_OWN_OPTIONS = ("prefix", "idempotency_retention")
+_PURGE_BATCH = 1000
+_PRUNE_BATCH = 100
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Translate redis-py's exceptions into conveyor's at the backend edge."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise BackendUnavailableError(f"Redis is unavailable: {exc}") from exc
+    except RedisError as exc:
+        raise BackendError(f"Redis failed: {exc}") from exc
+
+
+class RedisBackend:
+    """``redis://host:port/db?prefix=conveyor``: every role on one Redis (``rediss://`` for TLS).
+
+    Options come from the URL query or keywords (keywords win): ``prefix`` names the app's keys,
+    ``idempotency_retention`` (seconds) how long an idempotency key outlives its job. Any other
+    query option goes to redis-py (``socket_timeout``, ``max_connections``...).
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str | None = None,
+        idempotency_retention: float | None = None,
+    ) -> None:
+        self.url = url
+        options = url_options(url)
+        self.prefix = prefix if prefix is not None else options.get("prefix", DEFAULT_PREFIX)
+        if not self.prefix or "{" in self.prefix or "}" in self.prefix:
+            raise ConfigurationError(
+                f"Redis key prefix {self.prefix!r} must be non-empty and without braces"
+            )
+        if idempotency_retention is None:
+            try:
+                idempotency_retention = float(
+                    options.get("idempotency_retention", DEFAULT_IDEMPOTENCY_RETENTION)
+                )
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"idempotency_retention in {url!r} is not a number"
+                ) from exc
+        self.idempotency_retention = float(idempotency_retention)
+        parts = urlsplit(url)
+        driver_query = [(k, v) for k, v in parse_qsl(parts.query) if k not in _OWN_OPTIONS]
+        self._driver_url = urlunsplit(parts._replace(query=urlencode(driver_query)))
+        self._scripts = Scripts()
+        self._redis: Redis | None = None
+        self._notifier: Notifier | None = None
+
+    # lifecycle
+
+    async def connect(self) -> None:
+        """Open the connection pool and load the scripts (raises if Redis is unreachable)."""
+        if self._redis is not None:
+            return
+        try:
+            client = Redis.from_url(
+                self._driver_url,
+                # No silent retries: a retried script could apply twice. The runtime retries.
+                retry=Retry(NoBackoff(), 0),
+                socket_connect_timeout=5.0,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"invalid Redis URL {self.url!r}: {exc}") from exc
+        try:
+            with _translated():
+                await self._scripts.load(client)
+        except BaseException:
+            await client.aclose()
+            raise
+        self._redis = client
+        self._notifier = Notifier(client, lambda queue: self._key(queue, "notify"))
+
+    async def close(self) -> None:
+        """Stop the wake-up listener and close every connection."""
+        notifier, client = self._notifier, self._redis
+        self._notifier = self._redis = None
+        if notifier is not None:
+            await notifier.close()
+        if client is not None:
+            await client.aclose()
+
+    @property
+    def _client(self) -> Redis:
+        if self._redis is None:
+            raise BackendError("the Redis backend is not connected: call connect() first")
+        return self._redis
+
+    def _key(self, queue: str, suffix: str) -> str:
+        return f"{self.prefix}:{{{queue}}}:{suffix}"
+
+    async def _run(self, script: str, args: list[Any]) -> Any:
+        client = self._client
+        with _translated():
+            return await self._scripts.run(client, script, args)
+
+    # queue store
+
+    async def lease(self, queues: Mapping[str, float], limit: int, now: float) -> list[LeasedJob]:
+        if not queues or limit <= 0:
+            return []
+        if self._notifier is not None:
+            self._notifier.consume(queues)
+        args: list[Any] = [self.prefix, now, limit]
+        for queue, seconds in queues.items():
+            args += (queue, seconds)
+        return codec.leased_jobs(await self._run("lease", args), queues, now)
+
+    async def extend(self, job_id: str, token: int, until: float, now: float) -> bool:
+        return bool(await self._run("extend", [self.prefix, job_id, token, until, now]))
+
+    # the port names the parameter `timeout`, hence the noqa
+    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109
+        if self._notifier is None:
+            await asyncio.sleep(timeout)
+            return
+        await self._notifier.wait(queues, timeout)
+
+    async def dead_letters(
+        self, queue: str | None, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
+        reply = await self._run("dead_letters", [self.prefix, queue or "", offset, limit])
+        return codec.dead_letters(reply)
+
+    async def redrive(self, ids: Sequence[str], now: float) -> int:
+        if not ids:
+            return 0
+        count, woken = await self._run("redrive", [self.prefix, now, *ids])
+        self._signal(woken)
+        return int(count)
+
+    async def purge(self, ids: Sequence[str] | None, queue: str | None = None) -> int:
+        if ids is not None:
+            return int(await self._run("purge", [self.prefix, "ids", *ids])) if ids else 0
+        total = 0
+        while True:  # bounded: every round deletes a batch or ends the loop
+            count = int(await self._run("purge", [self.prefix, "queue", queue or "", _PURGE_BATCH]))
+            total += count
+            if count < _PURGE_BATCH:
+                return total
+
+    async def stats(self, queues: Sequence[str], now: float) -> list[QueueStats]:
+        if not queues:
+            return []
+        reply = await self._run("stats", [self.prefix, now, *queues])
+        return [
+            QueueStats(
+                queue=queue,
+                ready=ready,
+                scheduled=scheduled,
+                leased=leased,
+                dead=dead,
+                oldest_ready_at=None if oldest is None else float(oldest),
+            )
+            for queue, (ready, scheduled, leased, dead, oldest) in zip(queues, reply, strict=True)
+        ]
+
+    # topic store
+
+    async def register_subscriptions(self, routes: Sequence[tuple[str, str]]) -> None:
+        if not routes:
+            return
+        pipeline = self._client.pipeline(transaction=True)
+        for event, queue in routes:
+            pipeline.execute_command("SADD", f"{self.prefix}:sub:{event}", queue)
+            pipeline.execute_command("SADD", f"{self.prefix}:events", event)
+        with _translated():
+            await pipeline.execute()
+
+    async def subscriptions(self) -> list[tuple[str, str]]:
+        client = self._client
+        with _translated():
+            events = sorted(await command(client, "SMEMBERS", f"{self.prefix}:events"))
+            pipeline = client.pipeline(transaction=False)
+            for event in events:
+                pipeline.execute_command("SMEMBERS", f"{self.prefix}:sub:{event.decode()}")
+            queues = await pipeline.execute()
+        return [
+            (event.decode(), queue.decode())
+            for event, members in zip(events, queues, strict=True)
+            for queue in sorted(members)
+        ]
+
+    # state store
+
+    async def get_states(self, keys: Sequence[str]) -> dict[str, StateRecord]:
+        if not keys:
+            return {}
+        pipeline = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipeline.execute_command("HMGET", f"{self.prefix}:state:{key}", "v", "n")
+        with _translated():
+            rows = await pipeline.execute()
+        return {
+            key: StateRecord(value, int(version))
+            for key, (value, version) in zip(keys, rows, strict=True)
+            if value is not None
+        }
+
+    # history store
+
+    async def history(self, correlation_id: str) -> list[HistoryEntry]:
+        client = self._client
+        with _translated():
+            raw = await command(client, "LRANGE", f"{self.prefix}:history:{correlation_id}", 0, -1)
+        return [codec.decode_history(correlation_id, entry) for entry in raw]
+
+    async def prune_history(self, before: float) -> int:
+        removed = 0
+        while True:  # bounded: each round leaves its instances with nothing older than `before`
+            count, visited = await self._run("prune_history", [self.prefix, before, _PRUNE_BATCH])
+            removed += int(count)
+            if visited < _PRUNE_BATCH:
+                return removed
+
+    # commit
+
+    async def commit(self, commits: Sequence[Commit], now: float) -> list[CommitResult]:
+        if not commits:
+            return []
+        args: list[Any] = [self.prefix, now, self.idempotency_retention, len(commits)]
+        codec.commit_args(commits, args)
+        replies, woken = await self._run("commit", args)
+        self._signal(woken)
+        return codec.commit_results(commits, replies)
+
+    def _signal(self, queues: list[bytes]) -> None:
+        # wake this instance's waiters at once, without the round trip through pub/sub
+        if self._notifier is not None and queues:
+            self._notifier.signal(queue.decode() for queue in queues)

@@ -1,0 +1,164 @@
+"""Arguments for the Lua scripts and their replies, in the flat layouts the scripts document.
+
+Scripts take one flat ARGV list rather than one JSON document: bodies pass through as the bytes
+they are, times keep every digit (redis-py sends floats as ``repr``, which Lua reads back exactly),
+and Lua decodes nothing it does not need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from conveyor.ports import (
+    Commit,
+    CommitResult,
+    CommitStatus,
+    DeadLetter,
+    ErrorInfo,
+    HistoryEntry,
+    LeasedJob,
+    Outcome,
+    StateOp,
+)
+
+_STATUSES = (CommitStatus.OK, CommitStatus.STALE, CommitStatus.CONFLICT)
+
+
+def _optional(text: str | None) -> str:
+    # "" stands for None, so a present value (even an empty one) gets a leading marker
+    return "" if text is None else "=" + text
+
+
+def commit_args(commits: Sequence[Commit], out: list[Any]) -> None:
+    """Append the ``commit.lua`` layout of ``commits`` to ``out``."""
+    for commit in commits:
+        effects, settlement = commit.effects, commit.settlement
+        if effects:
+            out.append(
+                f"{len(effects.states)} {len(effects.cancels)} {len(effects.jobs)} "
+                f"{len(effects.events)} {len(effects.history)}"
+            )
+        else:
+            out.append("")
+        if settlement is None:
+            out.append("-")
+        else:
+            outcome = settlement.outcome
+            if outcome is Outcome.ACK:
+                out += ("a", settlement.job_id, settlement.token)
+            elif outcome is Outcome.RELEASE:
+                out += ("l", settlement.job_id, settlement.token)
+            elif outcome is Outcome.RETRY:
+                available_at = "" if settlement.available_at is None else settlement.available_at
+                out += ("r", settlement.job_id, settlement.token, available_at)
+            else:
+                error = settlement.error
+                if error is None:
+                    raise ValueError(
+                        f"dead-letter settlement of {settlement.job_id!r} has no error"
+                    )
+                out += (
+                    "d",
+                    settlement.job_id,
+                    settlement.token,
+                    error.type,
+                    error.message,
+                    _optional(error.traceback),
+                )
+        if not effects:
+            continue
+        for write in effects.states:
+            out += (
+                write.key,
+                "d" if write.op is StateOp.DELETE else "s",
+                b"" if write.value is None else write.value,
+                "" if write.expected_version is None else write.expected_version,
+            )
+        for queue, key in effects.cancels:
+            out += (queue, key)
+        for job in effects.jobs:
+            out += (
+                job.id,
+                job.queue,
+                job.body,
+                job.available_at,
+                job.enqueued_at,
+                _optional(job.idempotency_key),
+            )
+        for event in effects.events:
+            out += (event.id, event.event, event.body, event.emitted_at)
+        for entry in effects.history:
+            out += (entry.correlation_id, entry.at, encode_history(entry))
+
+
+def commit_results(commits: Sequence[Commit], replies: list[list[Any]]) -> list[CommitResult]:
+    """The results of ``commit.lua``: each job id is the one sent unless the reply replaces it."""
+    results = []
+    for commit, reply in zip(commits, replies, strict=True):
+        status = _STATUSES[reply[0]]
+        if status is not CommitStatus.OK:
+            results.append(CommitResult(status))
+            continue
+        job_ids = [job.id for job in commit.effects.jobs]
+        for index in range(2, len(reply), 2):
+            job_ids[reply[index] - 1] = reply[index + 1].decode()
+        results.append(CommitResult(status, tuple(job_ids), reply[1]))
+    return results
+
+
+def leased_jobs(reply: list[Any], queues: Mapping[str, float], now: float) -> list[LeasedJob]:
+    """The jobs of a ``lease.lua`` reply; deadlines are computed as the script did."""
+    jobs = []
+    for i in range(0, len(reply), 6):
+        queue = reply[i + 1].decode()
+        jobs.append(
+            LeasedJob(
+                id=reply[i].decode(),
+                queue=queue,
+                body=reply[i + 2],
+                attempt=reply[i + 3],
+                token=reply[i + 4],
+                lease_deadline=now + queues[queue],
+                enqueued_at=float(reply[i + 5]),
+            )
+        )
+    return jobs
+
+
+def dead_letters(reply: list[Any]) -> list[DeadLetter]:
+    """The dead letters of a ``dead_letters.lua`` reply."""
+    letters = []
+    for i in range(0, len(reply), 9):
+        traceback = reply[i + 5]
+        letters.append(
+            DeadLetter(
+                id=reply[i].decode(),
+                queue=reply[i + 1].decode(),
+                body=reply[i + 2],
+                error=ErrorInfo(
+                    reply[i + 3].decode(),
+                    reply[i + 4].decode(),
+                    None if traceback is None else traceback.decode(),
+                ),
+                attempts=int(reply[i + 6]),
+                enqueued_at=float(reply[i + 7]),
+                failed_at=float(reply[i + 8]),
+            )
+        )
+    return letters
+
+
+def encode_history(entry: HistoryEntry) -> bytes:
+    """A history entry as a JSON array starting with ``at`` (``prune_history.lua`` reads it)."""
+    return orjson.dumps(
+        [entry.at, entry.kind, entry.name, entry.message_id, entry.attempt, entry.detail]
+    )
+
+
+def decode_history(correlation_id: str, raw: bytes) -> HistoryEntry:
+    """The inverse of :func:`encode_history`."""
+    at, kind, name, message_id, attempt, detail = orjson.loads(raw)
+    return HistoryEntry(correlation_id, float(at), kind, name, message_id, attempt, detail)

@@ -1,0 +1,116 @@
+"""Wake-ups for ``wait_for_jobs``: Redis pub/sub, one channel per queue.
+
+Scripts that make jobs due (``commit.lua``, ``redrive.lua``) publish on
+``<prefix>:{<queue>}:notify``. One background task reads the subscription and marks the queue
+*pending*; a waiter returns as soon as one of its queues is pending. ``lease`` clears the pending
+mark of the queues it leases from *before* it reads them, so a notification can never fall
+between a lease that found nothing and the wait that follows it: at worst the wait returns at
+once and the next lease is empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+_READ_TIMEOUT = 1.0
+_MAX_BACKOFF = 1.0
+
+
+class Notifier:
+    """Pending queues and the tasks waiting for them."""
+
+    def __init__(self, client: Redis, channel: Callable[[str], str]) -> None:
+        self._client = client
+        self._channel = channel
+        self._queue_of: dict[bytes, str] = {}
+        self._pending: set[str] = set()
+        self._waiters: dict[asyncio.Future[None], frozenset[str]] = {}
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    def consume(self, queues: Iterable[str]) -> None:
+        """Forget the pending marks of ``queues``: the caller is about to lease from them."""
+        self._pending.difference_update(queues)
+
+    def signal(self, queues: Iterable[str]) -> None:
+        """Mark ``queues`` pending and wake the tasks waiting for any of them."""
+        queues = set(queues)
+        if not queues:
+            return
+        self._pending |= queues
+        for waiter, wanted in self._waiters.items():
+            if not waiter.done() and not wanted.isdisjoint(queues):
+                waiter.set_result(None)
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109
+        """Return when one of ``queues`` is pending, or after ``timeout`` seconds."""
+        wanted = frozenset(queues)
+        if not wanted.isdisjoint(self._pending):
+            return
+        unheard = [q for q in wanted if self._channel(q).encode() not in self._queue_of]
+        if unheard:
+            try:
+                await self._subscribe(unheard)
+            except (RedisError, OSError):
+                # Redis is away: wait out the timeout; the caller's next lease reports the error
+                await asyncio.sleep(timeout)
+            # a commit may have come before the subscription: return so the caller leases again
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[waiter] = wanted
+        try:
+            await asyncio.wait([waiter], timeout=timeout)
+        finally:
+            del self._waiters[waiter]
+            waiter.cancel()
+
+    async def close(self) -> None:
+        """Stop reading and close the subscription's connection."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        if self._pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            self._pubsub = None
+        for waiter in self._waiters:
+            waiter.cancel()
+
+    async def _subscribe(self, queues: Sequence[str]) -> None:
+        if self._pubsub is None:
+            self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        channels = {self._channel(queue).encode(): queue for queue in queues}
+        await self._pubsub.subscribe(*channels)
+        self._queue_of.update(channels)
+        if self._reader is None:
+            self._reader = asyncio.create_task(
+                self._read(self._pubsub), name="conveyor-redis-notify"
+            )
+
+    async def _read(self, pubsub: PubSub) -> None:
+        backoff = 0.0
+        while True:
+            try:
+                message = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=_READ_TIMEOUT
+                )
+            except (RedisError, OSError):
+                backoff = min(_MAX_BACKOFF, backoff * 2 or 0.05)
+                await asyncio.sleep(backoff)
+                continue
+            if backoff:
+                # back after an outage: whatever was published meanwhile is lost, so wake everyone
+                backoff = 0.0
+                self.signal(self._queue_of.values())
+            if message is not None and message["type"] == "message":
+                queue = self._queue_of.get(message["channel"])
+                if queue is not None:
+                    self.signal((queue,))

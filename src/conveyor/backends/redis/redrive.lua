@@ -1,0 +1,31 @@
+-- Move dead letters back to their queues as fresh jobs (attempts reset, available now).
+--
+-- ARGV: prefix, now, dead letter ids.
+-- Reply: {count, queue that got jobs, ...}.
+
+local prefix, now_s = ARGV[1], ARGV[2]
+local count, woken, seen = 0, {}, {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local dead_key = prefix .. ":dead:" .. id
+  local queue = redis.call("HGET", dead_key, "q")
+  if queue then
+    local job_key = prefix .. ":job:" .. id
+    local tag = prefix .. ":{" .. queue .. "}:"
+    redis.call("RENAME", dead_key, job_key)
+    -- a redriven job starts over, without its former idempotency key
+    redis.call("HDEL", job_key, "f", "et", "em", "tb", "k")
+    redis.call("HSET", job_key, "a", 0)
+    redis.call("ZREM", prefix .. ":dead", id)
+    redis.call("ZREM", tag .. "dead", id)
+    redis.call("ZREM", tag .. "leased", id)
+    redis.call("ZADD", tag .. "jobs", now_s, id)
+    count = count + 1
+    if not seen[queue] then
+      seen[queue] = true
+      woken[#woken + 1] = queue
+      redis.call("PUBLISH", tag .. "notify", "")
+    end
+  end
+end
+return { count, woken }
