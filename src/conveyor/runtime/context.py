@@ -202,8 +202,12 @@ class Context:
             return origin
         return Origin(origin.parent, origin.service, origin.service_version, carrier)
 
-    async def emit(self, event: str, payload: Any = None) -> str:
-        """Emit ``event`` (declared in ``emits=``); it is published when this job commits."""
+    async def emit(self, event: str, payload: Any = None, *, correlation_id: str | None = None) -> str:
+        """Emit ``event`` (declared in ``emits=``); it is published when this job commits.
+
+        ``correlation_id`` starts a new workflow instance (commands use it); by default the event
+        belongs to the current one.
+        """
         if self.emits is not None and event not in self.emits:
             declared = ", ".join(sorted(self.emits)) or "nothing"
             raise UndeclaredEmitError(
@@ -217,7 +221,7 @@ class Context:
             message_id=self.buffer.next_id(),
             origin=self._trace(),
             now=runtime.clock.now(),
-            correlation_id=self.correlation_id,
+            correlation_id=correlation_id or self.correlation_id,
         )
         self.buffer.effects.events.append(new)
         if runtime.history_enabled:

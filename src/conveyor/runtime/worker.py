@@ -376,7 +376,7 @@ class Worker:
     ) -> Commit:
         info = error_info(error)
         if envelope is not None:
-            effects.history.extend(self._history(envelope, leased, "dead_lettered", started, error).history)
+            effects.history[:0] = self._history(envelope, leased, "dead_lettered", started, error).history
         return Commit(Settlement(leased.id, leased.token, Outcome.DEAD, None, info), effects)
 
     async def _dead_with_hook(

@@ -1,0 +1,1 @@
+"""Runnable examples shipped with conveyor (``conveyor demo`` runs the order fulfillment one)."""
