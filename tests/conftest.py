@@ -5,11 +5,13 @@ A backend whose server is not reachable is skipped locally and fails in CI (``CI
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -47,6 +49,30 @@ def _available_backends() -> list[str]:
 BACKENDS = _available_backends()
 
 
+_postgres_database_ready = False
+
+
+def _create_postgres_database() -> None:
+    """Create the test database of ``POSTGRES_URL`` once per session if it does not exist yet."""
+    global _postgres_database_ready
+    if _postgres_database_ready:
+        return
+    import psycopg
+    from psycopg import sql
+
+    parts = urlsplit(POSTGRES_URL)
+    name = parts.path.lstrip("/")
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            # Another test process may create it at the same moment: that is fine too.
+            concurrent = (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation)
+            with contextlib.suppress(*concurrent):
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    _postgres_database_ready = True
+
+
 def fresh_url(kind: str, tmp_path: Path) -> str:
     """A URL of an empty, isolated backend of ``kind``."""
     unique = uuid.uuid4().hex[:10]
@@ -59,6 +85,7 @@ def fresh_url(kind: str, tmp_path: Path) -> str:
         return f"{REDIS_URL}?prefix=test-{unique}"
     if kind == "postgres":
         require_server("PostgreSQL", "127.0.0.1", 5432)
+        _create_postgres_database()
         return f"{POSTGRES_URL}?schema=test_{unique}"
     raise ValueError(kind)
 

@@ -1,0 +1,439 @@
+"""``postgresql://user@host:port/db?schema=conveyor``: jobs, events and state in PostgreSQL.
+
+One lease batch is one statement (``UPDATE ... FOR UPDATE SKIP LOCKED``); one commit batch is one
+call of the ``commit_batch`` function, so one round trip and one transaction whatever its size.
+Idle workers are woken by LISTEN/NOTIFY. Finished jobs are deleted, keeping the jobs table small.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import TupleRow, tuple_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from conveyor.backends import url_options
+from conveyor.backends.postgres import schema as pg_schema
+from conveyor.backends.postgres.batch import (
+    Arrays,
+    GroupResult,
+    flatten,
+    parse_row,
+    plan_groups,
+    results,
+)
+from conveyor.backends.postgres.listener import Listener
+from conveyor.model.errors import BackendError, BackendUnavailableError, ConfigurationError
+from conveyor.ports import (
+    Commit,
+    CommitResult,
+    DeadLetter,
+    ErrorInfo,
+    HistoryEntry,
+    LeasedJob,
+    QueueStats,
+    StateRecord,
+)
+
+DEFAULT_SCHEMA = "conveyor"
+DEFAULT_IDEMPOTENCY_RETENTION = 24 * 3600.0
+DEFAULT_POOL_MIN_SIZE = 2
+DEFAULT_POOL_MAX_SIZE = 10
+DEFAULT_POOL_TIMEOUT = 10.0
+PURGE_INTERVAL = 60.0
+"""Seconds of the caller's clock between purges of expired idempotency keys riding on a commit."""
+PURGE_BATCH = 1000
+PRUNE_BATCH = 5000
+COMMIT_RETRIES = 3
+"""Attempts of a commit batch that the server aborted for a deadlock or serialization failure."""
+
+# URL query keys that configure the backend itself; every other key goes to libpq untouched.
+_OWN_OPTIONS = frozenset(
+    {"schema", "idempotency_retention", "pool_min_size", "pool_max_size", "pool_timeout"}
+)
+# SQLSTATEs meaning "the server is not there for us": connection exceptions (08), operator
+# intervention such as a shutdown or pg_terminate_backend (57P), too many connections.
+_UNAVAILABLE_STATES = ("08", "57P", "53300")
+
+Connection = psycopg.AsyncConnection[TupleRow]
+
+
+def _libpq_url(url: str) -> str:
+    parts = urlsplit(url)
+    query = [
+        (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in _OWN_OPTIONS
+    ]
+    return urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
+
+
+def translate(exc: BaseException) -> BackendError:
+    """conveyor's error for a psycopg (or pool) exception; the caller chains ``exc``."""
+    if isinstance(exc, PoolTimeout | psycopg.InterfaceError | OSError):
+        return BackendUnavailableError(f"PostgreSQL is unreachable: {exc}")
+    if isinstance(exc, psycopg.OperationalError):
+        state = exc.sqlstate
+        if state is None or state.startswith(_UNAVAILABLE_STATES):
+            return BackendUnavailableError(f"PostgreSQL connection lost: {exc}")
+    return BackendError(f"PostgreSQL error: {exc}")
+
+
+class PostgresBackend:
+    """Every role on PostgreSQL, with settlements and effects committed atomically.
+
+    URL query options (keywords override them): ``schema`` (default ``conveyor``),
+    ``idempotency_retention`` (seconds, default 24h), ``pool_min_size``, ``pool_max_size``,
+    ``pool_timeout`` (seconds to wait for a connection). Anything else goes to libpq
+    (``sslmode``, ``application_name``, ...).
+
+    Besides the ports it offers :meth:`commit_in` (the transactional outbox: commit jobs and events
+    inside the caller's own transaction), :meth:`migrate` and :meth:`maintenance`.
+    """
+
+    def __init__(
+        self,
+        url: str = "postgresql://localhost/postgres",
+        *,
+        schema: str | None = None,
+        idempotency_retention: float | None = None,
+        pool_min_size: int | None = None,
+        pool_max_size: int | None = None,
+        pool_timeout: float | None = None,
+    ) -> None:
+        options = url_options(url)
+
+        def option(given: float | None, key: str, default: float) -> float:
+            return float(given if given is not None else options.get(key, default))
+
+        try:
+            self.schema = pg_schema.validate_schema(schema or options.get("schema", DEFAULT_SCHEMA))
+            self.idempotency_retention = option(
+                idempotency_retention, "idempotency_retention", DEFAULT_IDEMPOTENCY_RETENTION
+            )
+            self._pool_min_size = int(option(pool_min_size, "pool_min_size", DEFAULT_POOL_MIN_SIZE))
+            self._pool_max_size = max(
+                self._pool_min_size,
+                int(option(pool_max_size, "pool_max_size", DEFAULT_POOL_MAX_SIZE)),
+            )
+            self._pool_timeout = option(pool_timeout, "pool_timeout", DEFAULT_POOL_TIMEOUT)
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid option in PostgreSQL URL {url!r}: {exc}") from exc
+        self.url = url
+        self.channel = f"conveyor:{self.schema}"
+        """This schema's NOTIFY channel; a payload is newline-separated queue names or ``*``."""
+        self._conninfo = _libpq_url(url)
+        self._connect_options: dict[str, Any] = (
+            {} if "application_name" in options else {"application_name": "conveyor"}
+        )
+        self._queries = pg_schema.load_queries(self.schema)
+        self._pool: AsyncConnectionPool[Connection] | None = None
+        self._listener = Listener(self._conninfo, self.channel, self._connect_options)
+        self._next_purge: float | None = None
+
+    # lifecycle
+
+    async def connect(self) -> None:
+        """Bring the schema up to date (see :meth:`migrate`), then open the connection pool.
+
+        The first connection is made directly so that a wrong URL, a missing database or a refused
+        login fails at once with the server's message instead of after the pool's timeout.
+        """
+        if self._pool is not None:
+            return
+        await self.migrate()
+        pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+            self._conninfo,
+            min_size=self._pool_min_size,
+            max_size=self._pool_max_size,
+            kwargs={"autocommit": True, **self._connect_options},
+            # Connections a server restart or pg_terminate_backend killed while idle are found
+            # and replaced at checkout (one empty query) instead of failing a lease or commit.
+            check=AsyncConnectionPool.check_connection,
+            timeout=self._pool_timeout,
+            name=f"conveyor-{self.schema}",
+            open=False,
+        )
+        try:
+            await pool.open(wait=True, timeout=self._pool_timeout)
+        except BaseException as exc:
+            await pool.close()
+            if isinstance(exc, PoolTimeout):
+                raise translate(exc) from exc
+            raise
+        self._pool = pool
+
+    async def migrate(self) -> None:
+        """Create or upgrade this backend's schema; idempotent, safe to run from many processes.
+
+        Raises :class:`~conveyor.model.errors.SchemaVersionError` (changing nothing) if the schema
+        was written by a newer conveyor.
+        """
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self._conninfo,
+                autocommit=True,
+                connect_timeout=max(1, round(self._pool_timeout)),
+                **self._connect_options,
+            ) as conn:
+                await pg_schema.migrate(conn, self.schema)
+        except (psycopg.Error, OSError) as exc:
+            raise translate(exc) from exc
+
+    async def close(self) -> None:
+        await self._listener.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        if self._pool is None:
+            raise BackendError("the PostgreSQL backend is not connected: call connect() first")
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except (PoolTimeout, psycopg.Error, OSError) as exc:
+            raise translate(exc) from exc
+
+    # queue store
+
+    async def lease(self, queues: Mapping[str, float], limit: int, now: float) -> list[LeasedJob]:
+        if not queues or limit <= 0:
+            return []
+        names = list(queues)
+        params = {
+            "queues": names,
+            "seconds": [float(queues[name]) for name in names],
+            "now": now,
+            "limit": limit,
+        }
+        async with self._connection() as conn:
+            cursor = conn.cursor(binary=True)
+            await cursor.execute(self._queries["lease"], params)
+            rows = await cursor.fetchall()
+        rows.sort(key=lambda row: row[7])  # by available_at before the lease: oldest first
+        return [
+            LeasedJob(
+                id=row[0],
+                queue=row[1],
+                body=row[2],
+                attempt=row[3],
+                token=row[4],
+                lease_deadline=row[5],
+                enqueued_at=row[6],
+            )
+            for row in rows
+        ]
+
+    async def extend(self, job_id: str, token: int, until: float, now: float) -> bool:
+        params = {"id": job_id, "token": token, "until": until, "now": now}
+        async with self._connection() as conn:
+            cursor = await conn.execute(self._queries["extend"], params)
+            return cursor.rowcount == 1
+
+    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109 (the port's signature)
+        await self._listener.wait(queues, timeout)
+
+    async def dead_letters(
+        self, queue: str | None, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
+        params = {"queue": queue, "limit": limit, "offset": offset}
+        async with self._connection() as conn:
+            cursor = conn.cursor(binary=True)
+            await cursor.execute(self._queries["dead_letters"], params)
+            rows = await cursor.fetchall()
+        return [
+            DeadLetter(
+                id=row[0],
+                queue=row[1],
+                body=row[2],
+                error=ErrorInfo(row[3], row[4], row[5]),
+                attempts=row[6],
+                enqueued_at=row[7],
+                failed_at=row[8],
+            )
+            for row in rows
+        ]
+
+    async def redrive(self, ids: Sequence[str], now: float) -> int:
+        if not ids:
+            return 0
+        async with self._connection() as conn, conn.transaction():
+            cursor = await conn.execute(self._queries["redrive"], {"ids": list(ids), "now": now})
+            row = await cursor.fetchone()
+            assert row is not None
+            count, queues = row
+            if queues:
+                await self._notify(conn, queues)
+        return int(count)
+
+    async def _notify(self, conn: Connection, queues: Sequence[str]) -> None:
+        payload = "\n".join(sorted(queues))
+        await conn.execute(
+            self._queries["notify"],
+            {"channel": self.channel, "payload": payload if len(payload) <= 7000 else "*"},
+        )
+
+    async def purge(self, ids: Sequence[str] | None, queue: str | None = None) -> int:
+        async with self._connection() as conn:
+            if ids is None:
+                cursor = await conn.execute(self._queries["purge_queue"], {"queue": queue})
+            else:
+                cursor = await conn.execute(self._queries["purge_ids"], {"ids": list(ids)})
+            return cursor.rowcount
+
+    async def stats(self, queues: Sequence[str], now: float) -> list[QueueStats]:
+        if not queues:
+            return []
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                self._queries["stats"], {"queues": list(queues), "now": now}
+            )
+            rows = {row[0]: row for row in await cursor.fetchall()}
+        return [
+            QueueStats(
+                queue=queue,
+                ready=rows[queue][1],
+                scheduled=rows[queue][2],
+                leased=rows[queue][3],
+                dead=rows[queue][4],
+                oldest_ready_at=rows[queue][5],
+            )
+            for queue in queues
+        ]
+
+    # topic store
+
+    async def register_subscriptions(self, routes: Sequence[tuple[str, str]]) -> None:
+        if not routes:
+            return
+        params = {
+            "events": [event for event, _ in routes],
+            "queues": [queue for _, queue in routes],
+        }
+        async with self._connection() as conn:
+            await conn.execute(self._queries["register_subscriptions"], params)
+
+    async def subscriptions(self) -> list[tuple[str, str]]:
+        async with self._connection() as conn:
+            cursor = await conn.execute(self._queries["subscriptions"])
+            return [(row[0], row[1]) for row in await cursor.fetchall()]
+
+    # state store
+
+    async def get_states(self, keys: Sequence[str]) -> dict[str, StateRecord]:
+        if not keys:
+            return {}
+        async with self._connection() as conn:
+            cursor = conn.cursor(binary=True)
+            await cursor.execute(self._queries["get_states"], {"keys": list(keys)})
+            found = {row[0]: StateRecord(row[1], row[2]) for row in await cursor.fetchall()}
+        return {key: found[key] for key in keys if key in found}
+
+    # history store
+
+    async def history(self, correlation_id: str) -> list[HistoryEntry]:
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                self._queries["history"], {"correlation_id": correlation_id}
+            )
+            return [HistoryEntry(*row) for row in await cursor.fetchall()]
+
+    async def prune_history(self, before: float) -> int:
+        """Delete entries older than ``before``, a batch per transaction so no lock is held long."""
+        return await self._delete_in_batches("prune_history", {"before": before}, PRUNE_BATCH)
+
+    async def maintenance(self, now: float) -> int:
+        """Delete every idempotency key whose retention ended by ``now``; returns how many.
+
+        Commits already purge a few now and then; call this from a periodic job to catch up.
+        """
+        return await self._delete_in_batches("purge_idempotency", {"now": now}, PURGE_BATCH)
+
+    async def _delete_in_batches(self, query: str, params: dict[str, Any], batch: int) -> int:
+        deleted = 0
+        while True:
+            async with self._connection() as conn:
+                cursor = await conn.execute(self._queries[query], {**params, "batch": batch})
+            deleted += cursor.rowcount
+            if cursor.rowcount < batch:
+                return deleted
+
+    # commit
+
+    async def commit(self, commits: Sequence[Commit], now: float) -> list[CommitResult]:
+        if not commits:
+            return []
+        groups = plan_groups(commits)
+        arrays = [flatten(commits, group) for group in groups]
+        purge = self._purge_due(now)
+        for attempt in range(1, COMMIT_RETRIES + 1):
+            try:
+                async with self._connection() as conn:
+                    answers = await self._apply(conn, arrays, now, purge)
+                break
+            except BackendError as exc:
+                # A deadlock or serialization failure rolled the whole batch back: try again.
+                transient = pg_errors.DeadlockDetected | pg_errors.SerializationFailure
+                if attempt == COMMIT_RETRIES or not isinstance(exc.__cause__, transient):
+                    raise
+        woken = {queue for answer in answers for queue in answer.woken}
+        if woken:
+            self._listener.wake(woken)
+        return results(commits, groups, answers)
+
+    async def commit_in(
+        self, conn: psycopg.AsyncConnection[Any], commits: Sequence[Commit], now: float
+    ) -> list[CommitResult]:
+        """Apply ``commits`` inside the caller's own transaction on ``conn`` (the outbox pattern).
+
+        The jobs, events and state writes become visible when, and only if, the caller's
+        transaction commits; a rollback leaves no trace. Workers are notified at that commit::
+
+            async with await psycopg.AsyncConnection.connect(dsn) as conn:
+                async with conn.transaction():
+                    await conn.execute("INSERT INTO orders ...")
+                    await backend.commit_in(conn, [Commit(effects=Effects(jobs=[...]))], now)
+
+        ``conn`` must reach the same database; its transaction is not retried here: on a
+        :class:`BackendError` the caller's transaction is broken and must be rolled back.
+        """
+        if not commits:
+            return []
+        groups = plan_groups(commits)
+        arrays = [flatten(commits, group) for group in groups]
+        try:
+            answers = await self._apply(conn, arrays, now, 0)
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+        return results(commits, groups, answers)
+
+    async def _apply(
+        self, conn: psycopg.AsyncConnection[Any], arrays: Sequence[Arrays], now: float, purge: int
+    ) -> list[GroupResult]:
+        query = self._queries["commit"]
+        cursor = conn.cursor(row_factory=tuple_row)
+        answers: list[GroupResult] = []
+        # One group is one statement, atomic by itself; several need a transaction around them
+        # (a savepoint if the caller already has one open).
+        block = conn.transaction() if len(arrays) > 1 else contextlib.nullcontext()
+        async with block:
+            for index, group in enumerate(arrays):
+                params = group.params(
+                    now, self.idempotency_retention, purge if index == 0 else 0, self.channel
+                )
+                await cursor.execute(query, params)
+                row = await cursor.fetchone()
+                assert row is not None
+                answers.append(parse_row(row))
+        return answers
+
+    def _purge_due(self, now: float) -> int:
+        if self._next_purge is not None and now < self._next_purge:
+            return 0
+        self._next_purge = now + PURGE_INTERVAL
+        return PURGE_BATCH

@@ -1,0 +1,250 @@
+"""Flattening a batch of commits into the parallel arrays ``commit_batch()`` takes.
+
+``commit_batch`` applies every part of a batch set-wise (all settlements, then all state writes,
+cancels, new jobs, events, history). That equals applying the commits one after the other, the
+reference semantics, as long as no two commits of one call interact in a way the order matters
+for. :func:`plan_groups` cuts the batch where that could happen; each group is one call, all of
+them in one transaction. Commits that share nothing, the normal case, make a single group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from conveyor.ports import (
+    Commit,
+    CommitResult,
+    CommitStatus,
+    ErrorInfo,
+    Outcome,
+    StateOp,
+    StateWrite,
+)
+
+
+def plan_groups(commits: Sequence[Commit]) -> list[list[int]]:
+    """Split ``commits`` (by index) into consecutive groups that can each be applied set-wise.
+
+    A new group starts at a commit that settles a job already settled in the group, writes a state
+    key already written in it, or cancels an idempotency key a job of the group was enqueued with.
+    """
+    groups: list[list[int]] = []
+    current: list[int] = []
+    settled: set[str] = set()
+    written: set[str] = set()
+    keyed: set[tuple[str, str]] = set()
+    for index, commit in enumerate(commits):
+        effects = commit.effects
+        job_id = commit.settlement.job_id if commit.settlement is not None else None
+        keys = {write.key for write in effects.states}
+        if current and (
+            (job_id is not None and job_id in settled)
+            or not written.isdisjoint(keys)
+            or any(cancel in keyed for cancel in effects.cancels)
+        ):
+            groups.append(current)
+            current, settled, written, keyed = [], set(), set(), set()
+        current.append(index)
+        if job_id is not None:
+            settled.add(job_id)
+        written |= keys
+        keyed.update(
+            (job.queue, job.idempotency_key) for job in effects.jobs if job.idempotency_key
+        )
+    if current:
+        groups.append(current)
+    return groups
+
+
+@dataclass(slots=True)
+class _FoldedWrite:
+    """The writes of one key within one commit, folded into what they amount to."""
+
+    expected: int | None = None
+    delete: bool = False
+    reset: bool = False
+    value: bytes | None = None
+    sets: int = 0
+
+
+MISSING_ERROR = ErrorInfo("UnknownError", "dead-lettered without error details")
+
+NEVER_MATCHES = -1
+"""An expected version no stored state has: two different expectations of one key in a commit."""
+
+
+def fold_state_writes(writes: Sequence[StateWrite]) -> dict[str, _FoldedWrite]:
+    """Per key: every expectation is checked against the version before the commit; then the writes
+    apply in order (each set adds one to the version, a delete drops the key and its version)."""
+    folded: dict[str, _FoldedWrite] = {}
+    for write in writes:
+        entry = folded.setdefault(write.key, _FoldedWrite())
+        if write.expected_version is not None:
+            if entry.expected is None:
+                entry.expected = write.expected_version
+            elif entry.expected != write.expected_version:
+                entry.expected = NEVER_MATCHES
+        if write.op is StateOp.DELETE:
+            entry.delete, entry.reset, entry.value, entry.sets = True, True, None, 0
+        else:
+            entry.delete, entry.value = False, write.value
+            entry.sets += 1
+    return folded
+
+
+@dataclass(slots=True)
+class Arrays:
+    """The arguments of one ``commit_batch`` call (see its definition for their meaning)."""
+
+    s_commit: list[int] = field(default_factory=list)
+    s_id: list[str] = field(default_factory=list)
+    s_token: list[int] = field(default_factory=list)
+    s_outcome: list[str] = field(default_factory=list)
+    s_available_at: list[float | None] = field(default_factory=list)
+    s_error_type: list[str | None] = field(default_factory=list)
+    s_error_message: list[str | None] = field(default_factory=list)
+    s_error_traceback: list[str | None] = field(default_factory=list)
+    w_commit: list[int] = field(default_factory=list)
+    w_key: list[str] = field(default_factory=list)
+    w_expected: list[int | None] = field(default_factory=list)
+    w_delete: list[bool] = field(default_factory=list)
+    w_reset: list[bool] = field(default_factory=list)
+    w_value: list[bytes | None] = field(default_factory=list)
+    w_sets: list[int] = field(default_factory=list)
+    x_commit: list[int] = field(default_factory=list)
+    x_queue: list[str] = field(default_factory=list)
+    x_key: list[str] = field(default_factory=list)
+    j_commit: list[int] = field(default_factory=list)
+    j_id: list[str] = field(default_factory=list)
+    j_queue: list[str] = field(default_factory=list)
+    j_body: list[bytes] = field(default_factory=list)
+    j_available_at: list[float] = field(default_factory=list)
+    j_enqueued_at: list[float] = field(default_factory=list)
+    j_key: list[str | None] = field(default_factory=list)
+    e_commit: list[int] = field(default_factory=list)
+    e_id: list[str] = field(default_factory=list)
+    e_event: list[str] = field(default_factory=list)
+    e_body: list[bytes] = field(default_factory=list)
+    e_emitted_at: list[float] = field(default_factory=list)
+    h_commit: list[int] = field(default_factory=list)
+    h_correlation_id: list[str] = field(default_factory=list)
+    h_at: list[float] = field(default_factory=list)
+    h_kind: list[str] = field(default_factory=list)
+    h_name: list[str] = field(default_factory=list)
+    h_message_id: list[str | None] = field(default_factory=list)
+    h_attempt: list[int | None] = field(default_factory=list)
+    h_detail: list[str | None] = field(default_factory=list)
+
+    def params(self, now: float, retention: float, purge: int, channel: str) -> tuple[Any, ...]:
+        """The positional parameters of the ``commit`` query, in the function's order."""
+        return (now, retention, purge, channel, *(getattr(self, f.name) for f in fields(self)))
+
+
+def flatten(commits: Sequence[Commit], group: Sequence[int]) -> Arrays:
+    """The arrays of the commits ``group`` (indexes into ``commits``), tagged with those indexes."""
+    a = Arrays()
+    for c in group:
+        commit = commits[c]
+        settlement, effects = commit.settlement, commit.effects
+        if settlement is not None:
+            # The runtime always gives a dead letter its error; should one come without, it still
+            # moves (a commit is never refused for bad input) with a placeholder.
+            error = settlement.error or (
+                MISSING_ERROR if settlement.outcome is Outcome.DEAD else None
+            )
+            a.s_commit.append(c)
+            a.s_id.append(settlement.job_id)
+            a.s_token.append(settlement.token)
+            a.s_outcome.append(settlement.outcome.value)
+            a.s_available_at.append(settlement.available_at)
+            a.s_error_type.append(error.type if error else None)
+            a.s_error_message.append(error.message if error else None)
+            a.s_error_traceback.append(error.traceback if error else None)
+        if effects.states:
+            for key, write in fold_state_writes(effects.states).items():
+                a.w_commit.append(c)
+                a.w_key.append(key)
+                a.w_expected.append(write.expected)
+                a.w_delete.append(write.delete)
+                a.w_reset.append(write.reset)
+                a.w_value.append(write.value)
+                a.w_sets.append(write.sets)
+        for queue, key in effects.cancels:
+            a.x_commit.append(c)
+            a.x_queue.append(queue)
+            a.x_key.append(key)
+        for job in effects.jobs:
+            a.j_commit.append(c)
+            a.j_id.append(job.id)
+            a.j_queue.append(job.queue)
+            a.j_body.append(job.body)
+            a.j_available_at.append(job.available_at)
+            a.j_enqueued_at.append(job.enqueued_at)
+            a.j_key.append(job.idempotency_key)
+        for event in effects.events:
+            a.e_commit.append(c)
+            a.e_id.append(event.id)
+            a.e_event.append(event.event)
+            a.e_body.append(event.body)
+            a.e_emitted_at.append(event.emitted_at)
+        for entry in effects.history:
+            a.h_commit.append(c)
+            a.h_correlation_id.append(entry.correlation_id)
+            a.h_at.append(entry.at)
+            a.h_kind.append(entry.kind)
+            a.h_name.append(entry.name)
+            a.h_message_id.append(entry.message_id)
+            a.h_attempt.append(entry.attempt)
+            a.h_detail.append(entry.detail)
+    return a
+
+
+@dataclass(slots=True)
+class GroupResult:
+    """What one ``commit_batch`` call answered, keyed back to commit indexes."""
+
+    failed: dict[int, CommitStatus]
+    job_ids: list[str | None]
+    deliveries: list[int]
+    woken: list[str]
+
+
+def parse_row(row: Sequence[Any]) -> GroupResult:
+    failed_commits, failed_statuses, job_ids, deliveries, woken = row
+    return GroupResult(
+        failed={
+            c: CommitStatus(status)
+            for c, status in zip(failed_commits, failed_statuses, strict=True)
+        },
+        job_ids=list(job_ids),
+        deliveries=list(deliveries),
+        woken=list(woken),
+    )
+
+
+def results(
+    commits: Sequence[Commit], groups: Sequence[Sequence[int]], answers: Sequence[GroupResult]
+) -> list[CommitResult]:
+    """One :class:`CommitResult` per commit, in order, from the answers of its groups."""
+    out: list[CommitResult | None] = [None] * len(commits)
+    for group, answer in zip(groups, answers, strict=True):
+        job_at = 0
+        event_at = 0
+        for c in group:
+            effects = commits[c].effects
+            jobs = answer.job_ids[job_at : job_at + len(effects.jobs)]
+            delivered = answer.deliveries[event_at : event_at + len(effects.events)]
+            job_at += len(effects.jobs)
+            event_at += len(effects.events)
+            status = answer.failed.get(c)
+            if status is not None:
+                out[c] = CommitResult(status)
+            else:
+                out[c] = CommitResult(
+                    CommitStatus.OK,
+                    tuple(job_id for job_id in jobs if job_id is not None),
+                    sum(delivered),
+                )
+    return [result for result in out if result is not None]
