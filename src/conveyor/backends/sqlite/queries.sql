@@ -89,6 +89,11 @@ WHERE id = ? AND token = ? AND leased = 1 AND available_at >= ?;
 -- name: delete_job
 DELETE FROM jobs WHERE rowid = ?;
 
+-- name: ack_live_lease
+-- The hot path: check the lease and delete the job in one statement (SQLite >= 3.35).
+DELETE FROM jobs WHERE id = ? AND token = ? AND leased = 1 AND available_at >= ?
+RETURNING queue, idempotency_key;
+
 -- name: retire_key
 UPDATE idempotency_keys SET expires_at = ? WHERE queue = ? AND key = ? AND job_id = ?;
 

@@ -193,7 +193,7 @@ class Store:
         """Apply ``commits`` in one transaction. Also returns whether jobs became available."""
 
         def apply(db: sqlite3.Connection) -> tuple[list[CommitResult], bool]:
-            batch = _Batch(db, now, self.idempotency_retention)
+            batch = _Batch(db, now, self.idempotency_retention, returning=self.returning)
             results = [batch.apply(commit) for commit in commits]
             batch.flush()
             if now >= self._next_key_sweep:
@@ -214,8 +214,11 @@ class _Batch:
     a job enqueued earlier in the same batch.
     """
 
-    def __init__(self, db: sqlite3.Connection, now: float, retention: float) -> None:
+    def __init__(
+        self, db: sqlite3.Connection, now: float, retention: float, *, returning: bool
+    ) -> None:
         self.db = db
+        self.returning = returning
         self.now = now
         self.retention = retention
         self.jobs: list[tuple[str, str, bytes, float, float, str | None]] = []
@@ -225,20 +228,32 @@ class _Batch:
 
     def apply(self, commit: Commit) -> CommitResult:
         db, settlement, effects = self.db, commit.settlement, commit.effects
-        live = None
+        versioned = any(write.expected_version is not None for write in effects.states)
         if settlement is not None:
-            live = db.execute(
-                Q["live_lease"], (settlement.job_id, settlement.token, self.now)
-            ).fetchone()
-            if live is None:
-                return _STALE
-        for write in effects.states:
-            if write.expected_version is not None:
-                row = db.execute(Q["state_version"], (write.key,)).fetchone()
-                if (row[0] if row else 0) != write.expected_version:
-                    return _CONFLICT
+            if settlement.outcome is Outcome.ACK and not versioned and self.returning:
+                # The hot path: nothing after the lease check can fail this commit, so the
+                # check can be the delete itself (one statement per acked job).
+                row = db.execute(
+                    Q["ack_live_lease"], (settlement.job_id, settlement.token, self.now)
+                ).fetchone()
+                if row is None:
+                    return _STALE
+                self._retire_key(row[0], row[1], settlement.job_id)
+                settlement = None
+            else:
+                live = db.execute(
+                    Q["live_lease"], (settlement.job_id, settlement.token, self.now)
+                ).fetchone()
+                if live is None:
+                    return _STALE
+        if versioned:
+            for write in effects.states:
+                if write.expected_version is not None:
+                    row = db.execute(Q["state_version"], (write.key,)).fetchone()
+                    if (row[0] if row else 0) != write.expected_version:
+                        return _CONFLICT
         # From here on nothing can fail: apply everything.
-        if settlement is not None and live is not None:
+        if settlement is not None:
             self._settle(settlement, live)
         for write in effects.states:
             if write.op is StateOp.DELETE:
@@ -260,6 +275,11 @@ class _Batch:
             return _OK_EMPTY
         return CommitResult(CommitStatus.OK, job_ids, deliveries)
 
+    def _retire_key(self, queue: str, key: str | None, job_id: str) -> None:
+        # The key stays taken for the retention window after the job is gone.
+        if key is not None:
+            self.db.execute(Q["retire_key"], (self.now + self.retention, queue, key, job_id))
+
     def _settle(self, settlement: Settlement, live: tuple[int, str, str | None]) -> None:
         db, now = self.db, self.now
         rowid, queue, key = live
@@ -272,8 +292,7 @@ class _Batch:
                     (error.type, error.message, error.traceback, now, rowid),
                 )
             db.execute(Q["delete_job"], (rowid,))
-            if key is not None:
-                db.execute(Q["retire_key"], (now + self.retention, queue, key, settlement.job_id))
+            self._retire_key(queue, key, settlement.job_id)
             return
         self.made_available = True
         if outcome is Outcome.RELEASE:

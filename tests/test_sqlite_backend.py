@@ -1,0 +1,303 @@
+"""What the SQLite backend must do beyond the store contract: many instances and processes on one
+file, schema versions, lock contention, cross-instance wake-ups and its URL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from conveyor.backends import open_backend
+from conveyor.backends.sqlite import SQLiteBackend
+from conveyor.backends.sqlite.backend import database_path
+from conveyor.model.errors import BackendError, ConfigurationError, SchemaVersionError
+from conveyor.ports import Backend, Commit, CommitStatus, Effects, NewJob, Outcome, Settlement
+from conveyor.testing.store_contract import StoreContract
+
+T0 = 1_700_000_000.0
+LEASE = {"q": 300.0}  # far longer than any test: every lease stays valid
+
+
+def new_jobs(count: int, queue: str = "q") -> list[NewJob]:
+    return [NewJob(f"job-{i:05d}", queue, b"{}", T0, T0) for i in range(count)]
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/conveyor.db"
+
+
+@pytest.fixture
+async def backend(url: str) -> AsyncIterator[SQLiteBackend]:
+    store = SQLiteBackend(url)
+    await store.connect()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def drain(backend: Backend, leased_ids: list[str], *, limit: int) -> None:
+    """Lease until nothing is left, acking every other batch (bounded)."""
+    for batch in range(10_000):
+        leased = await backend.lease(LEASE, limit, T0)
+        if not leased:
+            return
+        leased_ids.extend(job.id for job in leased)
+        if batch % 2:
+            acks = [Commit(Settlement(j.id, j.token, Outcome.ACK)) for j in leased]
+            results = await backend.commit(acks, T0)
+            assert all(r.status is CommitStatus.OK for r in results)
+        await asyncio.sleep(0)  # let the other instance's coroutine in between batches
+    raise AssertionError("the queue never ran dry")
+
+
+async def test_two_instances_on_one_file_never_lease_the_same_job(url: str) -> None:
+    first, second = SQLiteBackend(url), SQLiteBackend(url)
+    await asyncio.gather(first.connect(), second.connect())
+    try:
+        await first.commit([Commit(effects=Effects(jobs=new_jobs(2_000)))], T0)
+        by_first: list[str] = []
+        by_second: list[str] = []
+        await asyncio.gather(drain(first, by_first, limit=37), drain(second, by_second, limit=23))
+    finally:
+        await asyncio.gather(first.close(), second.close())
+    counts = Counter(by_first + by_second)
+    assert len(counts) == 2_000 and set(counts.values()) == {1}
+    assert by_first and by_second, "both instances took part"
+
+
+WORKER_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from conveyor.backends.sqlite import SQLiteBackend
+    from conveyor.ports import Commit, Outcome, Settlement
+
+    async def main(url, limit):
+        backend = SQLiteBackend(url)
+        await backend.connect()
+        print("ready", flush=True)
+        sys.stdin.readline()  # the start gate: both workers lease at the same time
+        leased_ids = []
+        try:
+            for batch in range(10_000):
+                leased = await backend.lease({"q": 300.0}, limit, 1_700_000_000.0)
+                if not leased:
+                    break
+                leased_ids.extend(job.id for job in leased)
+                if batch % 2:
+                    acks = [Commit(Settlement(j.id, j.token, Outcome.ACK)) for j in leased]
+                    await backend.commit(acks, 1_700_000_000.0)
+        finally:
+            await backend.close()
+        print(json.dumps(leased_ids))
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    """
+)
+
+
+@pytest.mark.slow
+async def test_two_processes_on_one_file_never_lease_the_same_job(url: str) -> None:
+    setup = SQLiteBackend(url)
+    await setup.connect()
+    await setup.commit([Commit(effects=Effects(jobs=new_jobs(2_000)))], T0)
+    await setup.close()
+    workers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            WORKER_SCRIPT,
+            url,
+            str(limit),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for limit in (10, 17)
+    ]
+    for worker in workers:
+        assert worker.stdout is not None
+        ready = await asyncio.wait_for(worker.stdout.readline(), 60)
+        assert ready == b"ready\n", ready
+    outputs = await asyncio.wait_for(
+        asyncio.gather(*(w.communicate(b"go\n") for w in workers)), 100
+    )
+    for worker, (_, stderr) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, stderr.decode()
+    per_worker = [json.loads(stdout) for stdout, _ in outputs]
+    assert all(per_worker), "both processes took part"
+    counts = Counter(job_id for ids in per_worker for job_id in ids)
+    assert len(counts) == 2_000
+    assert set(counts.values()) == {1}, [job for job, n in counts.items() if n > 1][:10]
+
+
+async def test_schema_is_created_once_by_concurrent_openers(url: str) -> None:
+    openers = [SQLiteBackend(url) for _ in range(4)]
+    await asyncio.gather(*(b.connect() for b in openers))
+    await asyncio.gather(*(b.close() for b in openers))
+    with sqlite3.connect(database_path(url)) as db:
+        assert db.execute("SELECT version FROM conveyor_schema").fetchall() == [(1,)]
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_newer_schema_version_is_refused_and_left_untouched(url: str) -> None:
+    first = SQLiteBackend(url)
+    await first.connect()
+    await first.commit([Commit(effects=Effects(jobs=new_jobs(3)))], T0)
+    await first.close()
+    path = database_path(url)
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO conveyor_schema (version) VALUES (99)")
+    db.close()
+
+    newer = SQLiteBackend(url)
+    with pytest.raises(SchemaVersionError, match=r"schema version 99.*versions up to 1"):
+        await newer.connect()
+
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM conveyor_schema ORDER BY 1").fetchall() == [
+            (1,),
+            (99,),
+        ]
+        assert db.execute("SELECT count(*) FROM jobs").fetchone() == (3,)
+    db.close()
+
+
+def hold_write_lock(path: str) -> sqlite3.Connection:
+    locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    locker.execute("BEGIN IMMEDIATE")
+    return locker
+
+
+async def test_lock_held_past_busy_timeout_fails_saying_how_long_it_waited(url: str) -> None:
+    backend = SQLiteBackend(url, busy_timeout=0.3)
+    await backend.connect()
+    locker = hold_write_lock(backend.path)
+    try:
+        with pytest.raises(BackendError, match=r"stayed locked for \d+\.\d+s.*busy_timeout=0.3s"):
+            await backend.commit([Commit(effects=Effects(jobs=new_jobs(1)))], T0)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    # The backend is still usable once the lock is gone.
+    [result] = await backend.commit([Commit(effects=Effects(jobs=new_jobs(1)))], T0)
+    assert result.status is CommitStatus.OK
+    await backend.close()
+
+
+async def test_lock_released_within_busy_timeout_is_waited_for(url: str) -> None:
+    backend = SQLiteBackend(url, busy_timeout=30)
+    await backend.connect()
+    locker = hold_write_lock(backend.path)
+    commit = asyncio.create_task(backend.commit([Commit(effects=Effects(jobs=new_jobs(5)))], T0))
+
+    def release_lock() -> None:
+        locker.execute("ROLLBACK")
+        locker.close()
+
+    release = threading.Timer(0.2, release_lock)
+    release.start()
+    try:
+        [result] = await asyncio.wait_for(commit, 20)
+        assert result.status is CommitStatus.OK and len(result.job_ids) == 5
+    finally:
+        release.join()
+        await backend.close()
+
+
+async def test_waiting_instance_wakes_after_another_instance_commits(url: str) -> None:
+    waiter, producer = SQLiteBackend(url), SQLiteBackend(url)
+    await asyncio.gather(waiter.connect(), producer.connect())
+    waiting = asyncio.Event()
+
+    async def consume() -> str:
+        for _ in range(1_000):
+            leased = await waiter.lease(LEASE, 10, T0)
+            if leased:
+                return leased[0].id
+            waiting.set()
+            await waiter.wait_for_jobs(["q"], timeout=60)  # far beyond the bound below
+        raise AssertionError("no job arrived")
+
+    try:
+        consumer = asyncio.create_task(consume())
+        await asyncio.wait_for(waiting.wait(), 10)
+        await producer.commit([Commit(effects=Effects(jobs=new_jobs(1)))], T0)
+        assert await asyncio.wait_for(consumer, 10) == "job-00000"
+    finally:
+        await asyncio.gather(waiter.close(), producer.close())
+
+
+async def test_wait_returns_at_once_when_jobs_arrived_since_the_last_lease(
+    backend: SQLiteBackend,
+) -> None:
+    assert await backend.lease(LEASE, 10, T0) == []
+    await backend.commit([Commit(effects=Effects(jobs=new_jobs(1)))], T0)
+    await asyncio.wait_for(backend.wait_for_jobs(["q"], timeout=60), 10)
+
+
+async def test_wait_without_news_times_out(backend: SQLiteBackend) -> None:
+    await asyncio.wait_for(backend.wait_for_jobs(["q"], timeout=0.05), 10)
+
+
+class TestContractWithoutReturning(StoreContract):
+    """The lease and ack paths SQLite < 3.35 takes (no RETURNING), on this SQLite."""
+
+    durable = True
+
+    @pytest.fixture
+    def backend_url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path}/conveyor.db"
+
+    @pytest.fixture
+    async def backend(self, backend_url: str) -> AsyncIterator[Backend]:
+        store = SQLiteBackend(backend_url)
+        await store.connect()
+        assert store._store is not None
+        store._store.returning = False
+        try:
+            yield store
+        finally:
+            await store.close()
+
+
+def test_url_paths_relative_and_absolute() -> None:
+    assert database_path("sqlite:///conveyor.db") == "conveyor.db"
+    assert database_path("sqlite:///data/conveyor.db?busy_timeout=3") == "data/conveyor.db"
+    assert database_path("sqlite:////var/lib/conveyor.db") == "/var/lib/conveyor.db"
+    for bad in ("sqlite://", "sqlite:///", "sqlite://host/x.db", "sqlite:///:memory:"):
+        with pytest.raises(ConfigurationError):
+            database_path(bad)
+
+
+def test_options_come_from_the_url_and_keywords_win() -> None:
+    backend = open_backend("sqlite:///x.db?idempotency_retention=60&busy_timeout=2.5")
+    assert isinstance(backend, SQLiteBackend)
+    assert (backend.idempotency_retention, backend.busy_timeout) == (60.0, 2.5)
+    override = SQLiteBackend("sqlite:///x.db?idempotency_retention=60", idempotency_retention=5)
+    assert override.idempotency_retention == 5.0
+    assert SQLiteBackend("sqlite:///x.db").idempotency_retention == 24 * 3600.0
+    with pytest.raises(ConfigurationError, match="busy_timeout"):
+        SQLiteBackend("sqlite:///x.db?busy_timeout=soon")
+
+
+async def test_missing_parent_directories_are_created(tmp_path: Path) -> None:
+    backend = SQLiteBackend(f"sqlite:///{tmp_path}/a/b/c/conveyor.db")
+    await backend.connect()
+    await backend.close()
+    assert (tmp_path / "a/b/c/conveyor.db").is_file()
+
+
+async def test_use_before_connect_is_a_clear_error(url: str) -> None:
+    with pytest.raises(BackendError, match="not connected"):
+        await SQLiteBackend(url).lease(LEASE, 1, T0)
