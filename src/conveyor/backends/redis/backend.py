@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from conveyor.backends import url_options
 from conveyor.backends.redis import codec
 from conveyor.backends.redis.notifier import Notifier
-from conveyor.backends.redis.scripts import Scripts, command
+from conveyor.backends.redis.scripts import Arg, Scripts, command
 from conveyor.model.errors import BackendError, BackendUnavailableError, ConfigurationError
 from conveyor.ports import (
     Commit,
@@ -70,18 +70,14 @@ class RedisBackend:
         options = url_options(url)
         self.prefix = prefix if prefix is not None else options.get("prefix", DEFAULT_PREFIX)
         if not self.prefix or "{" in self.prefix or "}" in self.prefix:
-            raise ConfigurationError(
-                f"Redis key prefix {self.prefix!r} must be non-empty and without braces"
-            )
+            raise ConfigurationError(f"Redis key prefix {self.prefix!r} must be non-empty and without braces")
         if idempotency_retention is None:
             try:
                 idempotency_retention = float(
                     options.get("idempotency_retention", DEFAULT_IDEMPOTENCY_RETENTION)
                 )
             except ValueError as exc:
-                raise ConfigurationError(
-                    f"idempotency_retention in {url!r} is not a number"
-                ) from exc
+                raise ConfigurationError(f"idempotency_retention in {url!r} is not a number") from exc
         self.idempotency_retention = float(idempotency_retention)
         parts = urlsplit(url)
         driver_query = [(k, v) for k, v in parse_qsl(parts.query) if k not in _OWN_OPTIONS]
@@ -132,7 +128,7 @@ class RedisBackend:
     def _key(self, queue: str, suffix: str) -> str:
         return f"{self.prefix}:{{{queue}}}:{suffix}"
 
-    async def _run(self, script: str, args: list[Any]) -> Any:
+    async def _run(self, script: str, args: list[Arg]) -> Any:
         client = self._client
         with _translated():
             return await self._scripts.run(client, script, args)
@@ -144,7 +140,7 @@ class RedisBackend:
             return []
         if self._notifier is not None:
             self._notifier.consume(queues)
-        args: list[Any] = [self.prefix, now, limit]
+        args: list[Arg] = [self.prefix, now, limit]
         for queue, seconds in queues.items():
             args += (queue, seconds)
         return codec.leased_jobs(await self._run("lease", args), queues, now)
@@ -153,15 +149,13 @@ class RedisBackend:
         return bool(await self._run("extend", [self.prefix, job_id, token, until, now]))
 
     # the port names the parameter `timeout`, hence the noqa
-    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109
+    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
         if self._notifier is None:
             await asyncio.sleep(timeout)
             return
         await self._notifier.wait(queues, timeout)
 
-    async def dead_letters(
-        self, queue: str | None, limit: int = 100, offset: int = 0
-    ) -> list[DeadLetter]:
+    async def dead_letters(self, queue: str | None, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         reply = await self._run("dead_letters", [self.prefix, queue or "", offset, limit])
         return codec.dead_letters(reply)
 
@@ -261,7 +255,7 @@ class RedisBackend:
     async def commit(self, commits: Sequence[Commit], now: float) -> list[CommitResult]:
         if not commits:
             return []
-        args: list[Any] = [self.prefix, now, self.idempotency_retention, len(commits)]
+        args: list[Arg] = [self.prefix, now, self.idempotency_retention, len(commits)]
         codec.commit_args(commits, args)
         replies, woken = await self._run("commit", args)
         self._signal(woken)

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from conveyor.backends.redis.scripts import Arg
 from conveyor.ports import (
     Commit,
     CommitResult,
@@ -25,6 +26,8 @@ from conveyor.ports import (
 )
 
 _STATUSES = (CommitStatus.OK, CommitStatus.STALE, CommitStatus.CONFLICT)
+_OUTCOMES = {Outcome.ACK: "a", Outcome.RETRY: "r", Outcome.DEAD: "d", Outcome.RELEASE: "l"}
+_OK = CommitResult(CommitStatus.OK)
 
 
 def _optional(text: str | None) -> str:
@@ -32,42 +35,26 @@ def _optional(text: str | None) -> str:
     return "" if text is None else "=" + text
 
 
-def commit_args(commits: Sequence[Commit], out: list[Any]) -> None:
+def commit_args(commits: Sequence[Commit], out: list[Arg]) -> None:
     """Append the ``commit.lua`` layout of ``commits`` to ``out``."""
     for commit in commits:
         effects, settlement = commit.effects, commit.settlement
+        head = "-" if settlement is None else _OUTCOMES[settlement.outcome]
         if effects:
-            out.append(
-                f"{len(effects.states)} {len(effects.cancels)} {len(effects.jobs)} "
-                f"{len(effects.events)} {len(effects.history)}"
+            head += (
+                f" {len(effects.states)} {len(effects.cancels)} {len(effects.jobs)}"
+                f" {len(effects.events)} {len(effects.history)}"
             )
-        else:
-            out.append("")
-        if settlement is None:
-            out.append("-")
-        else:
-            outcome = settlement.outcome
-            if outcome is Outcome.ACK:
-                out += ("a", settlement.job_id, settlement.token)
-            elif outcome is Outcome.RELEASE:
-                out += ("l", settlement.job_id, settlement.token)
-            elif outcome is Outcome.RETRY:
-                available_at = "" if settlement.available_at is None else settlement.available_at
-                out += ("r", settlement.job_id, settlement.token, available_at)
-            else:
+        out.append(head)
+        if settlement is not None:
+            out += (settlement.job_id, settlement.token)
+            if settlement.outcome is Outcome.RETRY:
+                out.append("" if settlement.available_at is None else settlement.available_at)
+            elif settlement.outcome is Outcome.DEAD:
                 error = settlement.error
                 if error is None:
-                    raise ValueError(
-                        f"dead-letter settlement of {settlement.job_id!r} has no error"
-                    )
-                out += (
-                    "d",
-                    settlement.job_id,
-                    settlement.token,
-                    error.type,
-                    error.message,
-                    _optional(error.traceback),
-                )
+                    raise ValueError(f"dead-letter settlement of {settlement.job_id!r} has no error")
+                out += (error.type, error.message, _optional(error.traceback))
         if not effects:
             continue
         for write in effects.states:
@@ -101,6 +88,9 @@ def commit_results(commits: Sequence[Commit], replies: list[list[Any]]) -> list[
         status = _STATUSES[reply[0]]
         if status is not CommitStatus.OK:
             results.append(CommitResult(status))
+            continue
+        if not commit.effects.jobs and not reply[1]:
+            results.append(_OK)  # the common ack: share one immutable result
             continue
         job_ids = [job.id for job in commit.effects.jobs]
         for index in range(2, len(reply), 2):
@@ -153,9 +143,7 @@ def dead_letters(reply: list[Any]) -> list[DeadLetter]:
 
 def encode_history(entry: HistoryEntry) -> bytes:
     """A history entry as a JSON array starting with ``at`` (``prune_history.lua`` reads it)."""
-    return orjson.dumps(
-        [entry.at, entry.kind, entry.name, entry.message_id, entry.attempt, entry.detail]
-    )
+    return orjson.dumps([entry.at, entry.kind, entry.name, entry.message_id, entry.attempt, entry.detail])
 
 
 def decode_history(correlation_id: str, raw: bytes) -> HistoryEntry:

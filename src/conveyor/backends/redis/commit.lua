@@ -2,8 +2,8 @@
 -- a commit is checked completely before any of its writes, so a rejected one writes nothing).
 --
 -- ARGV: prefix, now, idempotency retention (seconds), number of commits, then per commit:
---   counts          "" (no effects) or "<states> <cancels> <jobs> <events> <history>"
---   outcome         "-" (no settlement), "a" ack, "r" retry, "d" dead, "l" release
+--   head            outcome: "-" (no settlement), "a" ack, "r" retry, "d" dead, "l" release,
+--                   then, if there are effects, " <states> <cancels> <jobs> <events> <history>"
 --   settlement      job id, token; retry adds available_at ("" = now);
 --                   dead adds error type, message, traceback ("" = none, else "=" .. text)
 --   states          key, op ("s" set / "d" delete), value, expected version ("" = unchecked)
@@ -21,6 +21,9 @@ local commit_count = tonumber(ARGV[4])
 local due_queues = {}
 local routes = {}
 local pending_adds = {}
+-- Acked and dead jobs leave <queue>:leased in one ZREM per queue at the end of the batch; until
+-- then `unleased` marks them (no job of that id can be leased again within this script).
+local unleased, unleased_by_queue = {}, {}
 
 local function queue_key(queue, suffix)
   return prefix .. ":{" .. queue .. "}:" .. suffix
@@ -49,8 +52,24 @@ local function add_to_queue(queue, available_at, id)
   end
 end
 
--- An idempotency key's value is "<expires_at> <job id>", expires_at "-" while the job exists.
--- Expiry is judged against the caller's clock; the key's TTL only collects garbage.
+local function unlease_later(queue, id)
+  unleased[id] = true
+  local ids = unleased_by_queue[queue]
+  if not ids then
+    ids = {}
+    unleased_by_queue[queue] = ids
+  end
+  ids[#ids + 1] = id
+end
+
+local function lease_deadline(queue, id)
+  if unleased[id] then
+    return nil
+  end
+  local deadline = redis.call("ZSCORE", queue_key(queue, "leased"), id)
+  return deadline and tonumber(deadline)
+end
+
 local function key_holder(idem_key)
   local value = redis.call("GET", idem_key)
   if not value then
@@ -109,25 +128,15 @@ end
 
 local function settle(outcome, id, queue, key, fields)
   local job_key = prefix .. ":job:" .. id
-  redis.call("ZREM", queue_key(queue, "leased"), id)
   if outcome == "a" then
     redis.call("DEL", job_key)
-    redis.call("ZREM", queue_key(queue, "jobs"), id)
+    unlease_later(queue, id)
     retire_key(queue, id, key)
-  elseif outcome == "r" then
-    local available_at = fields[1]
-    if available_at == "" then
-      available_at = now_s
-    end
-    add_to_queue(queue, available_at, id)
-  elseif outcome == "l" then
-    redis.call("HINCRBY", job_key, "a", -1)
-    add_to_queue(queue, now_s, id)
-  else
-    -- dead: the job hash becomes the dead letter (no copy of the body)
+  elseif outcome == "d" then
+    -- the job hash becomes the dead letter (no copy of the body)
     local dead_key = prefix .. ":dead:" .. id
-    redis.call("ZREM", queue_key(queue, "jobs"), id)
     redis.call("RENAME", job_key, dead_key)
+    unlease_later(queue, id)
     redis.call("HSET", dead_key, "f", now_s, "et", fields[1], "em", fields[2])
     local traceback = optional(fields[3])
     if traceback then
@@ -136,20 +145,31 @@ local function settle(outcome, id, queue, key, fields)
     redis.call("ZADD", prefix .. ":dead", now_s, id)
     redis.call("ZADD", queue_key(queue, "dead"), now_s, id)
     retire_key(queue, id, key)
+  else
+    redis.call("ZREM", queue_key(queue, "leased"), id)
+    if outcome == "l" then
+      redis.call("HINCRBY", job_key, "a", -1)
+      add_to_queue(queue, now_s, id)
+    elseif fields[1] == "" then
+      add_to_queue(queue, now_s, id)
+    else
+      add_to_queue(queue, fields[1], id)
+    end
   end
 end
 
 local results = {}
 local i = 5
 for c = 1, commit_count do
+  local head = ARGV[i]
+  local outcome = string.sub(head, 1, 1)
   local states, cancels, jobs, events, history = 0, 0, 0, 0, 0
-  if ARGV[i] ~= "" then
-    states, cancels, jobs, events, history = string.match(ARGV[i], "(%d+) (%d+) (%d+) (%d+) (%d+)")
+  if #head > 1 then
+    states, cancels, jobs, events, history = string.match(head, " (%d+) (%d+) (%d+) (%d+) (%d+)")
     states, cancels, jobs = tonumber(states), tonumber(cancels), tonumber(jobs)
     events, history = tonumber(events), tonumber(history)
   end
-  local outcome = ARGV[i + 1]
-  i = i + 2
+  i = i + 1
 
   local status = 0
   local settled_id, settled_queue, settled_key, fields
@@ -169,8 +189,8 @@ for c = 1, commit_count do
       status = 1
     else
       settled_queue, settled_key = job[2], job[3]
-      local deadline = redis.call("ZSCORE", queue_key(settled_queue, "leased"), settled_id)
-      if not deadline or tonumber(deadline) < now then
+      local deadline = lease_deadline(settled_queue, settled_id)
+      if not deadline or deadline < now then
         status = 1
       end
     end
@@ -210,7 +230,7 @@ for c = 1, commit_count do
       local queue = ARGV[s]
       local idem_key = queue_key(queue, "idem:" .. ARGV[s + 1])
       local holder = key_holder(idem_key)
-      if holder and redis.call("ZSCORE", queue_key(queue, "leased"), holder) == false then
+      if holder and not lease_deadline(queue, holder) then
         local job_key = prefix .. ":job:" .. holder
         if redis.call("EXISTS", job_key) == 1 then
           redis.call("DEL", job_key, idem_key)
@@ -245,13 +265,22 @@ for c = 1, commit_count do
     result[2] = deliveries
     i = i + 4 * events
     for h = i, i + 3 * history - 1, 3 do
-      redis.call("RPUSH", prefix .. ":history:" .. ARGV[h], ARGV[h + 2])
-      -- the index keeps each instance's oldest entry time, for pruning
-      redis.call("ZADD", prefix .. ":history", "LT", ARGV[h + 1], ARGV[h])
+      -- The index scores an instance by its first entry's time, for pruning; later entries are
+      -- (nearly always) newer. One written with an older time is pruned a round later.
+      if redis.call("RPUSH", prefix .. ":history:" .. ARGV[h], ARGV[h + 2]) == 1 then
+        redis.call("ZADD", prefix .. ":history", "LT", ARGV[h + 1], ARGV[h])
+      end
     end
     i = i + 3 * history
     flush_adds()
     results[c] = result
+  end
+end
+
+for queue, ids in pairs(unleased_by_queue) do
+  local key = queue_key(queue, "leased")
+  for first = 1, #ids, 1000 do
+    redis.call("ZREM", key, unpack(ids, first, math.min(first + 999, #ids)))
   end
 end
 

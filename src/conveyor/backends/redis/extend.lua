@@ -10,13 +10,12 @@ local job = redis.call("HMGET", prefix .. ":job:" .. id, "t", "q")
 if not job[1] or tonumber(job[1]) ~= token then
   return 0
 end
-local tag = prefix .. ":{" .. job[2] .. "}:"
-local deadline = redis.call("ZSCORE", tag .. "leased", id)
+local leased = prefix .. ":{" .. job[2] .. "}:leased"
+local deadline = redis.call("ZSCORE", leased, id)
 if not deadline or tonumber(deadline) < now then
   return 0
 end
 if tonumber(until_s) > tonumber(deadline) then
-  redis.call("ZADD", tag .. "jobs", until_s, id)
-  redis.call("ZADD", tag .. "leased", until_s, id)
+  redis.call("ZADD", leased, until_s, id)
 end
 return 1

@@ -48,7 +48,7 @@ class Notifier:
             if not waiter.done() and not wanted.isdisjoint(queues):
                 waiter.set_result(None)
 
-    async def wait(self, queues: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Return when one of ``queues`` is pending, or after ``timeout`` seconds."""
         wanted = frozenset(queues)
         if not wanted.isdisjoint(self._pending):
@@ -91,17 +91,13 @@ class Notifier:
         await self._pubsub.subscribe(*channels)
         self._queue_of.update(channels)
         if self._reader is None:
-            self._reader = asyncio.create_task(
-                self._read(self._pubsub), name="conveyor-redis-notify"
-            )
+            self._reader = asyncio.create_task(self._read(self._pubsub), name="conveyor-redis-notify")
 
     async def _read(self, pubsub: PubSub) -> None:
         backoff = 0.0
         while True:
             try:
-                message = await pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=_READ_TIMEOUT
-                )
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_READ_TIMEOUT)
             except (RedisError, OSError):
                 backoff = min(_MAX_BACKOFF, backoff * 2 or 0.05)
                 await asyncio.sleep(backoff)

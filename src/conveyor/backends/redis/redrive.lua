@@ -18,7 +18,6 @@ for i = 3, #ARGV do
     redis.call("HSET", job_key, "a", 0)
     redis.call("ZREM", prefix .. ":dead", id)
     redis.call("ZREM", tag .. "dead", id)
-    redis.call("ZREM", tag .. "leased", id)
     redis.call("ZADD", tag .. "jobs", now_s, id)
     count = count + 1
     if not seen[queue] then

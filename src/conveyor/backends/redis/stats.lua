@@ -2,36 +2,20 @@
 --
 -- ARGV: prefix, now, queues.
 -- Reply: per queue {ready, scheduled, leased, dead, oldest ready available_at or nil}.
--- <queue>:jobs holds every job of the queue; <queue>:leased the leased subset (by deadline), so
--- ready and scheduled are the differences of the two counts on either side of now.
+-- <queue>:jobs holds the jobs not leased (ready up to now, scheduled after); <queue>:leased the
+-- leased ones, counted as leased until they are settled or leased again, even once expired.
 
 local prefix, now_s = ARGV[1], ARGV[2]
 local stats = {}
 for i = 3, #ARGV do
   local tag = prefix .. ":{" .. ARGV[i] .. "}:"
-  local later = "(" .. now_s
-  local leased_due = redis.call("ZCOUNT", tag .. "leased", "-inf", now_s)
-  local leased_later = redis.call("ZCOUNT", tag .. "leased", later, "+inf")
-  local ready = redis.call("ZCOUNT", tag .. "jobs", "-inf", now_s) - leased_due
-  local scheduled = redis.call("ZCOUNT", tag .. "jobs", later, "+inf") - leased_later
-  local oldest = false
-  local offset = 0
-  -- skip expired leases (due but still leased) to find the oldest ready job
-  while ready > 0 and not oldest do
-    local due = redis.call("ZRANGEBYSCORE", tag .. "jobs", "-inf", now_s, "WITHSCORES",
-      "LIMIT", offset, 100)
-    if #due == 0 then
-      break
-    end
-    for j = 1, #due, 2 do
-      if redis.call("ZSCORE", tag .. "leased", due[j]) == false then
-        oldest = due[j + 1]
-        break
-      end
-    end
-    offset = offset + 100
-  end
-  local dead = redis.call("ZCARD", tag .. "dead")
-  stats[#stats + 1] = { ready, scheduled, leased_due + leased_later, dead, oldest }
+  local oldest = redis.call("ZRANGEBYSCORE", tag .. "jobs", "-inf", now_s, "WITHSCORES", "LIMIT", 0, 1)
+  stats[#stats + 1] = {
+    redis.call("ZCOUNT", tag .. "jobs", "-inf", now_s),
+    redis.call("ZCOUNT", tag .. "jobs", "(" .. now_s, "+inf"),
+    redis.call("ZCARD", tag .. "leased"),
+    redis.call("ZCARD", tag .. "dead"),
+    oldest[2] or false,
+  }
 end
 return stats
