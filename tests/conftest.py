@@ -93,7 +93,10 @@ def fresh_url(kind: str, tmp_path: Path) -> str:
 @pytest.fixture(params=BACKENDS)
 def backend_kind(request: pytest.FixtureRequest) -> Iterator[str]:
     kind: str = request.param
-    if kind == "sqlite" and not (Path(__file__).parent.parent / "src/conveyor/backends/sqlite/__init__.py").exists():
+    if (
+        kind == "sqlite"
+        and not (Path(__file__).parent.parent / "src/conveyor/backends/sqlite/__init__.py").exists()
+    ):
         pytest.skip("the SQLite backend is not built yet")
     yield kind
 

@@ -22,7 +22,8 @@ async def _run_orders(app: App) -> None:
         await app.invoke("place_order", {"order_id": "order-1", "items": [{"sku": "apple", "qty": 2}]})
         await app.invoke("place_order", {"order_id": "order-2", "items": [{"sku": "plum", "qty": 1}]})
         await app.invoke(
-            "place_order", {"order_id": "order-3", "items": [{"sku": "pear", "qty": 3}], "card": "0000"}
+            "place_order",
+            {"order_id": "order-3", "items": [{"sku": "pear", "qty": 3}], "card": "0000"},
         )
         await wait_for_orders(app, ["order-1", "order-2", "order-3"], timeout=30)
 
@@ -31,8 +32,14 @@ async def _check_paths(app: App, inventory: Any, payments: Any, mailer: Any) -> 
     fulfilled = await app.workflows.status("order-1")
     assert fulfilled.state == "completed" and fulfilled.workflow == "order_fulfillment"
     assert fulfilled.path == [
-        "(order_placed)", "validate_inventory", "(inventory_reserved)", "process_payment",
-        "(payment_processed)", "create_shipment", "(shipment_created)", "send_confirmation",
+        "(order_placed)",
+        "validate_inventory",
+        "(inventory_reserved)",
+        "process_payment",
+        "(payment_processed)",
+        "create_shipment",
+        "(shipment_created)",
+        "send_confirmation",
         "(order_confirmed)",
     ]
     assert (await app.states.get("workflow:order-1"))["step"] == "confirmed"
@@ -40,7 +47,10 @@ async def _check_paths(app: App, inventory: Any, payments: Any, mailer: Any) -> 
     backordered = await app.workflows.status("order-2")
     assert backordered.state == "failed"
     assert backordered.path == [
-        "(order_placed)", "validate_inventory", "(inventory_unavailable)", "notify_backorder",
+        "(order_placed)",
+        "validate_inventory",
+        "(inventory_unavailable)",
+        "notify_backorder",
         "(order_backordered)",
     ]
 
@@ -48,8 +58,13 @@ async def _check_paths(app: App, inventory: Any, payments: Any, mailer: Any) -> 
     assert compensated.state == "compensated"
     assert compensated.compensations == ["process_payment"]
     assert compensated.path == [
-        "(order_placed)", "validate_inventory", "(inventory_reserved)", "process_payment✗",
-        "(payment_failed)", "handle_payment_failure", "(payment_compensated)",
+        "(order_placed)",
+        "validate_inventory",
+        "(inventory_reserved)",
+        "process_payment✗",
+        "(payment_failed)",
+        "handle_payment_failure",
+        "(payment_compensated)",
     ]
     assert "declined" in (compensated.last_error or "")
     [dead] = await app.dead_letters("process_payment")
@@ -59,5 +74,7 @@ async def _check_paths(app: App, inventory: Any, payments: Any, mailer: Any) -> 
     assert inventory.stock == {"apple": 998, "pear": 1000, "plum": 0}
     assert list(payments.charges.values()) == ["pay_00001"]
     assert sorted(mailer.sent) == [
-        ("order-1", "confirmation"), ("order-2", "backordered"), ("order-3", "payment_failed")
+        ("order-1", "confirmation"),
+        ("order-2", "backordered"),
+        ("order-3", "payment_failed"),
     ]

@@ -23,8 +23,8 @@ from conveyor.workflows.status import Workflow, WorkflowStatus
 __all__ = [
     "App",
     "ConfigurationError",
-    "ConveyorError",
     "Context",
+    "ConveyorError",
     "DeadLetters",
     "LeaseLostError",
     "Lifecycle",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Generator, Iterable, Mapping, Sequence
@@ -29,7 +30,13 @@ from conveyor.ports import (
 )
 from conveyor.runtime.clock import Clock, SystemClock
 from conveyor.runtime.context import encode_state
-from conveyor.runtime.messages import DEFAULT_MAX_PAYLOAD_BYTES, MessageFactory, Origin, available_at, jsonable
+from conveyor.runtime.messages import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    MessageFactory,
+    Origin,
+    available_at,
+    jsonable,
+)
 from conveyor.runtime.registry import Registry
 from conveyor.runtime.runtime import Runtime
 from conveyor.runtime.scheduler import Scheduler
@@ -88,7 +95,9 @@ class AppStates:
         return (None, 0) if record is None else (orjson.loads(record.value), record.version)
 
     async def _write(self, write: StateWrite) -> bool:
-        [result] = await self._app.backend.commit([Commit(effects=Effects(states=[write]))], self._app.clock.now())
+        [result] = await self._app.backend.commit(
+            [Commit(effects=Effects(states=[write]))], self._app.clock.now()
+        )
         return result.status is CommitStatus.OK
 
     async def set(self, key: str, value: Any) -> None:
@@ -161,7 +170,10 @@ class App:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
@@ -199,7 +211,11 @@ class App:
     ) -> str:
         """Store a job on ``queue`` and return its id (the first job's id on an idempotency-key hit)."""
         [job_id] = await self.enqueue_many(
-            queue, [payload], delay=delay, run_at=run_at, idempotency_keys=[idempotency_key],
+            queue,
+            [payload],
+            delay=delay,
+            run_at=run_at,
+            idempotency_keys=[idempotency_key],
             correlation_id=correlation_id,
         )
         return job_id
@@ -230,11 +246,19 @@ class App:
             for start in range(0, len(payload_list), ENQUEUE_BATCH):
                 effects = Effects()
                 for payload, key in zip(
-                    payload_list[start : start + ENQUEUE_BATCH], keys[start : start + ENQUEUE_BATCH], strict=True
+                    payload_list[start : start + ENQUEUE_BATCH],
+                    keys[start : start + ENQUEUE_BATCH],
+                    strict=True,
                 ):
                     new, entry = runtime.messages.job(
-                        queue, jsonable(payload, model, f"queue {queue!r}"), message_id=None, origin=origin,
-                        now=now, available_at=when, idempotency_key=key, correlation_id=correlation_id,
+                        queue,
+                        jsonable(payload, model, f"queue {queue!r}"),
+                        message_id=None,
+                        origin=origin,
+                        now=now,
+                        available_at=when,
+                        idempotency_key=key,
+                        correlation_id=correlation_id,
                     )
                     effects.jobs.append(new)
                     if runtime.history_enabled:
@@ -247,8 +271,12 @@ class App:
         runtime = self.runtime
         with runtime.tracer.produce("emit", event):
             new, entry = runtime.messages.event(
-                event, jsonable(payload, None, f"event {event!r}"), message_id=None,
-                origin=Origin(trace=runtime.tracer.inject()), now=self.clock.now(), correlation_id=correlation_id,
+                event,
+                jsonable(payload, None, f"event {event!r}"),
+                message_id=None,
+                origin=Origin(trace=runtime.tracer.inject()),
+                now=self.clock.now(),
+                correlation_id=correlation_id,
             )
             effects = Effects(events=[new], history=[entry] if runtime.history_enabled else [])
             result = await self._commit(effects)
@@ -289,7 +317,9 @@ class App:
         """Run workers and the scheduler until :meth:`stop` (graceful: see ``WorkerConfig``)."""
         config = self.worker_config
         if concurrency is not None:
-            config = WorkerConfig(concurrency, config.poll_interval, config.shutdown_grace, config.commit_batch)
+            config = WorkerConfig(
+                concurrency, config.poll_interval, config.shutdown_grace, config.commit_batch
+            )
         names = list(queues) if queues is not None else sorted(self.registry.queues)
         definitions = [self.registry.queue(name) for name in names]
         async with self:
@@ -297,8 +327,10 @@ class App:
             schedules = [d for d in definitions if d.schedule is not None] if scheduler else []
             self._scheduler = Scheduler(self.runtime, schedules)
             self._workers.append(worker)
-            tasks = [asyncio.create_task(worker.run(), name="conveyor-worker"),
-                     asyncio.create_task(self._scheduler.run(), name="conveyor-scheduler")]
+            tasks = [
+                asyncio.create_task(worker.run(), name="conveyor-worker"),
+                asyncio.create_task(self._scheduler.run(), name="conveyor-scheduler"),
+            ]
             if ready is not None:
                 ready.set()
             try:
@@ -323,10 +355,9 @@ class App:
     async def _run_with_signals(self, main: Awaitable[None]) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            # not available off the main thread or on some platforms
+            with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
-            except (NotImplementedError, RuntimeError):  # not on the main thread / platform
-                pass
         await main
 
     def _on_signal(self, sig: signal.Signals) -> None:

@@ -83,15 +83,13 @@ class QueueWorker(Generic[F]):
         return self.handler(*args, **kwargs)
 
     @typing.overload
-    def on_dead_letter(self, handler: DeadLetterHandler, /) -> DeadLetterHandler: ...
+    def on_dead_letter(self, handler: DeadLetterHandler) -> DeadLetterHandler: ...
 
     @typing.overload
-    def on_dead_letter(
-        self, *, emits: Iterable[str]
-    ) -> Callable[[DeadLetterHandler], DeadLetterHandler]: ...
+    def on_dead_letter(self, *, emits: Iterable[str]) -> Callable[[DeadLetterHandler], DeadLetterHandler]: ...
 
     def on_dead_letter(
-        self, handler: DeadLetterHandler | None = None, /, *, emits: Iterable[str] | None = None
+        self, handler: DeadLetterHandler | None = None, *, emits: Iterable[str] | None = None
     ) -> Any:
         """Register ``handler(ctx, payload, error)`` to run when a job moves to the dead-letter queue.
 
@@ -191,8 +189,13 @@ class Service:
         def decorate(handler: F) -> QueueWorker[F]:
             model = payload or _payload_model(handler, 1)
             definition = QueueWorker(
-                self, name, description or (handler.__doc__ or "").strip(), handler, model,
-                declared, lifecycle or Lifecycle(),
+                self,
+                name,
+                description or (handler.__doc__ or "").strip(),
+                handler,
+                model,
+                declared,
+                lifecycle or Lifecycle(),
             )
             self._add(definition)
             return definition
@@ -200,9 +203,7 @@ class Service:
         return decorate
 
     @typing.overload
-    def subscription(
-        self, event: str, *, enqueue: str, name: str | None = None
-    ) -> Callable[[F], F]: ...
+    def subscription(self, event: str, *, enqueue: str, name: str | None = None) -> Callable[[F], F]: ...
 
     @typing.overload
     def subscription(
@@ -250,8 +251,15 @@ class Service:
             queue = check_name("subscription", name or handler.__name__)
             model = payload or _payload_model(handler, 1)
             definition = QueueWorker(
-                self, queue, description or (handler.__doc__ or "").strip(), handler, model,
-                declared, lifecycle or Lifecycle(), kind="subscription", event=event,
+                self,
+                queue,
+                description or (handler.__doc__ or "").strip(),
+                handler,
+                model,
+                declared,
+                lifecycle or Lifecycle(),
+                kind="subscription",
+                event=event,
             )
             self._add(definition)
             self.routes.append(Route(event, queue))
@@ -303,8 +311,15 @@ class Service:
 
         def decorate(handler: F) -> QueueWorker[F]:
             definition = QueueWorker(
-                self, name, description or (handler.__doc__ or "").strip(), handler, None,
-                declared, lifecycle or Lifecycle(max_attempts=3), kind="schedule", schedule=spec,
+                self,
+                name,
+                description or (handler.__doc__ or "").strip(),
+                handler,
+                None,
+                declared,
+                lifecycle or Lifecycle(max_attempts=3),
+                kind="schedule",
+                schedule=spec,
             )
             self._add(definition)
             return definition
@@ -331,8 +346,13 @@ class Service:
             if name in self.commands:
                 raise ConfigurationError(f"service {self.name!r} already defines command {name!r}")
             command = Command(
-                self, name, description or (handler.__doc__ or "").strip(), handler,
-                payload or _payload_model(handler, 1), result, declared,
+                self,
+                name,
+                description or (handler.__doc__ or "").strip(),
+                handler,
+                payload or _payload_model(handler, 1),
+                result,
+                declared,
             )
             self.commands[name] = command
             return command

@@ -38,8 +38,7 @@ def open_backend(url: str, **options: Any) -> Backend:
         if extra is None or (exc.name or "").startswith("conveyor"):
             raise
         raise ConfigurationError(
-            f"the {scheme}:// backend needs the {exc.name!r} package: "
-            f"pip install 'conveyor[{extra}]'"
+            f"the {scheme}:// backend needs the {exc.name!r} package: pip install 'conveyor[{extra}]'"
         ) from exc
     backend_class = getattr(module, class_name)
     backend: Backend = backend_class(url, **options)

@@ -7,6 +7,7 @@ All operations run on the event loop without awaiting in between, so each commit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 from collections.abc import Mapping, Sequence
@@ -133,14 +134,10 @@ class MemoryBackend:
 
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
         self._wakeup.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout)
-        except TimeoutError:
-            pass
 
-    async def dead_letters(
-        self, queue: str | None, limit: int = 100, offset: int = 0
-    ) -> list[DeadLetter]:
+    async def dead_letters(self, queue: str | None, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         rows = [d for d in self._dead.values() if queue is None or d.queue == queue]
         rows.sort(key=lambda d: (d.failed_at, d.id))
         return rows[offset : offset + limit]
@@ -237,7 +234,10 @@ class MemoryBackend:
 
     def _retire_key(self, job: _Job, now: float) -> None:
         if job.idempotency_key is not None:
-            self._keys[(job.queue, job.idempotency_key)] = (job.id, now + self.idempotency_retention)
+            self._keys[(job.queue, job.idempotency_key)] = (
+                job.id,
+                now + self.idempotency_retention,
+            )
 
     def _commit_one(self, commit: Commit, now: float) -> CommitResult:
         settlement, effects = commit.settlement, commit.effects

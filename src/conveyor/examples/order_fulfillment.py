@@ -159,8 +159,13 @@ async def track(ctx: Context, order_id: str, step: str, **facts: object) -> None
     await ctx.states.set(f"workflow:{order_id}", {"step": step, **facts})
 
 
-@orders.command("place_order", "Accept an order and start its fulfillment",
-                payload=PlaceOrder, result=OrderAccepted, emits=["order_placed"])
+@orders.command(
+    "place_order",
+    "Accept an order and start its fulfillment",
+    payload=PlaceOrder,
+    result=OrderAccepted,
+    emits=["order_placed"],
+)
 async def place_order(ctx: Context, cmd: PlaceOrder) -> OrderAccepted:
     await ctx.emit("order_placed", cmd, correlation_id=cmd.order_id)
     return OrderAccepted(order_id=cmd.order_id)
@@ -169,8 +174,13 @@ async def place_order(ctx: Context, cmd: PlaceOrder) -> OrderAccepted:
 orders.subscription("order_placed", enqueue="validate_inventory")
 
 
-@orders.queue_worker("validate_inventory", "Check stock availability", payload=ValidateInventory,
-                     emits=["inventory_reserved", "inventory_unavailable"], lifecycle=STEP)
+@orders.queue_worker(
+    "validate_inventory",
+    "Check stock availability",
+    payload=ValidateInventory,
+    emits=["inventory_reserved", "inventory_unavailable"],
+    lifecycle=STEP,
+)
 async def validate_inventory(ctx: Context, job: ValidateInventory) -> None:
     inventory: Inventory = ctx.resources.inventory
     if await inventory.check(job.items):
@@ -185,8 +195,13 @@ async def validate_inventory(ctx: Context, job: ValidateInventory) -> None:
 orders.subscription("inventory_unavailable", enqueue="notify_backorder")
 
 
-@orders.queue_worker("notify_backorder", "Tell the customer the order is backordered",
-                     payload=InventoryUnavailable, emits=["order_backordered"], lifecycle=STEP)
+@orders.queue_worker(
+    "notify_backorder",
+    "Tell the customer the order is backordered",
+    payload=InventoryUnavailable,
+    emits=["order_backordered"],
+    lifecycle=STEP,
+)
 async def notify_backorder(ctx: Context, job: InventoryUnavailable) -> None:
     await ctx.resources.mailer.send(job.order_id, "backordered")
     await track(ctx, job.order_id, "backordered")
@@ -196,8 +211,13 @@ async def notify_backorder(ctx: Context, job: InventoryUnavailable) -> None:
 orders.subscription("inventory_reserved", enqueue="process_payment")
 
 
-@orders.queue_worker("process_payment", "Charge the card", payload=InventoryReserved,
-                     emits=["payment_processed"], lifecycle=STEP)
+@orders.queue_worker(
+    "process_payment",
+    "Charge the card",
+    payload=InventoryReserved,
+    emits=["payment_processed"],
+    lifecycle=STEP,
+)
 async def process_payment(ctx: Context, job: InventoryReserved) -> None:
     amount = sum(i.qty for i in job.items) * 100
     try:
@@ -206,22 +226,32 @@ async def process_payment(ctx: Context, job: InventoryReserved) -> None:
     except CardDeclined as exc:
         raise PermanentError(str(exc)) from exc  # no retry: straight to the dead-letter queue
     await track(ctx, job.order_id, "payment_processed", payment_id=payment_id)
-    await ctx.emit("payment_processed", PaymentProcessed(order_id=job.order_id, payment_id=payment_id,
-                                                          items=job.items))
+    await ctx.emit(
+        "payment_processed",
+        PaymentProcessed(order_id=job.order_id, payment_id=payment_id, items=job.items),
+    )
 
 
 @process_payment.on_dead_letter(emits=["payment_failed"])
 async def payment_dead_lettered(ctx: Context, job: InventoryReserved | None, error: BaseException) -> None:
     """Compensation starts here, once, when the payment is given up (not on every retry)."""
     if job is not None:
-        await ctx.emit("payment_failed", PaymentFailed(order_id=job.order_id, items=job.items, reason=str(error)))
+        await ctx.emit(
+            "payment_failed",
+            PaymentFailed(order_id=job.order_id, items=job.items, reason=str(error)),
+        )
 
 
 orders.subscription("payment_failed", enqueue="handle_payment_failure")
 
 
-@orders.queue_worker("handle_payment_failure", "Release the inventory of a failed payment",
-                     payload=PaymentFailed, emits=["payment_compensated"], lifecycle=STEP)
+@orders.queue_worker(
+    "handle_payment_failure",
+    "Release the inventory of a failed payment",
+    payload=PaymentFailed,
+    emits=["payment_compensated"],
+    lifecycle=STEP,
+)
 async def handle_payment_failure(ctx: Context, job: PaymentFailed) -> None:
     await ctx.resources.inventory.release(job.order_id)
     await ctx.resources.mailer.send(job.order_id, "payment_failed")
@@ -232,8 +262,13 @@ async def handle_payment_failure(ctx: Context, job: PaymentFailed) -> None:
 orders.subscription("payment_processed", enqueue="create_shipment")
 
 
-@orders.queue_worker("create_shipment", "Schedule delivery", payload=PaymentProcessed,
-                     emits=["shipment_created"], lifecycle=STEP)
+@orders.queue_worker(
+    "create_shipment",
+    "Schedule delivery",
+    payload=PaymentProcessed,
+    emits=["shipment_created"],
+    lifecycle=STEP,
+)
 async def create_shipment(ctx: Context, job: PaymentProcessed) -> None:
     tracking = await ctx.resources.shipping.schedule_delivery(job.order_id)
     await track(ctx, job.order_id, "shipment_created", payment_id=job.payment_id, tracking=tracking)
@@ -243,8 +278,13 @@ async def create_shipment(ctx: Context, job: PaymentProcessed) -> None:
 orders.subscription("shipment_created", enqueue="send_confirmation")
 
 
-@orders.queue_worker("send_confirmation", "Mail the confirmation", payload=ShipmentCreated,
-                     emits=["order_confirmed"], lifecycle=STEP)
+@orders.queue_worker(
+    "send_confirmation",
+    "Mail the confirmation",
+    payload=ShipmentCreated,
+    emits=["order_confirmed"],
+    lifecycle=STEP,
+)
 async def send_confirmation(ctx: Context, job: ShipmentCreated) -> None:
     await ctx.resources.mailer.send(job.order_id, "confirmation")
     await track(ctx, job.order_id, "confirmed", tracking=job.tracking)
@@ -253,7 +293,12 @@ async def send_confirmation(ctx: Context, job: ShipmentCreated) -> None:
 
 def make_app(backend: str = "sqlite:///conveyor-orders.db", **kwargs: object) -> App:
     """The order fulfillment app with fresh fake resources."""
-    resources = {"inventory": Inventory(), "payments": PaymentGateway(), "shipping": Shipping(), "mailer": Mailer()}
+    resources = {
+        "inventory": Inventory(),
+        "payments": PaymentGateway(),
+        "shipping": Shipping(),
+        "mailer": Mailer(),
+    }
     return App([orders], backend=backend, resources=resources, workflows=[ORDER_FULFILLMENT], **kwargs)  # type: ignore[arg-type]
 
 

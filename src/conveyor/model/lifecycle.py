@@ -80,20 +80,21 @@ class Lifecycle:
     heartbeat: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "visibility_timeout", seconds(self.visibility_timeout))
-        if self.timeout is not None:
-            object.__setattr__(self, "timeout", seconds(self.timeout))
-        if self.visibility_timeout <= 0:
+        lease = seconds(self.visibility_timeout)
+        timeout = None if self.timeout is None else seconds(self.timeout)
+        object.__setattr__(self, "visibility_timeout", lease)
+        object.__setattr__(self, "timeout", timeout)
+        if lease <= 0:
             raise ConfigurationError("Lifecycle.visibility_timeout must be positive")
         if self.max_attempts < 1:
             raise ConfigurationError("Lifecycle.max_attempts must be at least 1")
-        if self.timeout is not None and self.timeout <= 0:
+        if timeout is not None and timeout <= 0:
             raise ConfigurationError("Lifecycle.timeout must be positive")
 
     @property
     def lease_seconds(self) -> float:
-        return float(self.visibility_timeout)
+        return seconds(self.visibility_timeout)
 
     @property
     def timeout_seconds(self) -> float | None:
-        return None if self.timeout is None else float(self.timeout)
+        return None if self.timeout is None else seconds(self.timeout)

@@ -42,9 +42,7 @@ class Tracing:
         return carrier or None
 
     @contextmanager
-    def consume(
-        self, envelope: Envelope, queue: str, job_id: str, attempt: int
-    ) -> Iterator[Span | None]:
+    def consume(self, envelope: Envelope, queue: str, job_id: str, attempt: int) -> Iterator[Span | None]:
         if not self.enabled:
             yield None
             return
@@ -63,8 +61,12 @@ class Tracing:
             attributes["conveyor.event"] = envelope.name
         tracer = trace.get_tracer(_TRACER_NAME)
         with tracer.start_as_current_span(
-            f"process {queue}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes,
-            record_exception=False, set_status_on_exception=False,
+            f"process {queue}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             yield span
 
@@ -76,7 +78,8 @@ class Tracing:
             return
         tracer = trace.get_tracer(_TRACER_NAME)
         with tracer.start_as_current_span(
-            f"send {destination}", kind=SpanKind.PRODUCER,
+            f"send {destination}",
+            kind=SpanKind.PRODUCER,
             attributes={
                 "messaging.system": "conveyor",
                 "messaging.operation.type": "send",

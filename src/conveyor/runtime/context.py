@@ -188,7 +188,9 @@ class Context:
 
     # effects
 
-    def history(self, kind: str, name: str, *, message_id: str | None = None, detail: str | None = None) -> None:
+    def history(
+        self, kind: str, name: str, *, message_id: str | None = None, detail: str | None = None
+    ) -> None:
         correlation_id = self.correlation_id
         if correlation_id is not None and self.runtime.history_enabled:
             self.buffer.effects.history.append(

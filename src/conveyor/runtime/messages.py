@@ -64,8 +64,15 @@ class MessageFactory:
         self.max_payload_bytes = max_payload_bytes
 
     def _envelope(
-        self, kind: Kind, name: str, message_id: str, data: Any, origin: Origin,
-        correlation_id: str | None, idempotency_key: str | None, now: float,
+        self,
+        kind: Kind,
+        name: str,
+        message_id: str,
+        data: Any,
+        origin: Origin,
+        correlation_id: str | None,
+        idempotency_key: str | None,
+        now: float,
     ) -> tuple[Envelope, bytes]:
         parent = origin.parent
         envelope = Envelope(
@@ -84,7 +91,9 @@ class MessageFactory:
         try:
             body = envelope.encode()
         except TypeError as exc:
-            raise PayloadValidationError(f"{kind} {name!r}: payload is not JSON-serializable: {exc}") from None
+            raise PayloadValidationError(
+                f"{kind} {name!r}: payload is not JSON-serializable: {exc}"
+            ) from None
         if len(body) > self.max_payload_bytes:
             raise PayloadTooLargeError(
                 f"{kind} {name!r}: message is {len(body)} bytes, over the limit of "
@@ -107,8 +116,14 @@ class MessageFactory:
         envelope, body = self._envelope(
             "job", queue, message_id or new_id(), data, origin, correlation_id, idempotency_key, now
         )
-        new = NewJob(envelope.id, queue, body, available_at if available_at is not None else now, now,
-                     idempotency_key)
+        new = NewJob(
+            envelope.id,
+            queue,
+            body,
+            available_at if available_at is not None else now,
+            now,
+            idempotency_key,
+        )
         detail = None
         if available_at is not None and available_at > now:
             detail = orjson.dumps({"available_at": available_at}).decode()

@@ -43,7 +43,7 @@ def ticks_between(schedule: Schedule, after: float, until: float, limit: int) ->
     if schedule.every is not None:
         first = (after // schedule.every + 1) * schedule.every
         last = until // schedule.every * schedule.every
-        count = int(round((last - first) / schedule.every)) + 1 if last >= first else 0
+        count = round((last - first) / schedule.every) + 1 if last >= first else 0
         start = max(0, count - limit)
         return [first + i * schedule.every for i in range(start, count)]
     assert schedule.cron is not None
@@ -73,13 +73,17 @@ def next_tick(schedule: Schedule, after: float) -> float:
     if schedule.every is not None:
         return (after // schedule.every + 1) * schedule.every
     assert schedule.cron is not None
-    return float(croniter(schedule.cron, datetime.fromtimestamp(after, ZoneInfo(schedule.tz))).get_next(float))
+    return float(
+        croniter(schedule.cron, datetime.fromtimestamp(after, ZoneInfo(schedule.tz))).get_next(float)
+    )
 
 
 class Scheduler:
     """Fires the app's schedules; run one in every replica, duplicates collapse."""
 
-    def __init__(self, runtime: Runtime, schedules: list[QueueWorker[Any]], *, max_wait: float = 30.0) -> None:
+    def __init__(
+        self, runtime: Runtime, schedules: list[QueueWorker[Any]], *, max_wait: float = 30.0
+    ) -> None:
         self.runtime = runtime
         self.schedules = schedules
         self.max_wait = max_wait
@@ -143,7 +147,12 @@ class Scheduler:
             fire = due
         skipped = len(due) - len(fire)
         if skipped:
-            logger.warning("schedule %r: skipped %d missed tick(s) (catch_up=%r)", definition.name, skipped, schedule.catch_up)
+            logger.warning(
+                "schedule %r: skipped %d missed tick(s) (catch_up=%r)",
+                definition.name,
+                skipped,
+                schedule.catch_up,
+            )
         effects = Effects()
         origin = Origin(None, definition.service.name, definition.service.version)
         for tick in fire:
@@ -165,7 +174,12 @@ class Scheduler:
 
     async def _advance(self, name: str, effects: Effects, last_tick: float, version: int) -> bool:
         effects.states.append(
-            StateWrite(state_key(name), StateOp.SET, orjson.dumps({"last_tick": last_tick}), expected_version=version)
+            StateWrite(
+                state_key(name),
+                StateOp.SET,
+                orjson.dumps({"last_tick": last_tick}),
+                expected_version=version,
+            )
         )
         [result] = await self.runtime.backend.commit([Commit(effects=effects)], self.runtime.clock.now())
         return result.status is CommitStatus.OK

@@ -65,8 +65,10 @@ class _Released(Exception):
 
 def error_info(error: BaseException) -> ErrorInfo:
     kind = type(error)
-    name = kind.__qualname__ if kind.__module__ in ("builtins", "__main__") else (
-        f"{kind.__module__}.{kind.__qualname__}"
+    name = (
+        kind.__qualname__
+        if kind.__module__ in ("builtins", "__main__")
+        else (f"{kind.__module__}.{kind.__qualname__}")
     )
     text = "".join(traceback.format_exception(error))
     if len(text) > MAX_TRACEBACK_CHARS:
@@ -77,9 +79,7 @@ def error_info(error: BaseException) -> ErrorInfo:
 class Worker:
     """Works the given queues until :meth:`stop`; SIGTERM handling belongs to the caller."""
 
-    def __init__(
-        self, runtime: Runtime, queues: Sequence[QueueWorker[Any]], config: WorkerConfig
-    ) -> None:
+    def __init__(self, runtime: Runtime, queues: Sequence[QueueWorker[Any]], config: WorkerConfig) -> None:
         self.runtime = runtime
         self.config = config
         self.queues = {definition.name: definition for definition in queues}
@@ -171,7 +171,11 @@ class Worker:
 
     async def _drain(self) -> None:
         if self._inflight:
-            logger.info("waiting up to %.0fs for %d running jobs", self.config.shutdown_grace, len(self._inflight))
+            logger.info(
+                "waiting up to %.0fs for %d running jobs",
+                self.config.shutdown_grace,
+                len(self._inflight),
+            )
             await asyncio.wait(set(self._inflight), timeout=self.config.shutdown_grace)
         self._releasing = True
         for task in list(self._running):
@@ -199,7 +203,9 @@ class Worker:
         except Exception as exc:
             logger.error(
                 "could not commit job %s of %r (%s); it runs again when its lease expires",
-                leased.id, leased.queue, exc,
+                leased.id,
+                leased.queue,
+                exc,
             )
             return
         self.processed += 1
@@ -207,16 +213,21 @@ class Worker:
             logger.warning(
                 "job %s of %r lost its lease before committing; its effects were discarded "
                 "(raise visibility_timeout or use ctx.extend_lease / heartbeat=True)",
-                leased.id, leased.queue,
+                leased.id,
+                leased.queue,
             )
         elif result.status is CommitStatus.CONFLICT:
             await self._retry_after_conflict(leased)
         else:
             settlement = commit.settlement
-            if settlement is not None and settlement.outcome is Outcome.RETRY and settlement.available_at:
-                if self._next_retry is None or settlement.available_at < self._next_retry:
-                    self._next_retry = settlement.available_at
-                    self._nudge.set()
+            retry_at = (
+                settlement.available_at
+                if settlement is not None and settlement.outcome is Outcome.RETRY
+                else None
+            )
+            if retry_at is not None and (self._next_retry is None or retry_at < self._next_retry):
+                self._next_retry = retry_at
+                self._nudge.set()
             if describe:
                 logger.debug("job %s of %r: %s", leased.id, leased.queue, describe)
 
@@ -245,22 +256,26 @@ class Worker:
                 "earlier attempts' workers died or lost their lease"
             )
             return await self._dead_with_hook(leased, definition, envelope, None, error, started), "dead"
-        if definition.kind == "subscription" and envelope.kind == "event" and envelope.name != definition.event:
-            error = PermanentError(
+        if (
+            definition.kind == "subscription"
+            and envelope.kind == "event"
+            and envelope.name != definition.event
+        ):
+            unknown = PermanentError(
                 f"subscription {definition.name!r} consumes {definition.event!r}, got event {envelope.name!r}"
             )
-            logger.error("job %s: %s; dead-lettered", leased.id, error)
-            return self._dead(leased, envelope, error, Effects(), started), "unknown event"
+            logger.error("job %s: %s; dead-lettered", leased.id, unknown)
+            return self._dead(leased, envelope, unknown, Effects(), started), "unknown event"
         payload: Any = envelope.payload
         if definition.payload is not None and definition.accepts_payload:
             try:
                 payload = definition.payload.model_validate(envelope.payload)
             except ValidationError as exc:
-                error = PayloadValidationError(
+                invalid = PayloadValidationError(
                     f"payload of job {leased.id} does not match {definition.payload.__name__}: {exc}"
                 )
                 logger.error("job %s of %r dead-lettered: invalid payload", leased.id, leased.queue)
-                return self._dead(leased, envelope, error, Effects(), started), "invalid payload"
+                return self._dead(leased, envelope, invalid, Effects(), started), "invalid payload"
         log = logging.LoggerAdapter(
             logging.getLogger(f"conveyor.handler.{definition.name}"),
             {
@@ -299,20 +314,30 @@ class Worker:
                 )
                 log.warning(
                     "attempt %d/%d failed, retrying at +%.2fs: %s: %s",
-                    leased.attempt, lifecycle.max_attempts,
+                    leased.attempt,
+                    lifecycle.max_attempts,
                     (settlement.available_at or started) - runtime.clock.now(),
-                    type(error).__name__, error,
+                    type(error).__name__,
+                    error,
                 )
-                return Commit(settlement, self._history(envelope, leased, "retried", started, error)), "retried"
+                return Commit(
+                    settlement, self._history(envelope, leased, "retried", started, error)
+                ), "retried"
         effects = context.buffer.effects
         if runtime.history_enabled:
             # the step's own entry first, so a timeline reads "step, then what it emitted"
             effects.history[:0] = self._history(envelope, leased, "succeeded", started, None).history
         return Commit(Settlement(leased.id, leased.token, Outcome.ACK), effects), ""
 
-    async def _call(self, definition: QueueWorker[Any], context: Context, payload: Any, leased: LeasedJob) -> None:
+    async def _call(
+        self, definition: QueueWorker[Any], context: Context, payload: Any, leased: LeasedJob
+    ) -> None:
         lifecycle = definition.lifecycle
-        call = definition.handler(context) if definition.kind == "schedule" else definition.handler(context, payload)
+        call = (
+            definition.handler(context)
+            if definition.kind == "schedule"
+            else definition.handler(context, payload)
+        )
         heartbeat = None
         if lifecycle.heartbeat:
             heartbeat = asyncio.create_task(self._heartbeat(leased, lifecycle.lease_seconds))
@@ -325,7 +350,9 @@ class Worker:
                     async with asyncio.timeout(timeout):
                         await call
                 except TimeoutError:
-                    raise HandlerTimeoutError(f"attempt ran longer than its timeout of {timeout:g}s") from None
+                    raise HandlerTimeoutError(
+                        f"attempt ran longer than its timeout of {timeout:g}s"
+                    ) from None
         finally:
             if heartbeat is not None:
                 heartbeat.cancel()
@@ -341,12 +368,21 @@ class Worker:
                 logger.warning("heartbeat of job %s failed: %s", leased.id, exc)
                 continue
             if not ok:
-                logger.warning("job %s of %r lost its lease; its result will be discarded", leased.id, leased.queue)
+                logger.warning(
+                    "job %s of %r lost its lease; its result will be discarded",
+                    leased.id,
+                    leased.queue,
+                )
                 return
 
     def _failure_settlement(
-        self, leased: LeasedJob, definition: QueueWorker[Any], error: BaseException | None,
-        info: ErrorInfo, *, permanent: bool,
+        self,
+        leased: LeasedJob,
+        definition: QueueWorker[Any],
+        error: BaseException | None,
+        info: ErrorInfo,
+        *,
+        permanent: bool,
     ) -> Settlement:
         now = self.runtime.clock.now()
         if isinstance(error, Retry) and error.delay is not None:
@@ -356,7 +392,12 @@ class Worker:
         return Settlement(leased.id, leased.token, Outcome.RETRY, now + delay, info)
 
     def _history(
-        self, envelope: Envelope, leased: LeasedJob, kind: str, started: float, error: BaseException | None
+        self,
+        envelope: Envelope,
+        leased: LeasedJob,
+        kind: str,
+        started: float,
+        error: BaseException | None,
     ) -> Effects:
         effects = Effects()
         runtime = self.runtime
@@ -366,13 +407,25 @@ class Worker:
             if error is not None:
                 detail["error"] = f"{type(error).__name__}: {error}"
             effects.history.append(
-                HistoryEntry(envelope.correlation_id, now, kind, leased.queue, leased.id, leased.attempt,
-                             orjson.dumps(detail).decode())
+                HistoryEntry(
+                    envelope.correlation_id,
+                    now,
+                    kind,
+                    leased.queue,
+                    leased.id,
+                    leased.attempt,
+                    orjson.dumps(detail).decode(),
+                )
             )
         return effects
 
     def _dead(
-        self, leased: LeasedJob, envelope: Envelope | None, error: BaseException, effects: Effects, started: float
+        self,
+        leased: LeasedJob,
+        envelope: Envelope | None,
+        error: BaseException,
+        effects: Effects,
+        started: float,
     ) -> Commit:
         info = error_info(error)
         if envelope is not None:
@@ -380,15 +433,24 @@ class Worker:
         return Commit(Settlement(leased.id, leased.token, Outcome.DEAD, None, info), effects)
 
     async def _dead_with_hook(
-        self, leased: LeasedJob, definition: QueueWorker[Any], envelope: Envelope, payload: Any,
-        error: BaseException, started: float,
+        self,
+        leased: LeasedJob,
+        definition: QueueWorker[Any],
+        envelope: Envelope,
+        payload: Any,
+        error: BaseException,
+        started: float,
     ) -> Commit:
         """Dead-letter the job; ``on_dead_letter``'s effects commit with the move."""
         hook = definition.dead_letter_handler
         effects = Effects()
         logger.error(
             "job %s of %r dead-lettered after attempt %d: %s: %s",
-            leased.id, leased.queue, leased.attempt, type(error).__name__, error,
+            leased.id,
+            leased.queue,
+            leased.attempt,
+            type(error).__name__,
+            error,
             exc_info=error if not isinstance(error, PermanentError | HandlerTimeoutError) else None,
         )
         if hook is not None:
@@ -411,14 +473,24 @@ class Worker:
             except BaseException as hook_error:
                 logger.error(
                     "on_dead_letter of %r failed for job %s; dead-lettered without its effects",
-                    definition.name, leased.id, exc_info=hook_error,
+                    definition.name,
+                    leased.id,
+                    exc_info=hook_error,
                 )
-                error = RuntimeError(f"{type(error).__name__}: {error} (then on_dead_letter failed: {hook_error!r})")
+                error = RuntimeError(
+                    f"{type(error).__name__}: {error} (then on_dead_letter failed: {hook_error!r})"
+                )
             else:
                 effects = context.buffer.effects
                 if self.runtime.history_enabled:
                     effects.history.append(
-                        HistoryEntry(envelope.correlation_id, self.runtime.clock.now(), "compensated",
-                                     definition.name, leased.id, leased.attempt)
+                        HistoryEntry(
+                            envelope.correlation_id,
+                            self.runtime.clock.now(),
+                            "compensated",
+                            definition.name,
+                            leased.id,
+                            leased.attempt,
+                        )
                     )
         return self._dead(leased, envelope, error, effects, started)

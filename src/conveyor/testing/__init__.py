@@ -23,7 +23,10 @@ __all__ = ["FakeClock", "running", "wait_until"]
 
 
 async def wait_until(
-    condition: Callable[[], Any | Awaitable[Any]], *, timeout: float = 10.0, interval: float = 0.002,
+    condition: Callable[[], Any | Awaitable[Any]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.002,
     message: str = "condition",
 ) -> Any:
     """Poll ``condition`` (sync or async) until it is truthy; return its value. Fails after ``timeout``."""
@@ -42,7 +45,11 @@ async def wait_until(
 
 @contextlib.asynccontextmanager
 async def running(
-    app: App, *, queues: Sequence[str] | None = None, concurrency: int | None = None, scheduler: bool = True
+    app: App,
+    *,
+    queues: Sequence[str] | None = None,
+    concurrency: int | None = None,
+    scheduler: bool = True,
 ) -> AsyncIterator[App]:
     """Serve ``app`` in the background inside the block; stop it gracefully on exit.
 
@@ -51,7 +58,9 @@ async def running(
     >>> #     await wait_until(lambda: done)
     """
     ready = asyncio.Event()
-    task = asyncio.create_task(app.serve(queues=queues, concurrency=concurrency, scheduler=scheduler, ready=ready))
+    task = asyncio.create_task(
+        app.serve(queues=queues, concurrency=concurrency, scheduler=scheduler, ready=ready)
+    )
     waiter = asyncio.ensure_future(ready.wait())
     await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if task.done():

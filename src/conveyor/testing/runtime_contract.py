@@ -66,9 +66,7 @@ class RuntimeContract:
         yield make
 
     @pytest.fixture
-    def make_app(
-        self, backends: Callable[[], Backend], clock: FakeClock
-    ) -> Callable[..., App]:
+    def make_app(self, backends: Callable[[], Backend], clock: FakeClock) -> Callable[..., App]:
         def make(*services: Service, **kwargs: Any) -> App:
             kwargs.setdefault("worker", WorkerConfig(concurrency=8, poll_interval=0.05, shutdown_grace=5))
             return App(list(services), backend=backends(), clock=clock, **kwargs)
@@ -121,8 +119,12 @@ class RuntimeContract:
     ) -> None:
         svc, rec = Service("svc"), Recorder()
 
-        @svc.queue_worker("flaky", payload=Item, emits=["done"],
-                          lifecycle=Lifecycle(max_attempts=3, retry=NO_JITTER))
+        @svc.queue_worker(
+            "flaky",
+            payload=Item,
+            emits=["done"],
+            lifecycle=Lifecycle(max_attempts=3, retry=NO_JITTER),
+        )
         async def flaky(ctx: Context, job: Item) -> None:
             assert ctx.job is not None
             await ctx.emit("done", {"n": ctx.job.attempt})
@@ -203,7 +205,9 @@ class RuntimeContract:
         svc, rec = Service("svc"), Recorder()
         gate = asyncio.Event()
 
-        @svc.queue_worker("slow", payload=Item, emits=["slow_done"], lifecycle=Lifecycle(visibility_timeout=30))
+        @svc.queue_worker(
+            "slow", payload=Item, emits=["slow_done"], lifecycle=Lifecycle(visibility_timeout=30)
+        )
         async def slow(ctx: Context, job: Item) -> None:
             assert ctx.job is not None
             rec.calls.append(("slow", job.n, ctx.job.attempt))
@@ -292,7 +296,7 @@ class RuntimeContract:
             clock.advance(19.9)
             await asyncio.sleep(0.05)
             assert rec.attempts("fails") == [1, 2]
-            clock.advance(0.1)  # 20 s after attempt 2 (× multiplier)
+            clock.advance(0.1)  # 20 s after attempt 2 (x multiplier)
             await wait_until(lambda: rec.attempts("fails") == [1, 2, 3])
             dead = await wait_until(lambda: app.dead_letters("fails").list())
         assert [t - start for t in rec.seen("fails")] == pytest.approx([0, 10, 30])
@@ -365,9 +369,7 @@ class RuntimeContract:
         assert rec.seen("hook") == [(3, "gateway down")] and rec.seen("refund") == [3]
         assert status.compensations == ["charge"] and "charge_failed" in status.events
 
-    async def test_dead_letters_can_be_listed_redriven_and_purged(
-        self, make_app: Callable[..., App]
-    ) -> None:
+    async def test_dead_letters_can_be_listed_redriven_and_purged(self, make_app: Callable[..., App]) -> None:
         svc, rec = Service("svc"), Recorder()
         healed = asyncio.Event()
 
@@ -381,11 +383,9 @@ class RuntimeContract:
         async with running(app):
             for n in (1, 2):
                 await app.enqueue("fragile", {"n": n})
-            dead = await wait_until(
-                lambda: _at_least(app.dead_letters("fragile").list(), 2)
-            )
+            dead = await wait_until(lambda: _at_least(app.dead_letters("fragile").list(), 2))
             healed.set()
-            first, second = sorted(dead, key=lambda d: d.body)
+            first, _ = sorted(dead, key=lambda d: d.body)
             assert await app.dead_letters("fragile").redrive([first.id]) == 1
             await wait_until(lambda: len(rec.calls) == 3)
             assert await app.dead_letters("fragile").purge() == 1
@@ -411,7 +411,9 @@ class RuntimeContract:
             [entry] = await wait_until(lambda: app.dead_letters("poison").list())
         assert rec.calls == [] and entry.attempts == 3 and "max_attempts" in entry.error.message
 
-    async def test_timeout_is_a_retryable_failure(self, make_app: Callable[..., App], clock: FakeClock) -> None:
+    async def test_timeout_is_a_retryable_failure(
+        self, make_app: Callable[..., App], clock: FakeClock
+    ) -> None:
         svc, rec = Service("svc"), Recorder()
 
         @svc.queue_worker("hangs", lifecycle=Lifecycle(timeout=0.05, max_attempts=2, retry=NO_JITTER))
@@ -522,10 +524,12 @@ class RuntimeContract:
             await wait_until(lambda: _stats(app, "increment", lambda s: s.scheduled == 1))
             clock.advance(10)
             await wait_until(lambda: rec.attempts("increment") == [1, 2])
-            await wait_until(lambda: app.states.get("counter"), message="counter") 
+            await wait_until(lambda: app.states.get("counter"), message="counter")
             await wait_until(lambda: _state_is(app, "counter", 101))
 
-    async def test_cancel_deletes_a_pending_timer(self, make_app: Callable[..., App], clock: FakeClock) -> None:
+    async def test_cancel_deletes_a_pending_timer(
+        self, make_app: Callable[..., App], clock: FakeClock
+    ) -> None:
         svc, rec = Service("svc"), Recorder()
 
         @svc.queue_worker("request_approval")
@@ -684,8 +688,12 @@ class RuntimeContract:
             async with app:
                 await app.enqueue("typed", {"n": "seven"})
         async with running(app):
-            await _store_raw(app, "typed", b'{"v":1,"id":"bad","kind":"job","name":"typed",'
-                             b'"payload":{"n":"seven"},"correlation_id":"bad"}')
+            await _store_raw(
+                app,
+                "typed",
+                b'{"v":1,"id":"bad","kind":"job","name":"typed",'
+                b'"payload":{"n":"seven"},"correlation_id":"bad"}',
+            )
             [entry] = await wait_until(lambda: app.dead_letters("typed").list())
             await app.enqueue("typed", {"n": 8})
             await wait_until(lambda: rec.calls)
@@ -707,7 +715,9 @@ class RuntimeContract:
             [entry] = await wait_until(lambda: app.dead_letters("raw").list())
             await app.enqueue("raw", {"ok": True})
             await wait_until(lambda: rec.calls)
-        assert "not valid JSON" in entry.error.message and entry.error.type.endswith("UndecodableMessageError")
+        assert "not valid JSON" in entry.error.message and entry.error.type.endswith(
+            "UndecodableMessageError"
+        )
         assert rec.seen("raw") == [{"ok": True}]
 
     async def test_event_nobody_subscribed_to_is_reported_and_the_worker_goes_on(
@@ -735,7 +745,11 @@ class RuntimeContract:
         class Custom(BaseException):
             pass
 
-        errors: dict[int, BaseException] = {1: KeyboardInterrupt(), 2: SystemExit(3), 3: Custom("odd")}
+        errors: dict[int, BaseException] = {
+            1: KeyboardInterrupt(),
+            2: SystemExit(3),
+            3: Custom("odd"),
+        }
 
         @svc.queue_worker("explodes", payload=Item, lifecycle=Lifecycle(max_attempts=1))
         async def explodes(ctx: Context, job: Item) -> None:
@@ -749,7 +763,11 @@ class RuntimeContract:
                 await app.enqueue("explodes", {"n": n})
             dead = await wait_until(lambda: _at_least(app.dead_letters("explodes").list(), 3))
             await wait_until(lambda: rec.calls)
-        assert sorted(d.error.type.rsplit(".", 1)[-1] for d in dead) == ["Custom", "KeyboardInterrupt", "SystemExit"]
+        assert sorted(d.error.type.rsplit(".", 1)[-1] for d in dead) == [
+            "Custom",
+            "KeyboardInterrupt",
+            "SystemExit",
+        ]
         assert rec.seen("explodes") == [4]
 
     async def test_undeclared_emit_is_a_clear_error(self, make_app: Callable[..., App]) -> None:
@@ -801,4 +819,6 @@ async def _state_is(app: App, key: str, value: Any) -> bool:
 async def _store_raw(app: App, queue: str, body: bytes) -> None:
     """Store a message as if a foreign or broken producer had written it."""
     now = app.clock.now()
-    await app.backend.commit([Commit(effects=Effects(jobs=[NewJob(f"raw-{now}", queue, body, now, now)]))], now)
+    await app.backend.commit(
+        [Commit(effects=Effects(jobs=[NewJob(f"raw-{now}", queue, body, now, now)]))], now
+    )

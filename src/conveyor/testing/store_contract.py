@@ -125,8 +125,14 @@ class StoreContract:
 
     async def test_lease_takes_oldest_first_across_queues_up_to_limit(self, backend: Backend) -> None:
         await backend.commit(
-            [enqueue(job("q1-late", "q1", at=T0 + 3), job("q2-early", "q2", at=T0 + 1),
-                     job("q1-mid", "q1", at=T0 + 2), job("other", "q3", at=T0))],
+            [
+                enqueue(
+                    job("q1-late", "q1", at=T0 + 3),
+                    job("q2-early", "q2", at=T0 + 1),
+                    job("q1-mid", "q1", at=T0 + 2),
+                    job("other", "q3", at=T0),
+                )
+            ],
             T0,
         )
         leased = await backend.lease({"q1": 30.0, "q2": 10.0}, 2, T0 + 5)
@@ -159,9 +165,7 @@ class StoreContract:
     ) -> None:
         await backend.commit([enqueue(job("a"), job("b"))], T0)
         leased = await backend.lease({"q": 30.0}, 10, T0)
-        await backend.commit(
-            [Commit(settle(j.id, j.token, Outcome.DEAD, error=ERR)) for j in leased], T0 + 2
-        )
+        await backend.commit([Commit(settle(j.id, j.token, Outcome.DEAD, error=ERR)) for j in leased], T0 + 2)
         dead = await backend.dead_letters("q")
         assert [d.id for d in dead] == ["a", "b"]
         assert dead[0].error == ERR and dead[0].attempts == 1
@@ -179,9 +183,7 @@ class StoreContract:
     async def test_purge_all_of_a_queue(self, backend: Backend) -> None:
         await backend.commit([enqueue(job("a"), job("b", "q2"))], T0)
         leased = await backend.lease({"q": 30.0, "q2": 30.0}, 10, T0)
-        await backend.commit(
-            [Commit(settle(j.id, j.token, Outcome.DEAD, error=ERR)) for j in leased], T0 + 1
-        )
+        await backend.commit([Commit(settle(j.id, j.token, Outcome.DEAD, error=ERR)) for j in leased], T0 + 1)
         assert await backend.purge(None, queue="q") == 1
         assert [d.id for d in await backend.dead_letters(None)] == ["b"]
 
@@ -212,14 +214,17 @@ class StoreContract:
         await backend.register_subscriptions([("placed", "reserve"), ("placed", "audit")])
         await backend.register_subscriptions([("placed", "reserve"), ("other", "x")])
         assert sorted(await backend.subscriptions()) == [
-            ("other", "x"), ("placed", "audit"), ("placed", "reserve")
+            ("other", "x"),
+            ("placed", "audit"),
+            ("placed", "reserve"),
         ]
         event = NewEvent("e1", "placed", b'{"e": 1}', T0)
         [result] = await backend.commit([Commit(effects=Effects(events=[event]))], T0)
         assert result.deliveries == 2
         leased = await backend.lease({"reserve": 30.0, "audit": 30.0}, 10, T0)
         assert sorted((j.queue, j.id, j.body) for j in leased) == [
-            ("audit", "e1:audit", b'{"e": 1}'), ("reserve", "e1:reserve", b'{"e": 1}')
+            ("audit", "e1:audit", b'{"e": 1}'),
+            ("reserve", "e1:reserve", b'{"e": 1}'),
         ]
 
     async def test_event_without_subscription_is_delivered_nowhere(self, backend: Backend) -> None:
@@ -228,26 +233,18 @@ class StoreContract:
         assert result.status is CommitStatus.OK and result.deliveries == 0
 
     async def test_state_set_get_delete_with_versions(self, backend: Backend) -> None:
-        await backend.commit(
-            [Commit(effects=Effects(states=[StateWrite("k", StateOp.SET, b"1")]))], T0
-        )
-        await backend.commit(
-            [Commit(effects=Effects(states=[StateWrite("k", StateOp.SET, b"2")]))], T0
-        )
+        await backend.commit([Commit(effects=Effects(states=[StateWrite("k", StateOp.SET, b"1")]))], T0)
+        await backend.commit([Commit(effects=Effects(states=[StateWrite("k", StateOp.SET, b"2")]))], T0)
         states = await backend.get_states(["k", "missing"])
         assert list(states) == ["k"]
         assert (states["k"].value, states["k"].version) == (b"2", 2)
         await backend.commit([Commit(effects=Effects(states=[StateWrite("k", StateOp.DELETE)]))], T0)
         assert await backend.get_states(["k"]) == {}
 
-    async def test_compare_and_set_conflict_applies_nothing_of_the_commit(
-        self, backend: Backend
-    ) -> None:
+    async def test_compare_and_set_conflict_applies_nothing_of_the_commit(self, backend: Backend) -> None:
         await backend.commit([enqueue(job("a"))], T0)
         [leased] = await backend.lease({"q": 30.0}, 10, T0)
-        await backend.commit(
-            [Commit(effects=Effects(states=[StateWrite("k", StateOp.SET, b"v1")]))], T0
-        )
+        await backend.commit([Commit(effects=Effects(states=[StateWrite("k", StateOp.SET, b"v1")]))], T0)
         conflicting = Commit(
             settle("a", leased.token, Outcome.ACK),
             Effects(
@@ -288,12 +285,8 @@ class StoreContract:
         [ok] = await backend.commit([Commit(settle("a", leased.token, Outcome.ACK))], T0 + 99)
         assert ok.status is CommitStatus.OK
 
-    async def test_cancel_deletes_a_pending_job_by_key_but_not_a_leased_one(
-        self, backend: Backend
-    ) -> None:
-        await backend.commit(
-            [enqueue(job("timer", at=T0 + 60, key="t1"), job("busy", "q2", key="t2"))], T0
-        )
+    async def test_cancel_deletes_a_pending_job_by_key_but_not_a_leased_one(self, backend: Backend) -> None:
+        await backend.commit([enqueue(job("timer", at=T0 + 60, key="t1"), job("busy", "q2", key="t2"))], T0)
         [busy] = await backend.lease({"q2": 30.0}, 10, T0)
         await backend.commit([Commit(effects=Effects(cancels=[("q", "t1"), ("q2", "t2")]))], T0)
         assert await backend.lease({"q": 30.0}, 10, T0 + 100) == []
@@ -324,10 +317,8 @@ class StoreContract:
         assert len(leased) == 500 and len({j.id for j in leased}) == 500
 
     async def test_stats_count_ready_scheduled_leased_and_dead(self, backend: Backend) -> None:
-        await backend.commit(
-            [enqueue(job("a"), job("b"), job("c", at=T0 + 50), job("d"))], T0
-        )
-        a, b = await backend.lease({"q": 30.0}, 2, T0)
+        await backend.commit([enqueue(job("a"), job("b"), job("c", at=T0 + 50), job("d"))], T0)
+        a, _ = await backend.lease({"q": 30.0}, 2, T0)
         await backend.commit([Commit(settle(a.id, a.token, Outcome.DEAD, error=ERR))], T0)
         [stats] = await backend.stats(["q"], T0)
         assert (stats.ready, stats.scheduled, stats.leased, stats.dead) == (1, 1, 1, 1)

@@ -107,7 +107,9 @@ def _detail(entry: HistoryEntry) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"text": value}
 
 
-def summarize(instance_id: str, history: list[HistoryEntry], workflows: Iterable[Workflow], now: float) -> WorkflowStatus:
+def summarize(
+    instance_id: str, history: list[HistoryEntry], workflows: Iterable[Workflow], now: float
+) -> WorkflowStatus:
     """Fold an instance's history into its status."""
     steps: dict[str, dict[str, Any]] = {}
     events: list[str] = []
@@ -124,8 +126,14 @@ def summarize(instance_id: str, history: list[HistoryEntry], workflows: Iterable
             continue
         step = steps.setdefault(
             entry.message_id,
-            {"queue": entry.name, "state": "pending", "attempts": 0, "enqueued_at": None,
-             "finished_at": None, "last_error": None},
+            {
+                "queue": entry.name,
+                "state": "pending",
+                "attempts": 0,
+                "enqueued_at": None,
+                "finished_at": None,
+                "last_error": None,
+            },
         )
         detail = _detail(entry)
         if entry.kind == "enqueued":
@@ -134,8 +142,11 @@ def summarize(instance_id: str, history: list[HistoryEntry], workflows: Iterable
                 step["state"] = "scheduled"
         elif entry.kind in ("succeeded", "retried", "dead_lettered"):
             step["attempts"] = max(step["attempts"], entry.attempt or 0)
-            step["state"] = {"succeeded": "succeeded", "retried": "retrying",
-                             "dead_lettered": "dead_lettered"}[entry.kind]
+            step["state"] = {
+                "succeeded": "succeeded",
+                "retried": "retrying",
+                "dead_lettered": "dead_lettered",
+            }[entry.kind]
             if entry.kind != "retried":
                 step["finished_at"] = entry.at
             if "error" in detail:
@@ -165,8 +176,11 @@ def summarize(instance_id: str, history: list[HistoryEntry], workflows: Iterable
         state = "completed"
     started_at = history[0].at if history else None
     if (
-        workflow is not None and workflow.deadline is not None and started_at is not None
-        and state in ("running", "waiting") and now - started_at > seconds(workflow.deadline)
+        workflow is not None
+        and workflow.deadline is not None
+        and started_at is not None
+        and state in ("running", "waiting")
+        and now - started_at > seconds(workflow.deadline)
     ):
         state = "timed_out"
     return WorkflowStatus(
@@ -175,8 +189,18 @@ def summarize(instance_id: str, history: list[HistoryEntry], workflows: Iterable
         workflow=workflow.name if workflow else None,
         started_at=started_at,
         updated_at=history[-1].at if history else None,
-        steps=[Step(s["queue"], job_id, s["state"], s["attempts"], s["enqueued_at"], s["finished_at"], s["last_error"])
-               for job_id, s in steps.items()],
+        steps=[
+            Step(
+                s["queue"],
+                job_id,
+                s["state"],
+                s["attempts"],
+                s["enqueued_at"],
+                s["finished_at"],
+                s["last_error"],
+            )
+            for job_id, s in steps.items()
+        ],
         events=events,
         current=sorted({s["queue"] for s in open_steps}),
         compensations=compensations,

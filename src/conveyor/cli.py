@@ -1,0 +1,311 @@
+"""The ``conveyor`` command. APP is ``module:attribute`` naming an :class:`~conveyor.App`."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from conveyor.app import App
+from conveyor.model.errors import ConveyorError
+from conveyor.observability.logging import configure_logging
+
+console = Console()
+T = TypeVar("T")
+
+STATE_STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "compensated": "yellow",
+    "running": "cyan",
+    "waiting": "blue",
+    "timed_out": "magenta",
+    "unknown": "dim",
+}
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:attribute`` (the current directory is importable, like uvicorn does)."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise click.BadParameter(f"{spec!r} is not module:attribute (e.g. myapp.main:app)")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}") from exc
+    app = getattr(module, attribute, None)
+    if not isinstance(app, App):
+        raise click.BadParameter(f"{spec!r} is {type(app).__name__}, not a conveyor App")
+    return app
+
+
+def run(coro: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(coro())  # type: ignore[arg-type]
+    except ConveyorError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+@click.group()
+@click.option("--log-level", default="WARNING", show_default=True, help="conveyor's log level")
+@click.option("--json-logs", is_flag=True, help="one JSON object per log record")
+def main(log_level: str, json_logs: bool) -> None:
+    """conveyor: event-driven services and long-running workflows."""
+    configure_logging(log_level, json=json_logs)
+
+
+@main.command()
+@click.argument("app_spec", metavar="APP")
+@click.option("--concurrency", "-c", type=int, default=None, help="jobs run at once")
+@click.option("--queues", "-q", default=None, help="comma-separated queues to work (default: all)")
+def worker(app_spec: str, concurrency: int | None, queues: str | None) -> None:
+    """Work APP's queues and fire its schedules until SIGTERM (graceful) or a second SIGINT."""
+    import logging
+
+    if logging.getLogger("conveyor").level > logging.INFO:
+        logging.getLogger("conveyor").setLevel(logging.INFO)
+    app = load_app(app_spec)
+    names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    try:
+        app.run(queues=names, concurrency=concurrency)
+    except ConveyorError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+@main.command()
+@click.argument("app_spec", metavar="APP")
+@click.argument("queue")
+@click.argument("payload", default="{}")
+@click.option("--delay", type=float, default=None, help="seconds before the job is available")
+@click.option("--key", "idempotency_key", default=None, help="idempotency key")
+@click.option("--correlation-id", default=None, help="workflow instance id")
+def enqueue(
+    app_spec: str,
+    queue: str,
+    payload: str,
+    delay: float | None,
+    idempotency_key: str | None,
+    correlation_id: str | None,
+) -> None:
+    """Enqueue one job: conveyor enqueue APP QUEUE '{"order_id": "42"}'."""
+    app = load_app(app_spec)
+    data = _json(payload)
+
+    async def go() -> str:
+        async with app:
+            return await app.enqueue(
+                queue,
+                data,
+                delay=delay,
+                idempotency_key=idempotency_key,
+                correlation_id=correlation_id,
+            )
+
+    click.echo(run(go))
+
+
+@main.command()
+@click.argument("app_spec", metavar="APP")
+@click.argument("event")
+@click.argument("payload", default="{}")
+@click.option("--correlation-id", default=None, help="workflow instance id")
+def emit(app_spec: str, event: str, payload: str, correlation_id: str | None) -> None:
+    """Emit one event to its subscriptions."""
+    app = load_app(app_spec)
+    data = _json(payload)
+
+    async def go() -> str:
+        async with app:
+            return await app.emit(event, data, correlation_id=correlation_id)
+
+    click.echo(run(go))
+
+
+def _json(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"payload is not JSON: {exc}") from exc
+
+
+@main.command()
+@click.argument("app_spec", metavar="APP")
+@click.argument("action", type=click.Choice(["list", "redrive", "purge"]))
+@click.argument("ids", nargs=-1)
+@click.option("--queue", "-q", default=None, help="only this queue's dead letters")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def dlq(
+    app_spec: str, action: str, ids: tuple[str, ...], queue: str | None, limit: int, as_json: bool
+) -> None:
+    """List, redrive or purge dead letters (all of a queue's when no IDS are given)."""
+    app = load_app(app_spec)
+
+    async def go() -> None:
+        async with app:
+            letters = app.dead_letters(queue)
+            if action == "redrive":
+                count = await letters.redrive(list(ids) if ids else None)
+                console.print(f"redriven: {count}")
+            elif action == "purge":
+                count = await letters.purge(list(ids) if ids else None)
+                console.print(f"purged: {count}")
+            else:
+                entries = await letters.list(limit=limit)
+                if as_json:
+                    click.echo(
+                        orjson.dumps(
+                            [
+                                {
+                                    "id": e.id,
+                                    "queue": e.queue,
+                                    "attempts": e.attempts,
+                                    "error_type": e.error.type,
+                                    "error": e.error.message,
+                                    "failed_at": e.failed_at,
+                                    "enqueued_at": e.enqueued_at,
+                                    "message": orjson.loads(e.body)
+                                    if e.body[:1] == b"{"
+                                    else e.body.decode("latin-1"),
+                                }
+                                for e in entries
+                            ],
+                            option=orjson.OPT_INDENT_2,
+                        ).decode()
+                    )
+                    return
+                table = Table("id", "queue", "attempts", "failed at (UTC)", "error")
+                for e in entries:
+                    table.add_row(
+                        e.id,
+                        e.queue,
+                        str(e.attempts),
+                        when(e.failed_at),
+                        f"{e.error.type}: {e.error.message}",
+                    )
+                console.print(table if entries else "no dead letters")
+
+    run(go)
+
+
+@main.command()
+@click.argument("app_spec", metavar="APP")
+@click.argument("instance_id")
+@click.option("--json", "as_json", is_flag=True)
+def status(app_spec: str, instance_id: str, as_json: bool) -> None:
+    """Where is workflow instance ID, and why: state, path, steps and timeline."""
+    app = load_app(app_spec)
+
+    async def go() -> None:
+        async with app:
+            result = await app.workflows.status(instance_id)
+            state = await app.states.get(f"workflow:{instance_id}")
+        if as_json:
+            click.echo(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode())
+            return
+        style = STATE_STYLE.get(result.state, "")
+        console.print(
+            f"[bold]{instance_id}[/]  [{style}]{result.state}[/]"
+            + (f"  ({result.workflow})" if result.workflow else "")
+        )
+        if result.state == "unknown":
+            console.print("no history recorded for this id")
+            return
+        console.print("path: " + " → ".join(result.path))
+        if result.current:
+            console.print("waiting on: " + ", ".join(result.current))
+        if result.compensations:
+            console.print("compensations: " + ", ".join(result.compensations))
+        if result.last_error:
+            console.print(f"[red]last error:[/] {result.last_error}")
+        if state is not None:
+            console.print(f"state: {orjson.dumps(state).decode()}")
+        table = Table("time (UTC)", "what", "name", "attempt", "detail")
+        for entry in result.history:
+            table.add_row(
+                when(entry.at), entry.kind, entry.name, str(entry.attempt or ""), entry.detail or ""
+            )
+        console.print(table)
+
+    run(go)
+
+
+@main.command()
+@click.argument("app_spec", metavar="APP")
+def graph(app_spec: str) -> None:
+    """Print APP's workflow graph as Mermaid, from the declared emits and subscriptions."""
+    from conveyor.workflows.graph import build_graph
+
+    app = load_app(app_spec)
+    drawn = build_graph(app.registry, app.workflows.declared)
+    click.echo(drawn.mermaid)
+    for warning in drawn.warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+@main.command()
+@click.argument("app_spec", metavar="APP")
+def stats(app_spec: str) -> None:
+    """Jobs per queue: ready, scheduled, running, dead."""
+    app = load_app(app_spec)
+
+    async def go() -> None:
+        async with app:
+            rows = await app.stats()
+        table = Table("queue", "ready", "scheduled", "leased", "dead", "oldest ready (UTC)")
+        for s in rows:
+            table.add_row(
+                s.queue,
+                str(s.ready),
+                str(s.scheduled),
+                str(s.leased),
+                str(s.dead),
+                when(s.oldest_ready_at),
+            )
+        console.print(table)
+
+    run(go)
+
+
+@main.command()
+@click.option("--orders", "count", default=30, show_default=True, help="orders to place")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="where the SQLite file goes (default: a temporary directory)",
+)
+@click.option("--backend", default=None, help="backend URL instead of a SQLite file")
+def demo(count: int, directory: Path | None, backend: str | None) -> None:
+    """Run the seed's order fulfillment on embedded SQLite and print each workflow's path."""
+    import logging
+
+    from conveyor.demo import run_demo
+
+    # declined cards are dead-lettered on purpose here; their log lines would tear the progress bar
+    logging.getLogger("conveyor").setLevel(logging.CRITICAL)
+
+    if backend is None:
+        base = directory or Path(tempfile.mkdtemp(prefix="conveyor-demo-"))
+        base.mkdir(parents=True, exist_ok=True)
+        backend = f"sqlite:///{(base / 'demo.db').resolve()}"
+    ok = run(lambda: run_demo(backend, count, console))
+    sys.exit(0 if ok else 1)
