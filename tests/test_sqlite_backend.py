@@ -129,9 +129,7 @@ async def test_two_processes_on_one_file_never_lease_the_same_job(url: str) -> N
         assert worker.stdout is not None
         ready = await asyncio.wait_for(worker.stdout.readline(), 60)
         assert ready == b"ready\n", ready
-    outputs = await asyncio.wait_for(
-        asyncio.gather(*(w.communicate(b"go\n") for w in workers)), 100
-    )
+    outputs = await asyncio.wait_for(asyncio.gather(*(w.communicate(b"go\n") for w in workers)), 100)
     for worker, (_, stderr) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, stderr.decode()
     per_worker = [json.loads(stdout) for stdout, _ in outputs]
@@ -248,6 +246,17 @@ async def test_wait_returns_at_once_when_jobs_arrived_since_the_last_lease(
 
 async def test_wait_without_news_times_out(backend: SQLiteBackend) -> None:
     await asyncio.wait_for(backend.wait_for_jobs(["q"], timeout=0.05), 10)
+
+
+async def test_lease_across_hundreds_of_queues_takes_the_oldest_first(backend: SQLiteBackend) -> None:
+    # Past 200 queues the lease is one statement over json_each instead of one sub-select per queue.
+    queues = {f"q{i:03d}": 30.0 + i for i in range(250)}
+    jobs = [NewJob(f"j{i:03d}", f"q{i:03d}", b"{}", T0 - i, T0) for i in range(250)]
+    await backend.commit([Commit(effects=Effects(jobs=jobs))], T0)
+    leased = await backend.lease(queues, 5, T0)
+    assert [j.id for j in leased] == ["j249", "j248", "j247", "j246", "j245"]
+    assert leased[0].lease_deadline == pytest.approx(T0 + 30.0 + 249)
+    assert len(await backend.lease(queues, 1_000, T0)) == 245
 
 
 class TestContractWithoutReturning(StoreContract):

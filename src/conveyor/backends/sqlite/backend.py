@@ -102,9 +102,7 @@ class SQLiteBackend:
             idempotency_retention, options, "idempotency_retention", DEFAULT_IDEMPOTENCY_RETENTION
         )
         self.busy_timeout = _option(busy_timeout, options, "busy_timeout", DEFAULT_BUSY_TIMEOUT)
-        self.wakeup_interval = _option(
-            wakeup_interval, options, "wakeup_interval", DEFAULT_WAKEUP_INTERVAL
-        )
+        self.wakeup_interval = _option(wakeup_interval, options, "wakeup_interval", DEFAULT_WAKEUP_INTERVAL)
         if self.busy_timeout < 0 or self.wakeup_interval <= 0 or self.idempotency_retention < 0:
             raise ConfigurationError(
                 "busy_timeout and idempotency_retention must not be negative, "
@@ -127,9 +125,7 @@ class SQLiteBackend:
             return
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conveyor-sqlite")
         try:
-            self._store = await asyncio.get_running_loop().run_in_executor(
-                executor, self._open_store
-            )
+            self._store = await asyncio.get_running_loop().run_in_executor(executor, self._open_store)
         except BaseException:
             executor.shutdown(wait=False)
             raise
@@ -177,7 +173,7 @@ class SQLiteBackend:
     async def extend(self, job_id: str, token: int, until: float, now: float) -> bool:
         return await self._run(self._store_or_raise().extend, job_id, token, until, now)
 
-    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109 (the port's signature)
+    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
         """Return soon after any process commits to the file (jobs may have arrived), at once if
         that happened since these queues were last leased from, or after ``timeout`` seconds."""
         watcher = self._watcher
@@ -188,9 +184,7 @@ class SQLiteBackend:
         since = self._leased_at_generation.pop(frozenset(queues), None)
         await watcher.wait(since, timeout)
 
-    async def dead_letters(
-        self, queue: str | None, limit: int = 100, offset: int = 0
-    ) -> list[DeadLetter]:
+    async def dead_letters(self, queue: str | None, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         return await self._run(self._store_or_raise().dead_letters, queue, limit, offset)
 
     async def redrive(self, ids: Sequence[str], now: float) -> int:
@@ -200,9 +194,7 @@ class SQLiteBackend:
         return count
 
     async def purge(self, ids: Sequence[str] | None, queue: str | None = None) -> int:
-        return await self._run(
-            self._store_or_raise().purge, None if ids is None else list(ids), queue
-        )
+        return await self._run(self._store_or_raise().purge, None if ids is None else list(ids), queue)
 
     async def stats(self, queues: Sequence[str], now: float) -> list[QueueStats]:
         return await self._run(self._store_or_raise().stats, list(queues), now)

@@ -57,10 +57,9 @@ def script_statements(script: str) -> Iterator[str]:
         if sqlite3.complete_statement(buffer):
             yield buffer.strip()
             buffer = ""
-    if buffer.strip() and not all(
-        part.strip().startswith("--") or not part.strip() for part in buffer.splitlines()
-    ):
-        raise ValueError(f"unterminated SQL statement in script: {buffer.strip()[:80]!r}")
+    leftover = [line for line in buffer.splitlines() if line.strip() and not line.lstrip().startswith("--")]
+    if leftover:
+        raise ValueError(f"unterminated SQL statement in script: {leftover[0][:80]!r}")
 
 
 class Connection:
@@ -84,9 +83,7 @@ class Connection:
                 cached_statements=256,
             )
         except OSError as exc:
-            raise BackendUnavailableError(
-                f"cannot create the directory of {path!r}: {exc}"
-            ) from exc
+            raise BackendUnavailableError(f"cannot create the directory of {path!r}: {exc}") from exc
         except sqlite3.Error as exc:
             raise translate(exc, path) from exc
 

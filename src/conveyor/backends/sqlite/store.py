@@ -93,9 +93,7 @@ class Store:
         else:
             leased, updates = [], []
             selected = db.execute(sql, params).fetchall()
-            for rank, (seq, job_id, queue, body, attempt, deadline, enqueued_at) in enumerate(
-                selected, 1
-            ):
+            for rank, (seq, job_id, queue, body, attempt, deadline, enqueued_at) in enumerate(selected, 1):
                 token = base + rank
                 updates.append((token, deadline, seq))
                 leased.append(LeasedJob(job_id, queue, body, attempt, token, deadline, enqueued_at))
@@ -177,15 +175,11 @@ class Store:
     # history store
 
     def history(self, correlation_id: str) -> list[HistoryEntry]:
-        rows = self.connection.read(
-            lambda db: db.execute(Q["history"], (correlation_id,)).fetchall()
-        )
+        rows = self.connection.read(lambda db: db.execute(Q["history"], (correlation_id,)).fetchall())
         return [HistoryEntry(*row) for row in rows]
 
     def prune_history(self, before: float) -> int:
-        return int(
-            self.connection.write(lambda db: db.execute(Q["prune_history"], (before,)).rowcount)
-        )
+        return int(self.connection.write(lambda db: db.execute(Q["prune_history"], (before,)).rowcount))
 
     # commit
 
@@ -214,9 +208,7 @@ class _Batch:
     a job enqueued earlier in the same batch.
     """
 
-    def __init__(
-        self, db: sqlite3.Connection, now: float, retention: float, *, returning: bool
-    ) -> None:
+    def __init__(self, db: sqlite3.Connection, now: float, retention: float, *, returning: bool) -> None:
         self.db = db
         self.returning = returning
         self.now = now
@@ -241,9 +233,7 @@ class _Batch:
                 self._retire_key(row[0], row[1], settlement.job_id)
                 settlement = None
             else:
-                live = db.execute(
-                    Q["live_lease"], (settlement.job_id, settlement.token, self.now)
-                ).fetchone()
+                live = db.execute(Q["live_lease"], (settlement.job_id, settlement.token, self.now)).fetchone()
                 if live is None:
                     return _STALE
         if versioned:

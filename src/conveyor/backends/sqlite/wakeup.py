@@ -28,9 +28,7 @@ class Watcher:
         self._generation = 0
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._closed = False
-        self._thread = threading.Thread(
-            target=self._run, name=f"conveyor-sqlite-wakeup:{path}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=f"conveyor-sqlite-wakeup:{path}", daemon=True)
         self._thread.start()
 
     @property
@@ -49,7 +47,7 @@ class Watcher:
         for loop, future in waiters:
             loop.call_soon_threadsafe(_resolve, future)
 
-    async def wait(self, since: int | None, timeout: float) -> None:  # noqa: ASYNC109
+    async def wait(self, since: int | None, timeout: float) -> None:
         """Return once the generation differs from ``since`` (now if it already does), or after
         ``timeout`` seconds. ``since=None`` waits for the next change."""
         loop = asyncio.get_running_loop()
