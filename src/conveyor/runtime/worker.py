@@ -94,6 +94,9 @@ class Worker:
         self._next_retry: float | None = None
         """earliest retry this worker scheduled: the idle wait ends then, not a poll later"""
         self.processed = 0
+        self.lease_extensions = 0
+        self.lease_rounds = 0
+        """lease calls made: tests wait on it to know the worker has looked for jobs"""
 
     def stop(self) -> None:
         """Stop leasing; running jobs get ``shutdown_grace`` to finish, then are released."""
@@ -125,6 +128,7 @@ class Worker:
                 continue
             try:
                 jobs = await backend.lease(self._lease_map, free, clock.now())
+                self.lease_rounds += 1
             except BackendError as exc:
                 backoff = min(max(backoff * 2, 0.1), 5.0)
                 logger.warning("lease failed (%s); retrying in %.1fs", exc, backoff)
@@ -360,7 +364,7 @@ class Worker:
     async def _heartbeat(self, leased: LeasedJob, lease_seconds: float) -> None:
         runtime = self.runtime
         while True:
-            await asyncio.sleep(lease_seconds / 3)
+            await runtime.clock.sleep(lease_seconds / 3)
             now = runtime.clock.now()
             try:
                 ok = await runtime.backend.extend(leased.id, leased.token, now + lease_seconds, now)
@@ -374,6 +378,7 @@ class Worker:
                     leased.queue,
                 )
                 return
+            self.lease_extensions += 1
 
     def _failure_settlement(
         self,

@@ -193,7 +193,7 @@ class RuntimeContract:
             assert dead.attempt == 1
         async with running(app):
             clock.advance(29)
-            await asyncio.sleep(0.05)
+            await _polled(app)
             assert rec.calls == []
             clock.advance(2)
             await wait_until(lambda: rec.calls)
@@ -251,6 +251,31 @@ class RuntimeContract:
             await wait_until(lambda: _stats(app, "long", lambda s: s.ready + s.leased + s.scheduled == 0))
         assert rec.attempts("long") == [1]
 
+    async def test_heartbeat_keeps_the_lease_of_a_long_job(
+        self, make_app: Callable[..., App], clock: FakeClock
+    ) -> None:
+        svc, rec = Service("svc"), Recorder()
+        started, gate = asyncio.Event(), asyncio.Event()
+
+        @svc.queue_worker("crunch", lifecycle=Lifecycle(visibility_timeout=30, heartbeat=True))
+        async def crunch(ctx: Context, job: dict[str, Any]) -> None:
+            rec.calls.append(("crunch", None, ctx.job.attempt if ctx.job else 0))
+            started.set()
+            await gate.wait()
+
+        app = make_app(svc)
+        async with running(app):
+            await app.enqueue("crunch", {})
+            await started.wait()
+            worker = app._workers[0]
+            for beat in range(1, 7):  # 120 s in all, four leases' worth
+                clock.advance(20)
+                await wait_until(lambda: worker.lease_extensions >= beat)  # noqa: B023
+                assert await app.backend.lease({"crunch": 30.0}, 1, clock.now()) == []
+            gate.set()
+            await wait_until(lambda: _stats(app, "crunch", lambda s: s.ready + s.leased + s.scheduled == 0))
+        assert rec.attempts("crunch") == [1]
+
     async def test_delay_and_run_at_hold_a_job_until_due(
         self, make_app: Callable[..., App], clock: FakeClock
     ) -> None:
@@ -264,7 +289,7 @@ class RuntimeContract:
         async with running(app):
             await app.enqueue("later", {"n": 1}, delay=60)
             await app.enqueue("later", {"n": 2}, run_at=clock.now() + 120)
-            await asyncio.sleep(0.05)
+            await _polled(app)
             assert rec.calls == []
             clock.advance(60)
             await wait_until(lambda: rec.seen("later") == [1])
@@ -289,12 +314,12 @@ class RuntimeContract:
             await app.enqueue("fails", {"n": 5})
             await wait_until(lambda: rec.attempts("fails") == [1])
             clock.advance(9.9)
-            await asyncio.sleep(0.05)
+            await _polled(app)
             assert rec.attempts("fails") == [1]
             clock.advance(0.1)  # 10 s after attempt 1 (initial_delay)
             await wait_until(lambda: rec.attempts("fails") == [1, 2])
             clock.advance(19.9)
-            await asyncio.sleep(0.05)
+            await _polled(app)
             assert rec.attempts("fails") == [1, 2]
             clock.advance(0.1)  # 20 s after attempt 2 (x multiplier)
             await wait_until(lambda: rec.attempts("fails") == [1, 2, 3])
@@ -324,7 +349,7 @@ class RuntimeContract:
             await app.enqueue("jittery", {})
             await wait_until(lambda: len(rec.calls) == 1)
             clock.advance(79.9)
-            await asyncio.sleep(0.05)
+            await _polled(app)
             assert len(rec.calls) == 1
             clock.advance(40.2)
             await wait_until(lambda: len(rec.calls) == 2)
@@ -553,7 +578,7 @@ class RuntimeContract:
             await wait_until(lambda: rec.calls)
             await wait_until(lambda: _stats(app, "approval_timeout", lambda s: s.scheduled == 0))
             clock.advance(3601)
-            await asyncio.sleep(0.05)
+            await _polled(app)
         assert rec.seen("approval_timeout") == []
 
     async def test_command_effects_commit_when_it_returns(self, make_app: Callable[..., App]) -> None:
@@ -600,7 +625,7 @@ class RuntimeContract:
                     await asyncio.gather(replica_a._scheduler.fire_due(), replica_b._scheduler.fire_due())  # type: ignore[union-attr]
                 await wait_until(lambda: len(rec.calls) >= fired)  # noqa: B023
                 await wait_until(lambda: _stats(replica_a, "every_minute", lambda s: s.ready + s.leased == 0))
-            await asyncio.sleep(0.05)
+            await _polled(replica_a, replica_b)
         ticks = rec.seen("every_minute")
         assert len(ticks) == len(set(ticks)) == 4
 
@@ -623,7 +648,7 @@ class RuntimeContract:
             if expected:
                 await wait_until(lambda: len(rec.calls) == expected)
             await wait_until(lambda: _stats(app, "hourly", lambda s: s.ready + s.leased == 0))
-            await asyncio.sleep(0.05)
+            await _polled(app)
         assert len(rec.calls) == expected
 
     # shutdown
@@ -644,7 +669,6 @@ class RuntimeContract:
             server = asyncio.create_task(app.serve())
             await started.wait()
             app.stop()
-            await asyncio.sleep(0.02)
             gate.set()
             await server
             assert rec.calls == [("busy", None, 0)]
@@ -795,6 +819,12 @@ class RuntimeContract:
         async with app:
             with pytest.raises(PayloadTooLargeError, match="over the limit of 1000"):
                 await app.enqueue("big", {"blob": "x" * 2000})
+
+
+async def _polled(*apps: App) -> None:
+    """Until each app's worker has looked for jobs twice more: what it could run by now, it ran."""
+    targets = [(worker, worker.lease_rounds + 2) for app in apps for worker in app._workers]
+    await wait_until(lambda: all(worker.lease_rounds >= target for worker, target in targets))
 
 
 async def _stats(app: App, queue: str, check: Callable[[Any], bool]) -> bool:
