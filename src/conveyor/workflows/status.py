@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -92,8 +93,8 @@ class WorkflowStatus:
             "compensations": self.compensations,
             "last_error": self.last_error,
             "path": self.path,
-            "steps": [step.__dict__ for step in self.steps],
-            "history": [entry.__dict__ for entry in self.history],
+            "steps": [dataclasses.asdict(step) for step in self.steps],
+            "history": [dataclasses.asdict(entry) for entry in self.history],
         }
 
 
