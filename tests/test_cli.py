@@ -56,7 +56,7 @@ def test_enqueue_then_dead_letters_list_redrive_and_purge(app_module: str) -> No
 
     import importlib
 
-    app = importlib.import_module(app_module.split(":")[0]).app
+    app = importlib.import_module(app_module.split(":", maxsplit=1)[0]).app
     from conveyor.testing import running, wait_until
 
     async def work() -> None:
