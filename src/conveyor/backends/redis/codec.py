@@ -40,11 +40,11 @@ def commit_args(commits: Sequence[Commit], out: list[Arg]) -> None:
     for commit in commits:
         effects, settlement = commit.effects, commit.settlement
         head = "-" if settlement is None else _OUTCOMES[settlement.outcome]
-        if effects:
-            head += (
-                f" {len(effects.states)} {len(effects.cancels)} {len(effects.jobs)}"
-                f" {len(effects.events)} {len(effects.history)}"
-            )
+        states, cancels, jobs = effects.states, effects.cancels, effects.jobs
+        events, history = effects.events, effects.history
+        with_effects = bool(states or cancels or jobs or events or history)
+        if with_effects:
+            head += f" {len(states)} {len(cancels)} {len(jobs)} {len(events)} {len(history)}"
         out.append(head)
         if settlement is not None:
             out += (settlement.job_id, settlement.token)
@@ -55,18 +55,18 @@ def commit_args(commits: Sequence[Commit], out: list[Arg]) -> None:
                 if error is None:
                     raise ValueError(f"dead-letter settlement of {settlement.job_id!r} has no error")
                 out += (error.type, error.message, _optional(error.traceback))
-        if not effects:
+        if not with_effects:
             continue
-        for write in effects.states:
+        for write in states:
             out += (
                 write.key,
                 "d" if write.op is StateOp.DELETE else "s",
                 b"" if write.value is None else write.value,
                 "" if write.expected_version is None else write.expected_version,
             )
-        for queue, key in effects.cancels:
+        for queue, key in cancels:
             out += (queue, key)
-        for job in effects.jobs:
+        for job in jobs:
             out += (
                 job.id,
                 job.queue,
@@ -75,9 +75,9 @@ def commit_args(commits: Sequence[Commit], out: list[Arg]) -> None:
                 job.enqueued_at,
                 _optional(job.idempotency_key),
             )
-        for event in effects.events:
+        for event in events:
             out += (event.id, event.event, event.body, event.emitted_at)
-        for entry in effects.history:
+        for entry in history:
             out += (entry.correlation_id, entry.at, encode_history(entry))
 
 

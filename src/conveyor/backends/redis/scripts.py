@@ -29,16 +29,14 @@ async def command(client: Redis, *args: Any) -> Any:
 
 def _bulk_strings(args: Sequence[Arg]) -> bytes:
     """``args`` as RESP bulk strings (ints and floats as ``repr``: every digit of a double)."""
-    parts = []
-    for arg in args:
-        if type(arg) is bytes:
-            data = arg
-        elif type(arg) is str:
-            data = arg.encode()
-        else:
-            data = repr(arg).encode()
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(parts)
+    data = [
+        arg.encode() if type(arg) is str else arg if type(arg) is bytes else repr(arg).encode()
+        for arg in args
+    ]
+    if not data:
+        return b""
+    # one comprehension and one join: this runs for every argument of every batch
+    return b"\r\n".join([b"$%d\r\n%b" % (len(item), item) for item in data]) + b"\r\n"
 
 
 async def _round_trip(client: Redis, packed: bytes) -> Any:
