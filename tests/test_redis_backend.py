@@ -308,6 +308,11 @@ async def test_driver_options_in_the_url_reach_redis_py(url: str) -> None:
         await backend.close()
 
 
+async def test_unknown_url_option_is_a_configuration_error_at_connect(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="bogus"):
+        await RedisBackend(url + "&bogus=1").connect()
+
+
 async def test_use_before_connect_is_a_clear_error() -> None:
     with pytest.raises(BackendError, match="connect"):
         await RedisBackend("redis://127.0.0.1:6379/0").lease(LEASE, 1, T0)

@@ -34,6 +34,7 @@ from conveyor.ports import (
 )
 
 DEFAULT_PREFIX = "conveyor"
+MIN_REDIS_VERSION = (6, 2)
 DEFAULT_IDEMPOTENCY_RETENTION = 24 * 3600.0
 _OWN_OPTIONS = ("prefix", "idempotency_retention")
 _PURGE_BATCH = 1000
@@ -103,10 +104,22 @@ class RedisBackend:
             raise ConfigurationError(f"invalid Redis URL {self.url!r}: {exc}") from exc
         try:
             with _translated():
+                info = await command(client, "INFO", "server")
                 await self._scripts.load(client)
+        except TypeError as exc:
+            # redis-py meets unknown URL options only when it opens the first connection
+            await client.aclose()
+            raise ConfigurationError(f"invalid Redis URL {self.url!r}: {exc}") from exc
         except BaseException:
             await client.aclose()
             raise
+        version = tuple(int(part) for part in str(info.get("redis_version", "0")).split(".")[:2])
+        if version < MIN_REDIS_VERSION:
+            await client.aclose()
+            raise ConfigurationError(
+                f"conveyor needs Redis {'.'.join(map(str, MIN_REDIS_VERSION))} or newer "
+                f"(ZADD LT); {self.url!r} runs {info.get('redis_version')}"
+            )
         self._redis = client
         self._notifier = Notifier(client, lambda queue: self._key(queue, "notify"))
 
