@@ -12,10 +12,14 @@ from types import TracebackType
 from typing import Any
 
 import orjson
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import TracerProvider
 
 from conveyor.backends import open_backend
 from conveyor.model.errors import ConfigurationError, ConveyorError, StateConflictError
 from conveyor.model.lifecycle import Seconds
+from conveyor.observability.health import HealthReport, HealthThresholds, check_health
+from conveyor.observability.metrics import QUEUE, Metrics
 from conveyor.observability.tracing import Tracing
 from conveyor.ports import (
     Backend,
@@ -135,6 +139,9 @@ class App:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         history: bool = True,
         tracing: bool | None = None,
+        tracer_provider: TracerProvider | None = None,
+        metrics: bool | None = None,
+        meter_provider: MeterProvider | None = None,
         worker: WorkerConfig | None = None,
         workflows: Iterable[Workflow] = (),
     ) -> None:
@@ -153,7 +160,8 @@ class App:
             clock=self.clock,
             resources=resources or {},
             messages=MessageFactory(max_payload_bytes),
-            tracer=Tracing(tracing),
+            tracer=Tracing(tracing, tracer_provider),
+            metrics=Metrics(metrics, meter_provider),
             history_enabled=history,
         )
         self.states = AppStates(self)
@@ -185,6 +193,7 @@ class App:
         try:
             await self.backend.connect()
             self.runtime.tracer.activate()
+            self.runtime.metrics.activate()
             routes = [(route.event, route.queue) for route in self.registry.routes]
             if routes:
                 await self.backend.register_subscriptions(routes)
@@ -264,6 +273,8 @@ class App:
                     if runtime.history_enabled:
                         effects.history.append(entry)
                 ids.extend((await self._commit(effects)).job_ids)
+        if runtime.metrics.enabled:
+            runtime.metrics.enqueued.add(len(ids), {QUEUE: queue})
         return ids
 
     async def emit(self, event: str, payload: Any = None, *, correlation_id: str | None = None) -> str:
@@ -304,6 +315,10 @@ class App:
         names = list(queues) if queues is not None else sorted(self.registry.queues)
         return await self.backend.stats(names, self.clock.now())
 
+    async def health(self, thresholds: HealthThresholds | None = None) -> HealthReport:
+        """ok, warn (dead letters, backlog, old ready jobs) or fail (backend unreachable)."""
+        return await check_health(self, thresholds)
+
     # running
 
     async def serve(
@@ -331,15 +346,31 @@ class App:
                 asyncio.create_task(worker.run(), name="conveyor-worker"),
                 asyncio.create_task(self._scheduler.run(), name="conveyor-scheduler"),
             ]
+            helpers = []
+            if self.runtime.metrics.enabled:
+                helpers.append(
+                    asyncio.create_task(self._refresh_queue_metrics(names), name="conveyor-metrics")
+                )
             if ready is not None:
                 ready.set()
             try:
                 await asyncio.gather(*tasks)
             finally:
-                for task in tasks:
+                for task in tasks + helpers:
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*tasks, *helpers, return_exceptions=True)
                 self._workers.remove(worker)
+
+    async def _refresh_queue_metrics(self, names: list[str], every: float = 15.0) -> None:
+        """Feed the queue gauges (depth, oldest age, dead letters) from a periodic stats query."""
+        while True:
+            try:
+                self.runtime.metrics.record_stats(
+                    await self.backend.stats(names, self.clock.now()), self.clock.now()
+                )
+            except ConveyorError as exc:
+                logger.warning("queue metrics not refreshed: %s", exc)
+            await self.clock.sleep(every)
 
     def stop(self) -> None:
         """Ask running workers to stop gracefully (what SIGTERM does)."""

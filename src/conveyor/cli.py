@@ -75,12 +75,18 @@ def main(log_level: str, json_logs: bool) -> None:
 @click.argument("app_spec", metavar="APP")
 @click.option("--concurrency", "-c", type=int, default=None, help="jobs run at once")
 @click.option("--queues", "-q", default=None, help="comma-separated queues to work (default: all)")
-def worker(app_spec: str, concurrency: int | None, queues: str | None) -> None:
+@click.option("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+@click.option("--metrics-host", default="0.0.0.0", show_default=True, help="address of the metrics endpoint")
+def worker(
+    app_spec: str, concurrency: int | None, queues: str | None, metrics_port: int | None, metrics_host: str
+) -> None:
     """Work APP's queues and fire its schedules until SIGTERM (graceful) or a second SIGINT."""
     import logging
 
     if logging.getLogger("conveyor").level > logging.INFO:
         logging.getLogger("conveyor").setLevel(logging.INFO)
+    if metrics_port is not None:
+        serve_prometheus(metrics_host, metrics_port)
     app = load_app(app_spec)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     try:
@@ -260,6 +266,64 @@ def graph(app_spec: str) -> None:
         click.echo(f"warning: {warning}", err=True)
 
 
+def serve_prometheus(host: str, port: int) -> None:
+    """Install an OpenTelemetry SDK meter provider exporting to a Prometheus endpoint."""
+    try:
+        from opentelemetry import metrics
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from opentelemetry.sdk.metrics import MeterProvider
+        from prometheus_client import start_http_server
+    except ImportError as exc:
+        raise click.ClickException(
+            "--metrics-port needs the OpenTelemetry SDK and its Prometheus exporter: "
+            f"pip install 'conveyor[otel]' ({exc})"
+        ) from exc
+    start_http_server(port, addr=host)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+    click.echo(f"metrics: http://{host}:{port}/metrics", err=True)
+
+
+@main.command()
+@click.argument("app_spec", metavar="APP")
+@click.option(
+    "--max-backlog", type=int, default=10_000, show_default=True, help="ready jobs per queue before warn"
+)
+@click.option("--max-age", type=float, default=300.0, show_default=True, help="seconds a ready job may wait")
+@click.option("--ignore-dead-letters", is_flag=True, help="do not warn about dead letters")
+@click.option("--json", "as_json", is_flag=True)
+def health(app_spec: str, max_backlog: int, max_age: float, ignore_dead_letters: bool, as_json: bool) -> None:
+    """ok / warn / fail; exit code 0 / 1 / 2 (warn: dead letters, backlog, old jobs; fail: backend down)."""
+    from conveyor.observability.health import HealthReport, HealthThresholds
+
+    app = load_app(app_spec)
+    thresholds = HealthThresholds(max_backlog, max_age, not ignore_dead_letters)
+
+    async def go() -> HealthReport:
+        try:
+            await app.connect()
+        except (ConveyorError, OSError) as exc:
+            return HealthReport("fail", [f"backend unreachable: {exc}"])
+        try:
+            return await app.health(thresholds)
+        finally:
+            await app.close()
+
+    report = asyncio.run(go())
+    if as_json:
+        click.echo(
+            orjson.dumps(
+                {"status": report.status, "problems": report.problems, "queues": report.queues},
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
+    else:
+        style = {"ok": "green", "warn": "yellow", "fail": "red"}[report.status]
+        console.print(f"[{style}]{report.status}[/]")
+        for problem in report.problems:
+            console.print(f"  - {problem}")
+    sys.exit(report.exit_code)
+
+
 @main.command()
 @click.argument("app_spec", metavar="APP")
 def stats(app_spec: str) -> None:
@@ -309,3 +373,7 @@ def demo(count: int, directory: Path | None, backend: str | None) -> None:
         backend = f"sqlite:///{(base / 'demo.db').resolve()}"
     ok = run(lambda: run_demo(backend, count, console))
     sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -26,13 +26,17 @@ def sdk_configured() -> bool:
 class Tracing:
     """Injects and extracts trace context; starts producer/consumer spans when enabled."""
 
-    def __init__(self, enabled: bool | None = None) -> None:
-        self._requested = enabled
-        self.enabled = bool(enabled)
+    def __init__(self, enabled: bool | None = None, provider: trace.TracerProvider | None = None) -> None:
+        self._requested = enabled if provider is None or enabled is not None else True
+        self.enabled = bool(self._requested)
+        self._provider = provider
 
     def activate(self) -> None:
         """Decide, when the app starts, whether to trace (``None``: when an SDK is configured)."""
         self.enabled = sdk_configured() if self._requested is None else self._requested
+
+    def _tracer(self) -> trace.Tracer:
+        return trace.get_tracer(_TRACER_NAME, tracer_provider=self._provider)
 
     def inject(self) -> dict[str, str] | None:
         if not self.enabled:
@@ -59,8 +63,7 @@ class Tracing:
         }
         if envelope.kind == "event":
             attributes["conveyor.event"] = envelope.name
-        tracer = trace.get_tracer(_TRACER_NAME)
-        with tracer.start_as_current_span(
+        with self._tracer().start_as_current_span(
             f"process {queue}",
             context=parent,
             kind=SpanKind.CONSUMER,
@@ -76,8 +79,7 @@ class Tracing:
         if not self.enabled:
             yield
             return
-        tracer = trace.get_tracer(_TRACER_NAME)
-        with tracer.start_as_current_span(
+        with self._tracer().start_as_current_span(
             f"send {destination}",
             kind=SpanKind.PRODUCER,
             attributes={

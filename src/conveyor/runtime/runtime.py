@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from conveyor.model.errors import PayloadValidationError
+from conveyor.observability.metrics import Metrics
 from conveyor.observability.tracing import Tracing
 from conveyor.ports import Backend, CommitStatus
 from conveyor.runtime.clock import Clock
@@ -34,6 +35,7 @@ class Runtime:
         resources: Mapping[str, Any],
         messages: MessageFactory,
         tracer: Tracing,
+        metrics: Metrics | None = None,
         history_enabled: bool = True,
     ) -> None:
         self.backend = backend
@@ -42,6 +44,7 @@ class Runtime:
         self.resources = Resources(resources)
         self.messages = messages
         self.tracer = tracer
+        self.metrics = metrics or Metrics(enabled=False)
         self.history_enabled = history_enabled
 
     async def invoke(self, name: str, payload: Any, *, parent: Context | None = None) -> Any:

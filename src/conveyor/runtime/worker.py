@@ -22,6 +22,7 @@ from conveyor.model.errors import (
     Retry,
     UndecodableMessageError,
 )
+from conveyor.observability.metrics import QUEUE
 from conveyor.observability.tracing import record_failure
 from conveyor.ports import (
     Commit,
@@ -137,6 +138,9 @@ class Worker:
             if backoff:
                 logger.info("backend reachable again; leasing resumed")
                 backoff = 0.0
+            if self.runtime.metrics.enabled:
+                for leased in jobs:
+                    self.runtime.metrics.started.add(1, {QUEUE: leased.queue})
             for leased in jobs:
                 task = asyncio.create_task(self._work(leased))
                 self._inflight.add(task)
@@ -213,6 +217,8 @@ class Worker:
             )
             return
         self.processed += 1
+        if self.runtime.metrics.enabled:
+            self._count(leased.queue, commit, result.status)
         if result.status is CommitStatus.STALE:
             logger.warning(
                 "job %s of %r lost its lease before committing; its effects were discarded "
@@ -234,6 +240,28 @@ class Worker:
                 self._nudge.set()
             if describe:
                 logger.debug("job %s of %r: %s", leased.id, leased.queue, describe)
+
+    def _record_duration(self, queue: str, started: float) -> None:
+        metrics = self.runtime.metrics
+        if metrics.enabled:
+            metrics.duration.record(max(0.0, self.runtime.clock.now() - started), {QUEUE: queue})
+
+    def _count(self, queue: str, commit: Commit, status: CommitStatus) -> None:
+        metrics = self.runtime.metrics
+        attributes = {QUEUE: queue}
+        settlement = commit.settlement
+        if status is CommitStatus.STALE:
+            metrics.lease_lost.add(1, attributes)
+        elif status is CommitStatus.OK and settlement is not None:
+            counter = {
+                Outcome.ACK: metrics.succeeded,
+                Outcome.RETRY: metrics.failed,
+                Outcome.DEAD: metrics.dead_lettered,
+            }.get(settlement.outcome)
+            if counter is not None:
+                counter.add(1, attributes)
+            for job in commit.effects.jobs:
+                metrics.enqueued.add(1, {QUEUE: job.queue})
 
     async def _retry_after_conflict(self, leased: LeasedJob) -> None:
         definition = self.queues[leased.queue]
@@ -280,17 +308,17 @@ class Worker:
                 )
                 logger.error("job %s of %r dead-lettered: invalid payload", leased.id, leased.queue)
                 return self._dead(leased, envelope, invalid, Effects(), started), "invalid payload"
-        log = logging.LoggerAdapter(
-            logging.getLogger(f"conveyor.handler.{definition.name}"),
-            {
-                "service": definition.service.name,
-                "queue": definition.name,
-                "job_id": leased.id,
-                "attempt": leased.attempt,
-                "correlation_id": envelope.correlation_id,
-            },
-        )
+        fields: dict[str, object] = {
+            "service": definition.service.name,
+            "queue": definition.name,
+            "job_id": leased.id,
+            "attempt": leased.attempt,
+            "correlation_id": envelope.correlation_id,
+        }
         with runtime.tracer.consume(envelope, definition.name, leased.id, leased.attempt) as span:
+            if span is not None:
+                fields["trace_id"] = format(span.get_span_context().trace_id, "032x")
+            log = logging.LoggerAdapter(logging.getLogger(f"conveyor.handler.{definition.name}"), fields)
             context = Context(
                 runtime,
                 service=definition.service.name,
@@ -308,6 +336,7 @@ class Worker:
                 raise
             except BaseException as error:
                 record_failure(span, error)
+                self._record_duration(definition.name, started)
                 permanent = isinstance(error, PermanentError)
                 if permanent or leased.attempt >= lifecycle.max_attempts:
                     return await self._dead_with_hook(
@@ -327,6 +356,7 @@ class Worker:
                 return Commit(
                     settlement, self._history(envelope, leased, "retried", started, error)
                 ), "retried"
+        self._record_duration(definition.name, started)
         effects = context.buffer.effects
         if runtime.history_enabled:
             # the step's own entry first, so a timeline reads "step, then what it emitted"

@@ -1,0 +1,67 @@
+"""Health: ok, warn (dead letters, backlog, old jobs) or fail (backend unreachable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from conveyor.model.errors import BackendError
+
+if TYPE_CHECKING:
+    from conveyor.app import App
+
+Level = Literal["ok", "warn", "fail"]
+_ORDER: dict[Level, int] = {"ok": 0, "warn": 1, "fail": 2}
+
+
+@dataclass(frozen=True)
+class HealthThresholds:
+    """When a queue counts as unhealthy: more ready jobs than ``max_backlog``, or a ready job
+    waiting longer than ``max_age`` seconds; any dead letter warns unless ``dead_letters_warn`` is off."""
+
+    max_backlog: int = 10_000
+    max_age: float = 300.0
+    dead_letters_warn: bool = True
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    status: Level
+    problems: list[str] = field(default_factory=list)
+    queues: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        """0 ok, 1 warn, 2 fail (the Nagios convention)."""
+        return _ORDER[self.status]
+
+
+async def check_health(app: App, thresholds: HealthThresholds | None = None) -> HealthReport:
+    limits = thresholds or HealthThresholds()
+    names = sorted(app.registry.queues)
+    try:
+        stats = await app.backend.stats(names, app.clock.now())
+    except (BackendError, OSError) as exc:
+        return HealthReport("fail", [f"backend unreachable: {exc}"])
+    now = app.clock.now()
+    status: Level = "ok"
+    problems: list[str] = []
+    queues: dict[str, dict[str, float | int | None]] = {}
+    for s in stats:
+        age = None if s.oldest_ready_at is None else max(0.0, now - s.oldest_ready_at)
+        queues[s.queue] = {
+            "ready": s.ready,
+            "scheduled": s.scheduled,
+            "leased": s.leased,
+            "dead": s.dead,
+            "oldest_ready_age": age,
+        }
+        if s.dead and limits.dead_letters_warn:
+            problems.append(f"{s.queue}: {s.dead} dead letter(s)")
+        if s.ready > limits.max_backlog:
+            problems.append(f"{s.queue}: backlog of {s.ready} ready jobs (over {limits.max_backlog})")
+        if age is not None and age > limits.max_age:
+            problems.append(f"{s.queue}: oldest ready job waited {age:.0f}s (over {limits.max_age:g}s)")
+    if problems:
+        status = "warn"
+    return HealthReport(status, problems, queues)

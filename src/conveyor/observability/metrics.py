@@ -1,0 +1,85 @@
+"""Metrics through the OpenTelemetry metrics API (any SDK/exporter; Prometheus via the CLI).
+
+Counters and a duration histogram are recorded as jobs move; queue depth, oldest job age and
+dead-letter counts are observable gauges fed by a periodic ``stats`` query. With no meter provider
+configured nothing is recorded at all, so the hot path pays one attribute check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from conveyor.ports import QueueStats
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+
+QUEUE = "messaging.destination.name"
+
+
+def sdk_configured() -> bool:
+    provider = metrics.get_meter_provider()
+    return type(provider).__name__ not in ("_ProxyMeterProvider", "NoOpMeterProvider")
+
+
+class Metrics:
+    """conveyor's instruments. ``enabled`` is decided when the app connects."""
+
+    def __init__(self, enabled: bool | None = None, provider: MeterProvider | None = None) -> None:
+        self._requested = enabled if provider is None or enabled is not None else True
+        self._provider = provider
+        self.enabled = False
+        self._stats: dict[str, QueueStats] = {}
+        self._now = 0.0
+
+    def activate(self) -> None:
+        self.enabled = sdk_configured() if self._requested is None else bool(self._requested)
+        if not self.enabled or hasattr(self, "enqueued"):
+            return
+        meter = metrics.get_meter("conveyor", meter_provider=self._provider)
+        self.enqueued = meter.create_counter("conveyor.jobs.enqueued", "{job}", "jobs stored on a queue")
+        self.started = meter.create_counter(
+            "conveyor.jobs.started", "{job}", "attempts started (jobs leased)"
+        )
+        self.succeeded = meter.create_counter("conveyor.jobs.succeeded", "{job}", "jobs acknowledged")
+        self.failed = meter.create_counter(
+            "conveyor.jobs.failed", "{job}", "failed attempts that will be retried"
+        )
+        self.dead_lettered = meter.create_counter(
+            "conveyor.jobs.dead_lettered", "{job}", "jobs moved to the dead-letter queue"
+        )
+        self.lease_lost = meter.create_counter(
+            "conveyor.lease.expired", "{job}", "attempts whose lease expired before they could commit"
+        )
+        self.duration = meter.create_histogram(
+            "conveyor.job.duration", "s", "handler run time of one attempt"
+        )
+        meter.create_observable_gauge(
+            "conveyor.queue.depth", [self._observe_depth], "{job}", "jobs ready to run now"
+        )
+        meter.create_observable_gauge(
+            "conveyor.queue.oldest_age", [self._observe_age], "s", "age of the oldest ready job"
+        )
+        meter.create_observable_gauge(
+            "conveyor.queue.dead_letters", [self._observe_dead], "{job}", "jobs in the dead-letter queue"
+        )
+
+    def record_stats(self, stats: Sequence[QueueStats], now: float) -> None:
+        self._stats = {s.queue: s for s in stats}
+        self._now = now
+
+    def _observe_depth(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(s.ready, {QUEUE: q}) for q, s in self._stats.items()]
+
+    def _observe_age(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(max(0.0, self._now - s.oldest_ready_at) if s.oldest_ready_at else 0.0, {QUEUE: q})
+            for q, s in self._stats.items()
+        ]
+
+    def _observe_dead(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(s.dead, {QUEUE: q}) for q, s in self._stats.items()]

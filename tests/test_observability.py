@@ -1,0 +1,187 @@
+"""Metrics (OpenTelemetry, Prometheus endpoint), health, structured logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from conveyor import App, Context, Lifecycle, Service
+from conveyor.cli import main
+from conveyor.observability.health import HealthThresholds
+from conveyor.observability.logging import JSONFormatter
+from conveyor.testing import running, wait_until
+
+
+def _points(reader: InMemoryMetricReader) -> dict[tuple[str, str], Any]:
+    data = reader.get_metrics_data()
+    points: dict[tuple[str, str], Any] = {}
+    for resource in data.resource_metrics if data else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    queue = str(point.attributes.get("messaging.destination.name", ""))
+                    points[(metric.name, queue)] = point
+    return points
+
+
+async def test_counters_and_duration_follow_the_jobs() -> None:
+    reader = InMemoryMetricReader()
+    svc = Service("svc")
+
+    @svc.queue_worker("ok")
+    async def ok(ctx: Context, job: dict[str, Any]) -> None:
+        pass
+
+    @svc.queue_worker("bad", lifecycle=Lifecycle(max_attempts=1))
+    async def bad(ctx: Context, job: dict[str, Any]) -> None:
+        raise RuntimeError("no")
+
+    app = App([svc], backend="memory://", meter_provider=MeterProvider(metric_readers=[reader]))
+    async with running(app):
+        await app.enqueue_many("ok", [{}] * 3)
+        await app.enqueue("bad", {})
+        await wait_until(lambda: app.dead_letters("bad").list())
+        await wait_until(lambda: _points(reader).get(("conveyor.jobs.succeeded", "ok")))
+        await wait_until(lambda: _points(reader)[("conveyor.jobs.succeeded", "ok")].value == 3)
+        app.runtime.metrics.record_stats(await app.stats(), app.clock.now())
+        points = _points(reader)
+    assert points[("conveyor.jobs.enqueued", "ok")].value == 3
+    assert points[("conveyor.jobs.started", "ok")].value == 3
+    assert points[("conveyor.jobs.dead_lettered", "bad")].value == 1
+    assert points[("conveyor.job.duration", "ok")].count == 3
+    assert points[("conveyor.queue.dead_letters", "bad")].value == 1
+    assert points[("conveyor.queue.depth", "ok")].value == 0
+
+
+async def test_health_is_ok_then_warns_on_dead_letters_and_backlog() -> None:
+    svc = Service("svc")
+
+    @svc.queue_worker("fragile", lifecycle=Lifecycle(max_attempts=1))
+    async def fragile(ctx: Context, job: dict[str, Any]) -> None:
+        raise RuntimeError("broken")
+
+    app = App([svc], backend="memory://")
+    async with app:
+        assert (await app.health()).status == "ok"
+        await app.enqueue_many("fragile", [{}] * 3)
+        report = await app.health(HealthThresholds(max_backlog=2))
+        assert report.status == "warn" and report.exit_code == 1
+        assert report.problems == ["fragile: backlog of 3 ready jobs (over 2)"]
+    async with running(app):
+        await wait_until(lambda: _count_dead(app, 3))
+        report = await app.health()
+    assert report.status == "warn" and report.problems == ["fragile: 3 dead letter(s)"]
+
+
+async def _count_dead(app: App, count: int) -> bool:
+    return len(await app.dead_letters("fragile").list()) == count
+
+
+def test_health_command_fails_with_exit_code_2_when_the_backend_is_unreachable(tmp_path: Path) -> None:
+    module = tmp_path / "unreachable_app.py"
+    module.write_text(
+        "from conveyor import App, Service\napp = App([Service('svc')], backend='redis://127.0.0.1:1/0')\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        result = CliRunner().invoke(main, ["health", "unreachable_app:app", "--json"])
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert result.exit_code == 2, result.output
+    report = json.loads(result.output)
+    assert report["status"] == "fail" and "backend unreachable" in report["problems"][0]
+
+
+def test_json_logs_carry_the_job_context() -> None:
+    record = logging.LogRecord("conveyor.handler.q", logging.INFO, __file__, 1, "charged %s", ("42",), None)
+    record.__dict__.update(service="orders", queue="q", job_id="j1", attempt=2, correlation_id="order-42")
+    data = json.loads(JSONFormatter().format(record))
+    assert data == {
+        "time": record.created,
+        "level": "INFO",
+        "logger": "conveyor.handler.q",
+        "message": "charged 42",
+        "service": "orders",
+        "queue": "q",
+        "job_id": "j1",
+        "attempt": 2,
+        "correlation_id": "order-42",
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_worker_serves_prometheus_metrics(tmp_path: Path) -> None:
+    db = tmp_path / "metrics.db"
+    (tmp_path / "metrics_app.py").write_text(
+        "from typing import Any\n"
+        "from conveyor import App, Context, Service\n"
+        "svc = Service('svc')\n"
+        "@svc.queue_worker('tick')\n"
+        "async def tick(ctx: Context, job: dict[str, Any]) -> None:\n"
+        "    pass\n"
+        f"app = App([svc], backend='sqlite:///{db}')\n"
+    )
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    enqueue = [sys.executable, "-m", "conveyor.cli", "enqueue", "metrics_app:app", "tick", "{}"]
+    for _ in range(2):
+        subprocess.run(enqueue, env=env, cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "conveyor.cli",
+            "worker",
+            "metrics_app:app",
+            "--metrics-port",
+            str(port),
+            "--metrics-host",
+            "127.0.0.1",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    succeeded = re.compile(r'conveyor_jobs_succeeded_total\{messaging_destination_name="tick"[^}]*\} 2\.0')
+    try:
+        text, deadline = "", time.monotonic() + 60
+        while not succeeded.search(text) and time.monotonic() < deadline:
+            assert worker.poll() is None, (worker.stderr.read() if worker.stderr else b"").decode()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as response:
+                    text = response.read().decode()
+            except OSError:
+                text = ""
+            time.sleep(0.1)  # polling interval of the scrape loop, bounded by the deadline
+        assert succeeded.search(text), text[-2000:]
+        assert "conveyor_job_duration_seconds_bucket" in text
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            assert worker.wait(timeout=30) == 0
+        finally:
+            worker.kill()
+            if worker.stderr is not None:
+                worker.stderr.close()
