@@ -4,6 +4,7 @@ restarts with AOF, connection loss, pub/sub wake-ups, its key layout and its URL
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -152,6 +153,30 @@ async def test_commits_of_one_batch_see_each_other_like_the_memory_backend(
 ) -> None:
     reference = MemoryBackend()
     assert await same_batch_scenario(backend) == await same_batch_scenario(reference)
+
+
+async def test_lease_takes_the_oldest_across_many_queues_and_expired_leases(
+    backend: RedisBackend,
+) -> None:
+    rng = random.Random(7)
+    times = rng.sample(range(10_000), 300)
+    jobs = [NewJob(f"j{n:03d}", f"q{n % 5}", b"{}", T0 + t / 100, T0) for n, t in enumerate(times)]
+    await backend.commit(enqueue(*jobs), T0)
+    queues = {f"q{n}": 10.0 + n for n in range(5)}
+    first = await backend.lease(queues, 40, T0 + 30)
+    due_first = sorted((j for j in jobs if j.available_at <= T0 + 30), key=lambda j: j.available_at)
+    assert [j.id for j in first] == [j.id for j in due_first[:40]]
+    # the 40 leases expire at T0 + 40..44 and come back among the waiting jobs, by deadline
+    available = {j.id: (j.available_at, j.id, j.queue, 1) for j in jobs}
+    for j in first:
+        available[j.id] = (j.lease_deadline, j.id, j.queue, 2)
+    expected = [(i, q, attempt) for _, i, q, attempt in sorted(available.values())]
+    leased = []
+    for limit in (1, 7, 50, 500):
+        batch = await backend.lease(queues, limit, T0 + 200)
+        assert len(batch) == min(limit, 300 - len(leased))
+        leased += [(j.id, j.queue, j.attempt) for j in batch]
+    assert leased == expected
 
 
 async def test_expired_lease_counts_as_leased_until_leased_again(backend: RedisBackend) -> None:

@@ -8,10 +8,12 @@ settlement and effects apply atomically: all of a commit or none of it.
 Key layout (``P`` is the prefix, ``?prefix=`` in the URL, default ``conveyor``; ``{queue}`` is a
 Redis Cluster hash tag, so one queue's keys share a slot)::
 
-    P:{queue}:jobs          sorted set: job id -> available_at, ready, delayed AND leased jobs
-                            (a lease moves the score to the lease deadline, so an expired
-                            lease is due again by the same rule as a delayed job)
-    P:{queue}:leased        sorted set: job id -> lease deadline, the leased subset
+    P:{queue}:jobs          sorted set: job id -> available_at, the jobs not leased (ready
+                            and delayed)
+    P:{queue}:leased        sorted set: job id -> lease deadline, the leased jobs. A lease
+                            moves a job here; lease() reads both sets by the same rule
+                            (score <= now), so an expired lease is due again exactly like a
+                            delayed job: available_at doubles as the lease deadline
     P:{queue}:dead          sorted set: dead letter id -> failed_at
     P:{queue}:idem:<key>    string "<expires_at> <job id>" (expires_at "-" while the job exists;
                             after ACK/DEAD it is now + idempotency_retention, with a PX TTL as
@@ -25,7 +27,7 @@ Redis Cluster hash tag, so one queue's keys share a slot)::
     P:sub:<event>           set: queues subscribed to the event
     P:state:<key>           hash: v value, n version
     P:history:<correlation> list: history entries as JSON arrays, in commit order
-    P:history               sorted set: correlation id -> its oldest entry's time (for pruning)
+    P:history               sorted set: correlation id -> its first entry's time (for pruning)
 
 Times are float seconds from the caller's clock, never Redis's: scores and script arguments
 carry every digit of a double. Idempotency expiry is judged on the caller's clock too; the TTL
@@ -35,12 +37,13 @@ Redis Cluster is out of scope: job hashes are addressed by job id alone (a settl
 job, not its queue), and a commit that touches several queues is one multi-key script. The hash
 tags make a later split possible; on one Redis (or a primary with replicas) everything works.
 
-Durability: Redis acknowledges a commit once it is in memory. With ``appendonly yes`` and
-``appendfsync everysec`` a Redis crash (or power loss) can lose up to about one second of
-acknowledged enqueues, acks and state writes; ``appendfsync always`` loses none at a large cost
-in throughput; without persistence (or with RDB snapshots only) a restart loses everything
-since the last snapshot. A lost ack means a job runs again (at-least-once holds); a lost enqueue
-is lost. Run Redis with ``maxmemory-policy noeviction``: an evicting Redis silently drops jobs.
+Durability: Redis acknowledges a commit once it is applied in memory. With ``appendonly yes``
+and ``appendfsync everysec`` (the usual setting) a crash can lose about the last second (up to
+two on a slow disk) of acknowledged enqueues, acks and state writes; ``appendfsync always``
+loses none, at a large cost in throughput; with RDB snapshots only, a crash loses everything
+since the last snapshot; without persistence, a restart loses everything. A lost ack means a job
+runs again (at-least-once still holds); a lost enqueue is lost. Run Redis with
+``maxmemory-policy noeviction``: an evicting Redis silently drops jobs.
 """
 
 from conveyor.backends.redis.backend import RedisBackend

@@ -9,37 +9,46 @@
 local prefix, now_s = ARGV[1], ARGV[2]
 local now, limit = tonumber(now_s), tonumber(ARGV[3])
 
-local candidates = {}
-local sources = 0
+-- every (queue, set) range is already ordered: merge their heads instead of sorting it all
+local sources = {}
 for i = 4, #ARGV, 2 do
   local tag = prefix .. ":{" .. ARGV[i] .. "}:"
   for _, set in ipairs({ "jobs", "leased" }) do
     local due = redis.call("ZRANGEBYSCORE", tag .. set, "-inf", now_s, "WITHSCORES", "LIMIT", 0, limit)
     if #due > 0 then
-      sources = sources + 1
-      for j = 1, #due, 2 do
-        candidates[#candidates + 1] = { tonumber(due[j + 1]), due[j], i }
-      end
+      sources[#sources + 1] = { due = due, at = 1, score = tonumber(due[2]), queue = i }
     end
   end
 end
-if sources == 0 then
+if #sources == 0 then
   return {}
 end
-if sources > 1 then
-  table.sort(candidates, function(a, b)
-    if a[1] ~= b[1] then
-      return a[1] < b[1]
+
+local picked, picked_queue = {}, {}
+while #picked < limit do
+  local best
+  for _, source in ipairs(sources) do
+    if source.at <= #source.due and (not best or source.score < best.score
+        or (source.score == best.score and source.due[source.at] < best.due[best.at])) then
+      best = source
     end
-    return a[2] < b[2]
-  end)
+  end
+  if not best then
+    break
+  end
+  picked[#picked + 1] = best.due[best.at]
+  picked_queue[#picked] = best.queue
+  best.at = best.at + 2
+  if best.at <= #best.due then
+    best.score = tonumber(best.due[best.at + 1])
+  end
 end
 
-local count = math.min(limit, #candidates)
+local count = #picked
 local token = redis.call("INCRBY", prefix .. ":token", count) - count
 local leased, moved = {}, {}
 for c = 1, count do
-  local id, i = candidates[c][2], candidates[c][3]
+  local id, i = picked[c], picked_queue[c]
   local job_key = prefix .. ":job:" .. id
   local job = redis.call("HMGET", job_key, "b", "e", "a")
   local members = moved[i]
