@@ -110,10 +110,11 @@ local function enqueue(id, queue, body, available_at, enqueued_at, key)
   if redis.call("EXISTS", job_key) == 1 then
     return id
   end
+  -- attempts and token appear with the first lease: fewer fields make enqueue cheaper
   if key then
-    redis.call("HSET", job_key, "q", queue, "b", body, "a", 0, "t", 0, "e", enqueued_at, "k", key)
+    redis.call("HSET", job_key, "q", queue, "b", body, "e", enqueued_at, "k", key)
   else
-    redis.call("HSET", job_key, "q", queue, "b", body, "a", 0, "t", 0, "e", enqueued_at)
+    redis.call("HSET", job_key, "q", queue, "b", body, "e", enqueued_at)
   end
   add_to_queue(queue, available_at, id)
   return id

@@ -60,7 +60,7 @@ for c = 1, count do
   ids[#ids + 1] = id
   if job[1] then
     token = token + 1
-    local attempt = tonumber(job[3]) + 1
+    local attempt = (tonumber(job[3]) or 0) + 1
     redis.call("HSET", job_key, "a", attempt, "t", token)
     local deadlines = members.deadlines
     deadlines[#deadlines + 1] = now + tonumber(ARGV[i + 1])
