@@ -29,12 +29,16 @@ local function queue_key(queue, suffix)
   return prefix .. ":{" .. queue .. "}:" .. suffix
 end
 
+-- `command key values...` in slices: Lua's unpack() is limited to a few thousand values
+local function call_in_slices(command, key, values)
+  for first = 1, #values, 2000 do
+    redis.call(command, key, unpack(values, first, math.min(first + 1999, #values)))
+  end
+end
+
 local function flush_adds()
   for queue, members in pairs(pending_adds) do
-    local key = queue_key(queue, "jobs")
-    for first = 1, #members, 2000 do
-      redis.call("ZADD", key, unpack(members, first, math.min(first + 1999, #members)))
-    end
+    call_in_slices("ZADD", queue_key(queue, "jobs"), members)
   end
   pending_adds = {}
 end
@@ -279,10 +283,7 @@ for c = 1, commit_count do
 end
 
 for queue, ids in pairs(unleased_by_queue) do
-  local key = queue_key(queue, "leased")
-  for first = 1, #ids, 1000 do
-    redis.call("ZREM", key, unpack(ids, first, math.min(first + 999, #ids)))
-  end
+  call_in_slices("ZREM", queue_key(queue, "leased"), ids)
 end
 
 local woken = {}

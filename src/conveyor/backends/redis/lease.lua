@@ -75,14 +75,15 @@ for c = 1, count do
 end
 
 -- in slices: Lua's unpack() is limited to a few thousand values
+local function call_in_slices(command, key, values)
+  for first = 1, #values, 2000 do
+    redis.call(command, key, unpack(values, first, math.min(first + 1999, #values)))
+  end
+end
+
 for i, members in pairs(moved) do
   local tag = prefix .. ":{" .. ARGV[i] .. "}:"
-  local ids, deadlines = members.ids, members.deadlines
-  for first = 1, #ids, 1000 do
-    redis.call("ZREM", tag .. "jobs", unpack(ids, first, math.min(first + 999, #ids)))
-  end
-  for first = 1, #deadlines, 2000 do
-    redis.call("ZADD", tag .. "leased", unpack(deadlines, first, math.min(first + 1999, #deadlines)))
-  end
+  call_in_slices("ZREM", tag .. "jobs", members.ids)
+  call_in_slices("ZADD", tag .. "leased", members.deadlines)
 end
 return leased
