@@ -161,7 +161,6 @@ class RedisBackend:
     async def extend(self, job_id: str, token: int, until: float, now: float) -> bool:
         return bool(await self._run("extend", [self.prefix, job_id, token, until, now]))
 
-    # the port names the parameter `timeout`, hence the noqa
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
         if self._notifier is None:
             await asyncio.sleep(timeout)
