@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Iterable, Sequence
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
+
+logger = logging.getLogger("conveyor.backends.redis")
 
 _READ_TIMEOUT = 1.0
 _MAX_BACKOFF = 1.0
@@ -98,7 +101,9 @@ class Notifier:
         while True:
             try:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_READ_TIMEOUT)
-            except (RedisError, OSError):
+            except Exception as exc:  # the listener must outlive anything: waiters fall back to polling
+                if not backoff:
+                    logger.warning("Redis wake-up listener lost its connection: %s", exc)
                 backoff = min(_MAX_BACKOFF, backoff * 2 or 0.05)
                 await asyncio.sleep(backoff)
                 continue
