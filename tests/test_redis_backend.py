@@ -333,6 +333,13 @@ async def test_driver_options_in_the_url_reach_redis_py(url: str) -> None:
         await backend.close()
 
 
+async def test_sockets_time_out_by_default(backend: RedisBackend) -> None:
+    """A silent network partition surfaces as BackendUnavailableError instead of a hang."""
+    assert await backend.lease(LEASE, 1, T0) == []
+    kwargs = backend._client.connection_pool.connection_kwargs
+    assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (30.0, 5.0)
+
+
 async def test_unknown_url_option_is_a_configuration_error_at_connect(url: str) -> None:
     with pytest.raises(ConfigurationError, match="bogus"):
         await RedisBackend(url + "&bogus=1").connect()

@@ -57,7 +57,8 @@ class RedisBackend:
 
     Options come from the URL query or keywords (keywords win): ``prefix`` names the app's keys,
     ``idempotency_retention`` (seconds) how long an idempotency key outlives its job. Any other
-    query option goes to redis-py (``socket_timeout``, ``max_connections``...).
+    query option goes to redis-py (``socket_timeout``, default 30 s; ``socket_connect_timeout``,
+    default 5 s; ``max_connections``...).
     """
 
     def __init__(
@@ -98,7 +99,10 @@ class RedisBackend:
                 self._driver_url,
                 # No silent retries: a retried script could apply twice. The runtime retries.
                 retry=Retry(NoBackoff(), 0),
+                # A silent network partition must surface as an error, not hang a worker forever.
                 socket_connect_timeout=5.0,
+                socket_timeout=30.0,
+                socket_keepalive=True,
             )
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"invalid Redis URL {self.url!r}: {exc}") from exc
