@@ -255,6 +255,37 @@ def status(app_spec: str, instance_id: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("app_spec", metavar="APP")
+@click.argument("instance_id")
+@click.option("--gate", default=None, help="the approval gate (default: the one the instance waits at)")
+@click.option("--approve/--reject", "approve", default=True, help="the decision (default: approve)")
+@click.option("--note", default=None, help="a note kept with the decision")
+@click.option("--by", "by", default=None, help="who decides")
+def approve(
+    app_spec: str, instance_id: str, gate: str | None, approve: bool, note: str | None, by: str | None
+) -> None:
+    """Approve (or --reject) workflow instance ID waiting at an approval gate."""
+    from conveyor.workflows.approval import ApprovalError
+
+    app = load_app(app_spec)
+
+    async def go() -> str:
+        async with app:
+            chosen = gate
+            if chosen is None:
+                pending = (await app.workflows.status(instance_id)).pending_approvals
+                if len(pending) != 1:
+                    waiting = ", ".join(pending) or "no gate"
+                    raise ApprovalError(f"{instance_id!r} waits at {waiting}; name one with --gate")
+                chosen = pending[0]
+            await app.workflows.decide(instance_id, chosen, approve=approve, note=note, by=by)
+            return chosen
+
+    chosen = run(go)
+    console.print(f"{instance_id}: {'approved' if approve else 'rejected'} at {chosen}")
+
+
+@main.command()
+@click.argument("app_spec", metavar="APP")
 def graph(app_spec: str) -> None:
     """Print APP's workflow graph as Mermaid, from the declared emits and subscriptions."""
     from conveyor.workflows.graph import build_graph

@@ -25,9 +25,10 @@ from conveyor.model.lifecycle import Lifecycle, Seconds, seconds
 
 if TYPE_CHECKING:
     from conveyor.runtime.context import Context
+    from conveyor.workflows.approval import ApprovalGate
 
 CatchUp = Literal["none", "latest", "all"]
-DefinitionKind = Literal["queue", "subscription", "schedule"]
+DefinitionKind = Literal["queue", "subscription", "schedule", "approval"]
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 Handler = Callable[..., Awaitable[Any]]
 DeadLetterHandler = Callable[["Context", Any, BaseException], Awaitable[None]]
@@ -160,6 +161,7 @@ class Service:
     definitions: dict[str, QueueWorker[Any]] = field(default_factory=dict)
     commands: dict[str, Command] = field(default_factory=dict)
     routes: list[Route] = field(default_factory=list)
+    gates: dict[str, ApprovalGate] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_name("service", self.name)
@@ -325,6 +327,36 @@ class Service:
             return definition
 
         return decorate
+
+    def approval_gate(self, name: str, *, timeout: Seconds, description: str = "") -> ApprovalGate:
+        """Declare a human approval gate (see :mod:`conveyor.workflows.approval`).
+
+        Its events are ``<name>_requested``, ``<name>_approved``, ``<name>_rejected`` and
+        ``<name>_timed_out``; subscribe to them to resume the workflow.
+        """
+        from conveyor.workflows.approval import ApprovalGate, fire_timeout
+
+        check_name("approval gate", name)
+        limit = seconds(timeout)
+        if limit <= 0:
+            raise ConfigurationError(f"approval gate {name!r}: timeout must be positive")
+        gate = ApprovalGate(name, limit, description)
+        if name in self.gates:
+            raise ConfigurationError(f"service {self.name!r} already defines approval gate {name!r}")
+        self.gates[name] = gate
+        self._add(
+            QueueWorker(
+                self,
+                gate.timer_queue,
+                f"timeout of approval gate {name}",
+                fire_timeout,
+                None,
+                frozenset({gate.event("timed_out")}),
+                Lifecycle(),
+                kind="approval",
+            )
+        )
+        return gate
 
     def command(
         self,

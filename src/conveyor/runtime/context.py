@@ -12,10 +12,11 @@ import orjson
 from pydantic import BaseModel
 
 from conveyor.model.envelope import Envelope
-from conveyor.model.errors import LeaseLostError, UndeclaredEmitError
+from conveyor.model.errors import ConfigurationError, LeaseLostError, UndeclaredEmitError
 from conveyor.model.lifecycle import Seconds, seconds
 from conveyor.ports import Commit, Effects, HistoryEntry, LeasedJob, StateOp, StateWrite
 from conveyor.runtime.messages import Origin, available_at, child_id, jsonable
+from conveyor.workflows.approval import ApprovalGate
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -216,6 +217,9 @@ class Context:
                 f"emitted event {event!r} is not declared by this handler (it declares {declared}); "
                 f"add it to emits=[...]"
             )
+        return self._emit(event, payload, correlation_id)
+
+    def _emit(self, event: str, payload: Any, correlation_id: str | None = None) -> str:
         runtime = self.runtime
         new, entry = runtime.messages.event(
             event,
@@ -262,6 +266,41 @@ class Context:
         if runtime.history_enabled:
             self.buffer.effects.history.append(entry)
         return new.id
+
+    async def request_approval(
+        self, gate: str, payload: Any = None, *, timeout: Seconds | None = None
+    ) -> None:
+        """Ask a human to decide at ``gate`` (declared with ``service.approval_gate``); the workflow
+        waits for ``<gate>_approved``/``_rejected``, or ``_timed_out`` after the gate's timeout.
+
+        The request, its timer and the ``<gate>_requested`` event commit with this job.
+        """
+        runtime = self.runtime
+        declared = runtime.registry.gate(gate)
+        instance_id = self.correlation_id
+        if instance_id is None:
+            raise ConfigurationError(
+                "request_approval needs a workflow instance (a message with a correlation id)"
+            )
+        now = runtime.clock.now()
+        limit = declared.timeout if timeout is None else seconds(timeout)
+        key = ApprovalGate.state_key(instance_id, gate)
+        data = jsonable(payload, None, f"approval gate {gate!r}")
+        request = {
+            "status": "pending",
+            "gate": gate,
+            "requested_at": now,
+            "deadline": now + limit,
+            "payload": data,
+        }
+        self.buffer.effects.states.append(
+            StateWrite(key, StateOp.SET, encode_state(request), expected_version=0)
+        )
+        await self.enqueue(
+            declared.timer_queue, {"instance_id": instance_id, "gate": gate}, delay=limit, idempotency_key=key
+        )
+        self.history("approval_requested", gate, detail=orjson.dumps({"deadline": now + limit}).decode())
+        self._emit(declared.event("requested"), {"instance_id": instance_id, "gate": gate, "payload": data})
 
     async def cancel(self, queue: str, idempotency_key: str) -> None:
         """Delete the pending (not running) job of ``queue`` with ``idempotency_key``, at commit."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from conveyor.model.errors import ConfigurationError, UnknownQueueError
 from conveyor.service import Command, QueueWorker, Route, Service
+from conveyor.workflows.approval import ApprovalGate
 
 
 class Registry:
@@ -17,6 +18,7 @@ class Registry:
         self.queues: dict[str, QueueWorker[Any]] = {}
         self.commands: dict[str, Command] = {}
         self.routes: list[Route] = []
+        self.gates: dict[str, ApprovalGate] = {}
         names = set()
         for service in self.services:
             if service.name in names:
@@ -33,6 +35,10 @@ class Registry:
                 if name in self.commands:
                     raise ConfigurationError(f"command {name!r} is defined twice")
                 self.commands[name] = command
+            for gate_name, gate in service.gates.items():
+                if gate_name in self.gates:
+                    raise ConfigurationError(f"approval gate {gate_name!r} is defined twice")
+                self.gates[gate_name] = gate
             for route in service.routes:
                 if route not in self.routes:
                     self.routes.append(route)
@@ -49,6 +55,12 @@ class Registry:
         except KeyError:
             raise UnknownQueueError(f"no service of this app defines command {name!r}") from None
 
+    def gate(self, name: str) -> ApprovalGate:
+        try:
+            return self.gates[name]
+        except KeyError:
+            raise UnknownQueueError(f"no service of this app declares approval gate {name!r}") from None
+
     @property
     def schedules(self) -> list[QueueWorker[Any]]:
         return [q for q in self.queues.values() if q.schedule is not None]
@@ -59,4 +71,6 @@ class Registry:
             events |= definition.emits
         for command in self.commands.values():
             events |= command.emits
+        for gate in self.gates.values():
+            events |= gate.events
         return events

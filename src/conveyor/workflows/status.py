@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from conveyor.model.lifecycle import Seconds, seconds
-from conveyor.ports import HistoryEntry
+from conveyor.ports import Commit, CommitStatus, Effects, HistoryEntry, StateOp, StateWrite
+from conveyor.runtime.context import encode_state
+from conveyor.runtime.messages import Origin
+from conveyor.workflows.approval import ApprovalError, ApprovalGate
 
 if TYPE_CHECKING:
     from conveyor.app import App
@@ -67,6 +70,8 @@ class WorkflowStatus:
     compensations: list[str]
     last_error: str | None
     history: list[HistoryEntry] = field(repr=False, default_factory=list)
+    pending_approvals: list[str] = field(default_factory=list)
+    """Approval gates the instance waits at."""
 
     @property
     def path(self) -> list[str]:
@@ -92,6 +97,7 @@ class WorkflowStatus:
             "events": self.events,
             "compensations": self.compensations,
             "last_error": self.last_error,
+            "pending_approvals": self.pending_approvals,
             "path": self.path,
             "steps": [dataclasses.asdict(step) for step in self.steps],
             "history": [dataclasses.asdict(entry) for entry in self.history],
@@ -116,7 +122,14 @@ def summarize(
     events: list[str] = []
     compensations: list[str] = []
     last_error: str | None = None
+    gates: dict[str, bool] = {}
     for entry in history:
+        if entry.kind == "approval_requested":
+            gates[entry.name] = True
+            continue
+        if entry.kind in ("approval_decided", "approval_timed_out"):
+            gates.pop(entry.name, None)
+            continue
         if entry.kind == "emitted":
             events.append(entry.name)
             continue
@@ -153,8 +166,17 @@ def summarize(
             if "error" in detail:
                 step["last_error"] = last_error = str(detail["error"])
     workflow = next((w for w in workflows if events and events[0] == w.start), None)
-    if workflow is None:
-        workflow = next((w for w in workflows if w.start in events), None)
+    if workflow is None:  # started by an enqueue, or the start event is not the first
+        emitted_set = set(events)
+        workflow = next(
+            (
+                w
+                for w in workflows
+                if w.start in emitted_set
+                or emitted_set & (set(w.completed) | set(w.failed) | set(w.compensated))
+            ),
+            None,
+        )
     open_steps = [s for s in steps.values() if s["state"] in ("pending", "scheduled", "retrying")]
     state: State
     emitted = set(events)
@@ -166,9 +188,10 @@ def summarize(
         state = "failed"
     elif workflow is not None and emitted & set(workflow.completed):
         state = "completed"
-    elif open_steps:
-        running = any(s["state"] == "pending" for s in open_steps)
-        state = "running" if running else "waiting"
+    elif open_steps and any(s["state"] == "pending" for s in open_steps):
+        state = "running"
+    elif open_steps or gates:
+        state = "waiting"
     elif any(s["state"] == "dead_lettered" for s in steps.values()):
         state = "compensated" if compensations else "failed"
     elif workflow is not None:
@@ -203,10 +226,12 @@ def summarize(
             for job_id, s in steps.items()
         ],
         events=events,
-        current=sorted({s["queue"] for s in open_steps}),
+        current=sorted({s["queue"] for s in open_steps if not s["queue"].endswith(".timeout")})
+        + [f"approval:{gate}" for gate in gates],
         compensations=compensations,
         last_error=last_error,
         history=history,
+        pending_approvals=list(gates),
     )
 
 
@@ -226,3 +251,64 @@ class Workflows:
     async def status(self, instance_id: str) -> WorkflowStatus:
         history = await self._app.backend.history(instance_id)
         return summarize(instance_id, history, self.declared, self._app.clock.now())
+
+    async def decide(
+        self, instance_id: str, gate: str, *, approve: bool, note: str | None = None, by: str | None = None
+    ) -> str:
+        """Approve or reject ``instance_id`` at ``gate``: emits ``<gate>_approved``/``_rejected`` to
+        the instance and cancels the gate's timer, atomically. Returns the event's id.
+
+        Raises :class:`~conveyor.workflows.approval.ApprovalError` if nothing is pending there.
+        """
+        app = self._app
+        runtime = app.runtime
+        declared = app.registry.gate(gate)
+        key = ApprovalGate.state_key(instance_id, gate)
+        request, version = await app.states.get_versioned(key)
+        if request is None:
+            raise ApprovalError(f"workflow {instance_id!r} has no approval request at gate {gate!r}")
+        if request.get("status") != "pending":
+            raise ApprovalError(
+                f"workflow {instance_id!r} at gate {gate!r} is already {request.get('status')}"
+            )
+        now = app.clock.now()
+        outcome = "approved" if approve else "rejected"
+        decision = {"outcome": outcome, "by": by, "note": note}
+        event, emitted = runtime.messages.event(
+            declared.event(outcome),
+            {
+                "instance_id": instance_id,
+                "gate": gate,
+                "payload": request.get("payload"),
+                "by": by,
+                "note": note,
+            },
+            message_id=None,
+            origin=Origin(),
+            now=now,
+            correlation_id=instance_id,
+        )
+        effects = Effects(
+            events=[event],
+            states=[
+                StateWrite(
+                    key,
+                    StateOp.SET,
+                    encode_state({**request, "status": outcome, "decided_at": now, "by": by, "note": note}),
+                    expected_version=version,
+                )
+            ],
+            cancels=[(declared.timer_queue, key)],
+            history=[
+                HistoryEntry(
+                    instance_id, now, "approval_decided", gate, detail=orjson.dumps(decision).decode()
+                ),
+                emitted,
+            ],
+        )
+        [result] = await app.backend.commit([Commit(effects=effects)], now)
+        if result.status is not CommitStatus.OK:
+            raise ApprovalError(
+                f"workflow {instance_id!r} at gate {gate!r} was decided or timed out meanwhile"
+            )
+        return event.id
