@@ -77,6 +77,8 @@ class QueueWorker(Generic[F]):
     """For a subscription: the event it consumes."""
     schedule: Schedule | None = None
     dead_letter_handler: DeadLetterHandler | None = None
+    compensate: str | None = None
+    """Saga shape: the queue that undoes this step (see :mod:`conveyor.runtime.saga`)."""
     dead_letter_emits: frozenset[str] | None = None
     """What ``on_dead_letter`` may emit; ``None``: anything (not declared)."""
 
@@ -179,12 +181,17 @@ class Service:
         payload: type[BaseModel] | None = None,
         emits: Iterable[str] = (),
         lifecycle: Lifecycle | None = None,
+        compensate: str | None = None,
     ) -> Callable[[F], QueueWorker[F]]:
         """Declare the queue ``name`` and its handler ``async def handler(ctx, job)``.
 
         ``payload`` is the pydantic model of a job (taken from the handler's annotation when
         omitted); a job that fails validation goes to the dead-letter queue without retry.
+        ``compensate`` names the queue that undoes this step (it gets this step's payload) when a
+        later step of the same workflow instance is dead-lettered; see :mod:`conveyor.runtime.saga`.
         """
+        if compensate is not None:
+            check_name("queue", compensate)
         check_name("queue", name)
         declared = frozenset(check_name("event", e) for e in emits)
 
@@ -198,6 +205,7 @@ class Service:
                 model,
                 declared,
                 lifecycle or Lifecycle(),
+                compensate=compensate,
             )
             self._add(definition)
             return definition

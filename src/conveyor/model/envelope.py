@@ -41,6 +41,8 @@ class Envelope:
     created_at: float = 0.0
     service: str | None = None
     service_version: str | None = None
+    saga: list[dict[str, Any]] | None = None
+    """On a compensation job: the compensations still to run after it, in order."""
     attempt: int = field(default=0, compare=False)
 
     def encode(self) -> bytes:
@@ -58,6 +60,7 @@ class Envelope:
                 "created_at": self.created_at,
                 "service": self.service,
                 "service_version": self.service_version,
+                **({"saga": self.saga} if self.saga is not None else {}),
             }
         )
 
@@ -86,6 +89,7 @@ class Envelope:
                 created_at=float(data.get("created_at") or 0.0),
                 service=data.get("service"),
                 service_version=data.get("service_version"),
+                saga=data.get("saga"),
             )
         except KeyError as exc:
             raise UndecodableMessageError(f"envelope lacks field {exc.args[0]!r}") from None

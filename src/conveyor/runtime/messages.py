@@ -73,6 +73,7 @@ class MessageFactory:
         correlation_id: str | None,
         idempotency_key: str | None,
         now: float,
+        saga: list[dict[str, Any]] | None = None,
     ) -> tuple[Envelope, bytes]:
         parent = origin.parent
         envelope = Envelope(
@@ -87,6 +88,7 @@ class MessageFactory:
             created_at=now,
             service=origin.service,
             service_version=origin.service_version,
+            saga=saga,
         )
         try:
             body = envelope.encode()
@@ -112,9 +114,10 @@ class MessageFactory:
         available_at: float | None = None,
         idempotency_key: str | None = None,
         correlation_id: str | None = None,
+        saga: list[dict[str, Any]] | None = None,
     ) -> tuple[NewJob, HistoryEntry]:
         envelope, body = self._envelope(
-            "job", queue, message_id or new_id(), data, origin, correlation_id, idempotency_key, now
+            "job", queue, message_id or new_id(), data, origin, correlation_id, idempotency_key, now, saga
         )
         new = NewJob(
             envelope.id,

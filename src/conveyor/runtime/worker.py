@@ -34,6 +34,7 @@ from conveyor.ports import (
     Outcome,
     Settlement,
 )
+from conveyor.runtime import saga
 from conveyor.runtime.committer import Committer
 from conveyor.runtime.context import Context
 from conveyor.runtime.runtime import Runtime
@@ -279,7 +280,7 @@ class Worker:
             envelope = Envelope.decode(leased.body)
         except UndecodableMessageError as exc:
             logger.error("job %s of %r is undecodable, dead-lettered: %s", leased.id, leased.queue, exc)
-            return self._dead(leased, None, exc, Effects(), started), "undecodable"
+            return await self._dead(leased, None, exc, Effects(), started), "undecodable"
         envelope.attempt = leased.attempt
         lifecycle = definition.lifecycle
         if leased.attempt > lifecycle.max_attempts:
@@ -297,7 +298,7 @@ class Worker:
                 f"subscription {definition.name!r} consumes {definition.event!r}, got event {envelope.name!r}"
             )
             logger.error("job %s: %s; dead-lettered", leased.id, unknown)
-            return self._dead(leased, envelope, unknown, Effects(), started), "unknown event"
+            return await self._dead(leased, envelope, unknown, Effects(), started), "unknown event"
         payload: Any = envelope.payload
         if definition.payload is not None and definition.accepts_payload:
             try:
@@ -307,7 +308,7 @@ class Worker:
                     f"payload of job {leased.id} does not match {definition.payload.__name__}: {exc}"
                 )
                 logger.error("job %s of %r dead-lettered: invalid payload", leased.id, leased.queue)
-                return self._dead(leased, envelope, invalid, Effects(), started), "invalid payload"
+                return await self._dead(leased, envelope, invalid, Effects(), started), "invalid payload"
         fields: dict[str, object] = {
             "service": definition.service.name,
             "queue": definition.name,
@@ -359,8 +360,11 @@ class Worker:
         self._record_duration(definition.name, started)
         effects = context.buffer.effects
         if runtime.history_enabled:
+            step = saga.completed_step(definition, envelope)
+            extra = {saga.SAGA_STEP: step} if step else None
             # the step's own entry first, so a timeline reads "step, then what it emitted"
-            effects.history[:0] = self._history(envelope, leased, "succeeded", started, None).history
+            effects.history[:0] = self._history(envelope, leased, "succeeded", started, None, extra).history
+            saga.advance(runtime, envelope, effects)
         return Commit(Settlement(leased.id, leased.token, Outcome.ACK), effects), ""
 
     async def _call(
@@ -433,12 +437,15 @@ class Worker:
         kind: str,
         started: float,
         error: BaseException | None,
+        extra: dict[str, Any] | None = None,
     ) -> Effects:
         effects = Effects()
         runtime = self.runtime
         if runtime.history_enabled:
             now = runtime.clock.now()
             detail: dict[str, Any] = {"started_at": started, "duration": now - started}
+            if extra:
+                detail.update(extra)
             if error is not None:
                 detail["error"] = f"{type(error).__name__}: {error}"
             effects.history.append(
@@ -454,7 +461,7 @@ class Worker:
             )
         return effects
 
-    def _dead(
+    async def _dead(
         self,
         leased: LeasedJob,
         envelope: Envelope | None,
@@ -465,6 +472,8 @@ class Worker:
         info = error_info(error)
         if envelope is not None:
             effects.history[:0] = self._history(envelope, leased, "dead_lettered", started, error).history
+            if self.runtime.history_enabled:
+                await saga.start(self.runtime, envelope, effects)
         return Commit(Settlement(leased.id, leased.token, Outcome.DEAD, None, info), effects)
 
     async def _dead_with_hook(
@@ -528,4 +537,4 @@ class Worker:
                             leased.attempt,
                         )
                     )
-        return self._dead(leased, envelope, error, effects, started)
+        return await self._dead(leased, envelope, error, effects, started)
