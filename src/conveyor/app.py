@@ -17,7 +17,7 @@ from opentelemetry.trace import TracerProvider
 
 from conveyor.backends import open_backend
 from conveyor.model.errors import ConfigurationError, ConveyorError, StateConflictError
-from conveyor.model.lifecycle import Seconds
+from conveyor.model.lifecycle import Seconds, seconds
 from conveyor.observability.health import HealthReport, HealthThresholds, check_health
 from conveyor.observability.metrics import QUEUE, Metrics
 from conveyor.observability.tracing import Tracing
@@ -51,6 +51,8 @@ from conveyor.workflows.status import Workflow, Workflows
 logger = logging.getLogger("conveyor")
 
 DEFAULT_BACKEND = "sqlite:///conveyor.db"
+DEFAULT_HISTORY_RETENTION = 7 * 24 * 3600.0
+MAINTENANCE_INTERVAL = 3600.0
 ENQUEUE_BATCH = 5_000
 
 
@@ -138,6 +140,7 @@ class App:
         states: str | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         history: bool = True,
+        history_retention: Seconds | None = DEFAULT_HISTORY_RETENTION,
         tracing: bool | None = None,
         tracer_provider: TracerProvider | None = None,
         metrics: bool | None = None,
@@ -164,6 +167,7 @@ class App:
             metrics=Metrics(metrics, meter_provider),
             history_enabled=history,
         )
+        self.history_retention = None if history_retention is None else seconds(history_retention)
         self.states = AppStates(self)
         self._connected = 0
         self._workers: list[Worker] = []
@@ -346,7 +350,7 @@ class App:
                 asyncio.create_task(worker.run(), name="conveyor-worker"),
                 asyncio.create_task(self._scheduler.run(), name="conveyor-scheduler"),
             ]
-            helpers = []
+            helpers = [asyncio.create_task(self._maintain(), name="conveyor-maintenance")]
             if self.runtime.metrics.enabled:
                 helpers.append(
                     asyncio.create_task(self._refresh_queue_metrics(names), name="conveyor-metrics")
@@ -360,6 +364,17 @@ class App:
                     task.cancel()
                 await asyncio.gather(*tasks, *helpers, return_exceptions=True)
                 self._workers.remove(worker)
+
+    async def _maintain(self) -> None:
+        """Hourly: delete workflow history older than ``history_retention``."""
+        while self.history_retention is not None:
+            try:
+                removed = await self.backend.prune_history(self.clock.now() - self.history_retention)
+                if removed:
+                    logger.info("pruned %d history entries older than %.0fs", removed, self.history_retention)
+            except ConveyorError as exc:
+                logger.warning("history pruning failed: %s", exc)
+            await self.clock.sleep(MAINTENANCE_INTERVAL)
 
     async def _refresh_queue_metrics(self, names: list[str], every: float = 15.0) -> None:
         """Feed the queue gauges (depth, oldest age, dead letters) from a periodic stats query."""
