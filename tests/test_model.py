@@ -81,3 +81,19 @@ def test_new_ids_are_unique_and_time_ordered() -> None:
     ids = [new_id() for _ in range(1000)]
     assert len(set(ids)) == 1000
     assert ids[0][:12] <= ids[-1][:12]
+
+
+def test_workflow_past_its_deadline_is_timed_out() -> None:
+    from conveyor import Workflow
+    from conveyor.ports import HistoryEntry
+    from conveyor.workflows.status import summarize
+
+    flow = Workflow("refund", start="refund_requested", completed=["refund_paid"], deadline=3600)
+    history = [
+        HistoryEntry("r-1", 1000.0, "emitted", "refund_requested", "e1"),
+        HistoryEntry("r-1", 1000.0, "enqueued", "review", "j1"),
+    ]
+    assert summarize("r-1", history, [flow], now=2000.0).state == "running"
+    assert summarize("r-1", history, [flow], now=1000.0 + 3601).state == "timed_out"
+    done = [*history, HistoryEntry("r-1", 1500.0, "emitted", "refund_paid", "e2")]
+    assert summarize("r-1", done, [flow], now=1000.0 + 9999).state == "completed"
