@@ -26,6 +26,7 @@ from conveyor.ports import (
     CommitStatus,
     Effects,
     ErrorInfo,
+    HistoryEntry,
     NewEvent,
     NewJob,
     Outcome,
@@ -185,6 +186,21 @@ async def test_expired_lease_counts_as_leased_until_leased_again(backend: RedisB
     [stats] = await backend.stats(["q"], T0 + 20)
     assert (stats.ready, stats.scheduled, stats.leased) == (1, 0, 1)
     assert [j.id for j in await backend.lease({"q": 10.0}, 10, T0 + 20)] == ["job-00001", "job-00000"]
+
+
+async def test_prune_and_purge_work_through_more_than_one_batch(backend: RedisBackend) -> None:
+    entries = [HistoryEntry(f"wf-{n}", T0 + n % 2, "enqueued", "q") for n in range(250)]
+    await backend.commit([Commit(effects=Effects(history=entries))], T0)
+    assert await backend.prune_history(T0 + 1) == 125
+    assert await backend.history("wf-0") == [] and len(await backend.history("wf-1")) == 1
+
+    await backend.commit(enqueue(*new_jobs(1_200)), T0)
+    leased = await backend.lease(LEASE, 1_200, T0)
+    error = ErrorInfo("E", "m")
+    await backend.commit([Commit(Settlement(j.id, j.token, Outcome.DEAD, error=error)) for j in leased], T0)
+    assert (await backend.stats(["q"], T0))[0].dead == 1_200
+    assert await backend.purge(None, queue="q") == 1_200
+    assert await backend.dead_letters(None) == []
 
 
 # scripts
