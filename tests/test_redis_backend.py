@@ -15,7 +15,6 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from conftest import IN_CI, fresh_url
 from conveyor.backends import open_backend
 from conveyor.backends.memory import MemoryBackend
 from conveyor.backends.redis import RedisBackend
@@ -34,6 +33,11 @@ from conveyor.ports import (
     StateOp,
     StateWrite,
 )
+
+try:  # tests/ imported as a package, or as a plain directory on sys.path (as conftest.py is)
+    from tests.conftest import IN_CI, fresh_url
+except ModuleNotFoundError:
+    from conftest import IN_CI, fresh_url  # type: ignore[no-redef,import-not-found,unused-ignore]
 
 T0 = 1_700_000_000.0
 LEASE = {"q": 300.0}  # far longer than any test: every lease stays valid
