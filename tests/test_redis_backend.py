@@ -176,7 +176,7 @@ async def test_lease_takes_the_oldest_across_many_queues_and_expired_leases(
     for j in first:
         available[j.id] = (j.lease_deadline, j.id, j.queue, 2)
     expected = [(i, q, attempt) for _, i, q, attempt in sorted(available.values())]
-    leased = []
+    leased: list[tuple[str, str, int]] = []
     for limit in (1, 7, 50, 500):
         batch = await backend.lease(queues, limit, T0 + 200)
         assert len(batch) == min(limit, 300 - len(leased))
