@@ -23,9 +23,9 @@ from conveyor import App
 from conveyor.testing import wait_until
 
 try:  # tests/ imported as a package, or as a plain directory on sys.path (as conftest.py is)
-    from tests.crash_app import Settings, build_app, read_records
+    from tests.crash_app import BLOCK_SECONDS, Settings, build_app, read_records
 except ModuleNotFoundError:
-    from crash_app import Settings, build_app, read_records  # type: ignore[no-redef,import-not-found,unused-ignore]
+    from crash_app import BLOCK_SECONDS, Settings, build_app, read_records  # type: ignore[no-redef,import-not-found,unused-ignore]
 
 pytestmark = pytest.mark.slow
 
@@ -260,7 +260,8 @@ async def test_sigterm_releases_unfinished_jobs_without_spending_an_attempt(
             return any(line["kind"] == "block_started" for line in read_records(records))
 
         await wait_until(blocking, timeout=STARTUP, interval=0.02, message="the job to start")
-        assert await worker.terminate(timeout=30) == 0, worker.output()
+        # well before the handler's own end (BLOCK_SECONDS): the grace period cut it short
+        assert await worker.terminate(timeout=BLOCK_SECONDS / 2) == 0, worker.output()
         assert [line["kind"] for line in read_records(records)] == ["block_started"]
 
         # given back at once: the 60 s lease of the attempt it was running no longer holds it
