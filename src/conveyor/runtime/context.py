@@ -141,21 +141,45 @@ class Context:
         envelope: Envelope | None = None,
         leased: LeasedJob | None = None,
         max_attempts: int = 1,
-        logger: logging.LoggerAdapter[logging.Logger] | None = None,
+        logger: logging.Logger | None = None,
+        log_fields: dict[str, object] | None = None,
         span: Span | None = None,
     ) -> None:
         self.runtime = runtime
         self.message = envelope
         self.emits = emits
         self.buffer = EffectsBuffer(envelope.id if envelope is not None else None)
-        self.states = States(self)
+        self._states: States | None = None
         self._leased = leased
-        self._origin = Origin(envelope, service, service_version)
+        self._service = service
+        self._service_version = service_version
         self._max_attempts = max_attempts
-        self.logger = logger or logging.LoggerAdapter(logging.getLogger("conveyor.handler"), {})
+        self._logger = logger
+        self._log_fields = log_fields
+        self._adapter: logging.LoggerAdapter[logging.Logger] | None = None
         self._span = span
 
-    # read-only facts
+    # read-only facts (built on first use: most handlers touch few of them)
+
+    @property
+    def states(self) -> States:
+        """The state store; writes commit with this job."""
+        if self._states is None:
+            self._states = States(self)
+        return self._states
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose records carry service, queue, job id, attempt, correlation and trace ids."""
+        if self._adapter is None:
+            self._adapter = logging.LoggerAdapter(
+                self._logger or logging.getLogger("conveyor.handler"), self._log_fields or {}
+            )
+        return self._adapter
+
+    @property
+    def _origin(self) -> Origin:
+        return Origin(self.message, self._service, self._service_version)
 
     @property
     def resources(self) -> Resources:

@@ -86,6 +86,7 @@ class Worker:
         self.config = config
         self.queues = {definition.name: definition for definition in queues}
         self._lease_map = {name: d.lifecycle.lease_seconds for name, d in self.queues.items()}
+        self._loggers = {name: logging.getLogger(f"conveyor.handler.{name}") for name in self.queues}
         self._committer = Committer(runtime.backend, runtime.clock, max_batch=config.commit_batch)
         self._inflight: set[asyncio.Task[None]] = set()
         self._running: set[asyncio.Task[None]] = set()
@@ -319,7 +320,6 @@ class Worker:
         with runtime.tracer.consume(envelope, definition.name, leased.id, leased.attempt) as span:
             if span is not None:
                 fields["trace_id"] = format(span.get_span_context().trace_id, "032x")
-            log = logging.LoggerAdapter(logging.getLogger(f"conveyor.handler.{definition.name}"), fields)
             context = Context(
                 runtime,
                 service=definition.service.name,
@@ -328,7 +328,8 @@ class Worker:
                 envelope=envelope,
                 leased=leased,
                 max_attempts=lifecycle.max_attempts,
-                logger=log,
+                logger=self._loggers[definition.name],
+                log_fields=fields,
                 span=span,
             )
             try:
@@ -346,7 +347,7 @@ class Worker:
                 settlement = self._failure_settlement(
                     leased, definition, error, error_info(error), permanent=False
                 )
-                log.warning(
+                context.logger.warning(
                     "attempt %d/%d failed, retrying at +%.2fs: %s: %s",
                     leased.attempt,
                     lifecycle.max_attempts,
