@@ -20,6 +20,10 @@ _SCHEMES: dict[str, tuple[str, str, str | None]] = {
 }
 
 
+# schemes named in the design whose backends are not built yet
+_PLANNED = {"nats": "NATS JetStream", "amqp": "RabbitMQ", "amqps": "RabbitMQ"}
+
+
 def url_options(url: str) -> dict[str, str]:
     """The query string of a backend URL as a dict (``?poll_interval=0.5&prefix=x``)."""
     return dict(parse_qsl(urlsplit(url).query))
@@ -28,6 +32,11 @@ def url_options(url: str) -> dict[str, str]:
 def open_backend(url: str, **options: Any) -> Backend:
     """Create (not connect) the backend for ``url``; the driver is imported only now."""
     scheme = url.split(":", 1)[0].lower()
+    if scheme in _PLANNED:
+        raise ConfigurationError(
+            f"the {_PLANNED[scheme]} backend ({scheme}://) is not available in this version of conveyor; "
+            "use sqlite://, redis:// or postgresql://"
+        )
     if scheme not in _SCHEMES:
         known = ", ".join(f"{s}://" for s in sorted(_SCHEMES))
         raise ConfigurationError(f"unknown backend URL scheme {scheme!r} in {url!r}; known: {known}")
