@@ -132,9 +132,12 @@ class Worker:
             try:
                 jobs = await backend.lease(self._lease_map, free, clock.now())
                 self.lease_rounds += 1
-            except BackendError as exc:
+            except Exception as exc:
                 backoff = min(max(backoff * 2, 0.1), 5.0)
-                logger.warning("lease failed (%s); retrying in %.1fs", exc, backoff)
+                if isinstance(exc, BackendError):
+                    logger.warning("lease failed (%s); retrying in %.1fs", exc, backoff)
+                else:  # a bug, or a driver error its backend did not translate: keep serving
+                    logger.error("lease failed unexpectedly; retrying in %.1fs", backoff, exc_info=exc)
                 await self._first(asyncio.sleep(backoff), self._stop.wait())
                 continue
             if backoff:
@@ -144,7 +147,9 @@ class Worker:
                 for leased in jobs:
                     self.runtime.metrics.started.add(1, {QUEUE: leased.queue})
             for leased in jobs:
-                task = asyncio.create_task(self._work(leased))
+                task = asyncio.create_task(
+                    self._work(leased), name=f"conveyor job {leased.id} of {leased.queue}"
+                )
                 self._inflight.add(task)
                 task.add_done_callback(self._finished)
             if len(jobs) < free:
@@ -176,8 +181,14 @@ class Worker:
         self._inflight.discard(task)
         self._running.discard(task)
         self._slot_free.set()
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("internal error while settling a job", exc_info=task.exception())
+        if task.cancelled():
+            if not self._releasing:
+                logger.warning(
+                    "%s was cancelled from inside its handler; it runs again when its lease expires",
+                    task.get_name(),
+                )
+        elif task.exception() is not None:
+            logger.error("internal error while settling %s", task.get_name(), exc_info=task.exception())
 
     async def _drain(self) -> None:
         if self._inflight:
