@@ -17,10 +17,12 @@
 local prefix, now_s = ARGV[1], ARGV[2]
 local now, retention = tonumber(now_s), tonumber(ARGV[3])
 local commit_count = tonumber(ARGV[4])
+local job_prefix, history_prefix = prefix .. ":job:", prefix .. ":history:"
 
 local due_queues = {}
 local routes = {}
 local pending_adds = {}
+local new_instances = {}
 -- Acked and dead jobs leave <queue>:leased in one ZREM per queue at the end of the batch; until
 -- then `unleased` marks them (no job of that id can be leased again within this script).
 local unleased, unleased_by_queue = {}, {}
@@ -29,18 +31,26 @@ local function queue_key(queue, suffix)
   return prefix .. ":{" .. queue .. "}:" .. suffix
 end
 
--- `command key values...` in slices: Lua's unpack() is limited to a few thousand values
-local function call_in_slices(command, key, values)
+-- `command key [option] values...` in slices: Lua's unpack() is limited to a few thousand values
+local function call_in_slices(command, key, values, option)
   for first = 1, #values, 2000 do
-    redis.call(command, key, unpack(values, first, math.min(first + 1999, #values)))
+    local last = math.min(first + 1999, #values)
+    if option then
+      redis.call(command, key, option, unpack(values, first, last))
+    else
+      redis.call(command, key, unpack(values, first, last))
+    end
   end
 end
 
+-- the sorted-set writes of one commit, batched: one ZADD per queue and one for the history index
 local function flush_adds()
   for queue, members in pairs(pending_adds) do
     call_in_slices("ZADD", queue_key(queue, "jobs"), members)
   end
   pending_adds = {}
+  call_in_slices("ZADD", prefix .. ":history", new_instances, "LT")
+  new_instances = {}
 end
 
 local function add_to_queue(queue, available_at, id)
@@ -110,7 +120,7 @@ local function enqueue(id, queue, body, available_at, enqueued_at, key)
     end
     redis.call("SET", idem_key, "- " .. id)
   end
-  local job_key = prefix .. ":job:" .. id
+  local job_key = job_prefix .. id
   if redis.call("EXISTS", job_key) == 1 then
     return id
   end
@@ -132,7 +142,7 @@ local function optional(value)
 end
 
 local function settle(outcome, id, queue, key, fields)
-  local job_key = prefix .. ":job:" .. id
+  local job_key = job_prefix .. id
   if outcome == "a" then
     redis.call("DEL", job_key)
     unlease_later(queue, id)
@@ -189,7 +199,7 @@ for c = 1, commit_count do
       fields = { ARGV[i], ARGV[i + 1], ARGV[i + 2] }
       i = i + 3
     end
-    local job = redis.call("HMGET", prefix .. ":job:" .. settled_id, "t", "q", "k")
+    local job = redis.call("HMGET", job_prefix .. settled_id, "t", "q", "k")
     if not job[1] or tonumber(job[1]) ~= token then
       status = 1
     else
@@ -236,7 +246,7 @@ for c = 1, commit_count do
       local idem_key = queue_key(queue, "idem:" .. ARGV[s + 1])
       local holder = key_holder(idem_key)
       if holder and not lease_deadline(queue, holder) then
-        local job_key = prefix .. ":job:" .. holder
+        local job_key = job_prefix .. holder
         if redis.call("EXISTS", job_key) == 1 then
           redis.call("DEL", job_key, idem_key)
           redis.call("ZREM", queue_key(queue, "jobs"), holder)
@@ -272,8 +282,9 @@ for c = 1, commit_count do
     for h = i, i + 3 * history - 1, 3 do
       -- The index scores an instance by its first entry's time, for pruning; later entries are
       -- (nearly always) newer. One written with an older time is pruned a round later.
-      if redis.call("RPUSH", prefix .. ":history:" .. ARGV[h], ARGV[h + 2]) == 1 then
-        redis.call("ZADD", prefix .. ":history", "LT", ARGV[h + 1], ARGV[h])
+      if redis.call("RPUSH", history_prefix .. ARGV[h], ARGV[h + 2]) == 1 then
+        new_instances[#new_instances + 1] = ARGV[h + 1]
+        new_instances[#new_instances + 1] = ARGV[h]
       end
     end
     i = i + 3 * history
