@@ -118,7 +118,7 @@ class Worker:
             await self._drain()
             await self._committer.close()
             await committer
-            logger.info("worker stopped after %d jobs", self.processed)
+            logger.info("worker stopped after settling %d jobs", self.processed)
 
     async def _lease_loop(self, names: list[str]) -> None:
         backend, clock, config = self.runtime.backend, self.runtime.clock, self.config
@@ -193,7 +193,7 @@ class Worker:
     async def _drain(self) -> None:
         if self._inflight:
             logger.info(
-                "waiting up to %.0fs for %d running jobs",
+                "waiting up to %gs for %d running jobs",
                 self.config.shutdown_grace,
                 len(self._inflight),
             )
@@ -229,7 +229,9 @@ class Worker:
                 exc,
             )
             return
-        self.processed += 1
+        settlement = commit.settlement
+        if settlement is None or settlement.outcome is not Outcome.RELEASE:
+            self.processed += 1
         if self.runtime.metrics.enabled:
             self._count(leased.queue, commit, result.status)
         if result.status is CommitStatus.STALE:
@@ -242,7 +244,6 @@ class Worker:
         elif result.status is CommitStatus.CONFLICT:
             await self._retry_after_conflict(leased)
         else:
-            settlement = commit.settlement
             retry_at = (
                 settlement.available_at
                 if settlement is not None and settlement.outcome is Outcome.RETRY
