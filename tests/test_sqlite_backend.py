@@ -19,8 +19,23 @@ import pytest
 from conveyor.backends import open_backend
 from conveyor.backends.sqlite import SQLiteBackend
 from conveyor.backends.sqlite.backend import database_path
-from conveyor.model.errors import BackendError, ConfigurationError, SchemaVersionError
-from conveyor.ports import Backend, Commit, CommitStatus, Effects, NewJob, Outcome, Settlement
+from conveyor.model.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ConfigurationError,
+    SchemaVersionError,
+)
+from conveyor.ports import (
+    Backend,
+    Commit,
+    CommitStatus,
+    Effects,
+    NewJob,
+    Outcome,
+    Settlement,
+    StateOp,
+    StateWrite,
+)
 from conveyor.testing.store_contract import StoreContract
 
 T0 = 1_700_000_000.0
@@ -305,6 +320,28 @@ async def test_missing_parent_directories_are_created(tmp_path: Path) -> None:
     await backend.connect()
     await backend.close()
     assert (tmp_path / "a/b/c/conveyor.db").is_file()
+
+
+async def test_a_path_that_cannot_be_created_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    backend = SQLiteBackend(f"sqlite:///{tmp_path}/file/conveyor.db")
+    with pytest.raises(BackendUnavailableError, match="cannot"):
+        await backend.connect()
+
+
+async def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.db").write_bytes(b"these are not the pages you are looking for" * 100)
+    with pytest.raises(BackendError, match="not a database"):
+        await SQLiteBackend(f"sqlite:///{tmp_path}/notes.db").connect()
+
+
+async def test_a_driver_error_rolls_back_the_whole_batch(backend: SQLiteBackend) -> None:
+    broken = StateWrite("k", StateOp.SET, None)  # NOT NULL violation inside the transaction
+    with pytest.raises(BackendError, match="NOT NULL"):
+        await backend.commit(
+            [Commit(effects=Effects(jobs=new_jobs(1))), Commit(effects=Effects(states=[broken]))], T0
+        )
+    assert await backend.lease(LEASE, 10, T0) == []
 
 
 async def test_use_before_connect_is_a_clear_error(url: str) -> None:

@@ -22,6 +22,9 @@ from conveyor.model.errors import (
 
 T = TypeVar("T")
 
+MIN_SQLITE_VERSION = (3, 24, 0)
+"""Upserts (``ON CONFLICT ... DO UPDATE``) arrived in SQLite 3.24."""
+
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 _SQLITE_CANTOPEN = 14
@@ -75,6 +78,11 @@ class Connection:
     """
 
     def __init__(self, path: str, *, busy_timeout: float) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+            needed = ".".join(map(str, MIN_SQLITE_VERSION))
+            raise ConfigurationError(
+                f"the SQLite backend needs SQLite >= {needed}; this Python uses {sqlite3.sqlite_version}"
+            )
         self.path = path
         self.busy_timeout = busy_timeout
         try:
