@@ -12,12 +12,20 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.backends import open_backend
 from conveyor.backends.memory import MemoryBackend
 from conveyor.backends.redis import RedisBackend
+from conveyor.backends.redis import backend as redis_backend
 from conveyor.model.errors import BackendError, BackendUnavailableError, ConfigurationError
 from conveyor.ports import (
     Backend,
@@ -43,6 +51,7 @@ T0 = 1_700_000_000.0
 LEASE = {"q": 300.0}  # far longer than any test: every lease stays valid
 DURABLE_PORT = 6390
 FLAKY_PORT = 6391
+LOCKED_PORT = 6392
 
 
 def new_jobs(count: int, queue: str = "q") -> list[NewJob]:
@@ -365,6 +374,24 @@ async def test_unknown_url_option_is_a_configuration_error_at_connect(url: str) 
         await RedisBackend(url + "&bogus=1").connect()
 
 
+@pytest.mark.parametrize(
+    ("error", "translated"),
+    [
+        (RedisConnectionError("refused"), BackendUnavailableError),
+        (RedisTimeoutError("slow"), BackendUnavailableError),
+        (BusyLoadingError("loading"), BackendUnavailableError),
+        (ReadOnlyError("replica"), BackendUnavailableError),
+        (ResponseError("BUSY Redis is busy running a script"), BackendUnavailableError),
+        (AuthenticationError("invalid password"), BackendError),
+        (ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), BackendError),
+    ],
+)
+def test_driver_errors_are_translated(error: Exception, translated: type[BackendError]) -> None:
+    with pytest.raises(translated) as caught, redis_backend._translated():
+        raise error
+    assert type(caught.value) is translated and caught.value.__cause__ is error
+
+
 async def test_use_before_connect_is_a_clear_error() -> None:
     with pytest.raises(BackendError, match="connect"):
         await RedisBackend("redis://127.0.0.1:6379/0").lease(LEASE, 1, T0)
@@ -390,14 +417,14 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    async def start(self) -> None:
+    async def start(self, password: str | None = None) -> None:
         with (self.directory / "redis.log").open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
                 "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.directory), "--save", "", *self.options,
                 stdout=log, stderr=asyncio.subprocess.STDOUT,
             )  # fmt: skip
-        client = Redis.from_url(self.url, socket_connect_timeout=0.5)
+        client = Redis.from_url(self.url, socket_connect_timeout=0.5, password=password)
         try:
             for _ in range(200):  # up to ~10 s, AOF loading included
                 assert self.process.returncode is None, (self.directory / "redis.log").read_text()
@@ -541,3 +568,18 @@ async def test_lost_connection_is_unavailable_and_the_same_instance_recovers(
         await asyncio.wait_for(waiting, 10.0)
     finally:
         await asyncio.gather(backend.close(), other.close())
+
+
+@pytest.mark.slow
+async def test_wrong_password_is_not_mistaken_for_an_outage(server_binary: None, tmp_path: Path) -> None:
+    server = RedisServer(LOCKED_PORT, tmp_path, "--appendonly", "no", "--requirepass", "secret")
+    try:
+        await server.start(password="secret")
+        with pytest.raises(BackendError) as caught:
+            await RedisBackend(f"redis://:wrong@127.0.0.1:{LOCKED_PORT}/0").connect()
+        assert not isinstance(caught.value, BackendUnavailableError)
+        backend = RedisBackend(f"redis://:secret@127.0.0.1:{LOCKED_PORT}/0")
+        await backend.connect()
+        await backend.close()
+    finally:
+        await server.kill()

@@ -14,8 +14,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ReadOnlyError,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.backends import url_options
@@ -41,14 +47,26 @@ _PURGE_BATCH = 1000
 _PRUNE_BATCH = 100
 
 
+_TRANSIENT_REPLIES = ("BUSY", "MASTERDOWN")
+"""Error replies that pass (a long script of another client, a replica without its primary)."""
+
+
 @contextmanager
 def _translated() -> Iterator[None]:
-    """Translate redis-py's exceptions into conveyor's at the backend edge."""
+    """Translate redis-py's exceptions into conveyor's at the backend edge.
+
+    Unavailable means "retry later": the server is unreachable, loading its data, busy, or a
+    replica after a failover. Wrong credentials are a BackendError: retrying cannot fix them.
+    """
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+    except (AuthenticationError, AuthorizationError) as exc:
+        raise BackendError(f"Redis refused the connection's credentials: {exc}") from exc
+    except (RedisConnectionError, RedisTimeoutError, ReadOnlyError, TryAgainError, OSError) as exc:
         raise BackendUnavailableError(f"Redis is unavailable: {exc}") from exc
     except RedisError as exc:
+        if str(exc).startswith(_TRANSIENT_REPLIES):
+            raise BackendUnavailableError(f"Redis is unavailable: {exc}") from exc
         raise BackendError(f"Redis failed: {exc}") from exc
 
 
