@@ -344,6 +344,19 @@ async def test_a_driver_error_rolls_back_the_whole_batch(backend: SQLiteBackend)
     assert await backend.lease(LEASE, 10, T0) == []
 
 
+async def test_redrive_leaves_a_dead_letter_whose_id_is_taken_by_a_live_job(
+    backend: SQLiteBackend,
+) -> None:
+    await backend.commit([Commit(effects=Effects(jobs=new_jobs(2)))], T0)
+    leased = await backend.lease(LEASE, 10, T0)
+    dead = [Commit(Settlement(j.id, j.token, Outcome.DEAD)) for j in leased]
+    await backend.commit(dead, T0)
+    await backend.commit([Commit(effects=Effects(jobs=new_jobs(1)))], T0)  # job-00000 again
+    assert await backend.redrive(["job-00000", "job-00001"], T0) == 1
+    assert [d.id for d in await backend.dead_letters("q")] == ["job-00000"]
+    assert sorted(j.id for j in await backend.lease(LEASE, 10, T0)) == ["job-00000", "job-00001"]
+
+
 async def test_use_before_connect_is_a_clear_error(url: str) -> None:
     with pytest.raises(BackendError, match="not connected"):
         await SQLiteBackend(url).lease(LEASE, 1, T0)

@@ -154,8 +154,15 @@ WHERE :queue IS NULL OR queue = :queue
 ORDER BY failed_at, id
 LIMIT :limit OFFSET :offset;
 
+-- name: redrive_movable
+-- Dead letters that can go back: a live job with the same id (say, the same event delivered again)
+-- keeps its place and the dead letter stays where it is.
+SELECT id FROM dead_letters
+WHERE id IN (SELECT value FROM json_each(:ids))
+  AND id NOT IN (SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(:ids)));
+
 -- name: redrive_insert
-INSERT OR IGNORE INTO jobs (id, queue, body, available_at, enqueued_at)
+INSERT INTO jobs (id, queue, body, available_at, enqueued_at)
 SELECT id, queue, body, :now, enqueued_at FROM dead_letters
 WHERE id IN (SELECT value FROM json_each(:ids))
 ORDER BY failed_at, id;

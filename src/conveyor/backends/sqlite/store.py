@@ -128,8 +128,12 @@ class Store:
         params = {"ids": json.dumps(list(ids)), "now": now}
 
         def move(db: sqlite3.Connection) -> int:
-            db.execute(Q["redrive_insert"], params)
-            return int(db.execute(Q["redrive_delete"], params).rowcount)
+            movable = [row[0] for row in db.execute(Q["redrive_movable"], params)]
+            if not movable:
+                return 0
+            chosen = {"ids": json.dumps(movable), "now": now}
+            db.execute(Q["redrive_insert"], chosen)
+            return int(db.execute(Q["redrive_delete"], chosen).rowcount)
 
         return self.connection.write(move)
 
