@@ -111,6 +111,7 @@ class SQLiteBackend:
         self._executor: ThreadPoolExecutor | None = None
         self._store: Store | None = None
         self._watcher: Watcher | None = None
+        self._connecting = asyncio.Lock()
         # generation of the wake-up watcher when each set of queues was last leased from
         self._leased_at_generation: dict[frozenset[str], int] = {}
 
@@ -121,16 +122,17 @@ class SQLiteBackend:
 
     async def connect(self) -> None:
         """Open the file (creating it, its directory and the schema if needed)."""
-        if self._store is not None:
-            return
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conveyor-sqlite")
-        try:
-            self._store = await asyncio.get_running_loop().run_in_executor(executor, self._open_store)
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        self._executor = executor
-        self._watcher = Watcher(self.path, interval=self.wakeup_interval)
+        async with self._connecting:
+            if self._store is not None:
+                return
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conveyor-sqlite")
+            try:
+                store = await asyncio.get_running_loop().run_in_executor(executor, self._open_store)
+            except BaseException:
+                executor.shutdown(wait=False)
+                raise
+            self._executor, self._store = executor, store
+            self._watcher = Watcher(self.path, interval=self.wakeup_interval)
 
     def _open_store(self) -> Store:
         return Store(
