@@ -13,6 +13,7 @@ made jobs available) bumps ``generation``. A caller notes the generation before 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
@@ -45,7 +46,9 @@ class Watcher:
         self._generation += 1
         waiters, self._waiters = self._waiters, []
         for loop, future in waiters:
-            loop.call_soon_threadsafe(_resolve, future)
+            # A waiter whose loop has closed needs no wake-up (and must not kill the watcher).
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, future)
 
     async def wait(self, since: int | None, timeout: float) -> None:
         """Return once the generation differs from ``since`` (now if it already does), or after
@@ -79,17 +82,14 @@ class Watcher:
         except sqlite3.Error:
             return  # the backend's own connection reports the problem; waits just time out
         try:
-            last = db.execute("PRAGMA data_version").fetchone()[0]
+            last = self._data_version(db)
             while True:
                 with self._lock:
                     while not self._waiters and not self._closed:
                         self._lock.wait()
                     if self._closed:
                         return
-                try:
-                    version = db.execute("PRAGMA data_version").fetchone()[0]
-                except sqlite3.Error:
-                    version = None  # e.g. locked during WAL recovery: treat as a change
+                version = self._data_version(db)
                 if version != last:
                     last = version
                     with self._lock:
@@ -97,6 +97,14 @@ class Watcher:
                 time.sleep(self._interval)
         finally:
             db.close()
+
+    @staticmethod
+    def _data_version(db: sqlite3.Connection) -> int | None:
+        try:
+            version: int = db.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            return None  # e.g. busy during WAL recovery: compares as a change, a spurious wake-up
+        return version
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
