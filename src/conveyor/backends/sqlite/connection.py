@@ -115,9 +115,9 @@ class Connection:
                 if waited + delay > self.busy_timeout:
                     raise BackendError(
                         f"SQLite database {self.path!r} stayed locked for {waited:.2f}s "
-                        f"(busy_timeout={self.busy_timeout:g}s): another connection held a lock "
-                        "all that time; raise busy_timeout or shorten that connection's "
-                        "transactions"
+                        f"(busy_timeout={self.busy_timeout:g}s): other connections kept it locked "
+                        "(one long transaction, or more writers than the file can serve); raise "
+                        "busy_timeout or find the connection that holds the lock"
                     ) from exc
                 time.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, _MAX_BACKOFF)
