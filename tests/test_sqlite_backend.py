@@ -12,6 +12,7 @@ import textwrap
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -158,7 +159,7 @@ async def test_schema_is_created_once_by_concurrent_openers(url: str) -> None:
     openers = [SQLiteBackend(url) for _ in range(4)]
     await asyncio.gather(*(b.connect() for b in openers))
     await asyncio.gather(*(b.close() for b in openers))
-    with sqlite3.connect(database_path(url)) as db:
+    with closing(sqlite3.connect(database_path(url))) as db:
         assert db.execute("SELECT version FROM conveyor_schema").fetchall() == [(1,)]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
@@ -169,21 +170,19 @@ async def test_newer_schema_version_is_refused_and_left_untouched(url: str) -> N
     await first.commit([Commit(effects=Effects(jobs=new_jobs(3)))], T0)
     await first.close()
     path = database_path(url)
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
         db.execute("INSERT INTO conveyor_schema (version) VALUES (99)")
-    db.close()
 
     newer = SQLiteBackend(url)
     with pytest.raises(SchemaVersionError, match=r"schema version 99.*versions up to 1"):
         await newer.connect()
 
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT version FROM conveyor_schema ORDER BY 1").fetchall() == [
             (1,),
             (99,),
         ]
         assert db.execute("SELECT count(*) FROM jobs").fetchone() == (3,)
-    db.close()
 
 
 def hold_write_lock(path: str) -> sqlite3.Connection:
