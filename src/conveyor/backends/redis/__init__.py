@@ -20,7 +20,7 @@ Redis Cluster hash tag, so one queue's keys share a slot)::
                             garbage collection; a cancel deletes it)
     P:{queue}:notify        pub/sub channel: published when jobs become due, for wait_for_jobs
     P:job:<id>              hash: q queue, b body, e enqueued_at, k key; from its first
-                            lease on also a attempts, t token
+                            lease on also a attempts, t token; d lease deadline while leased
     P:dead:<id>             hash: the job's fields + f failed_at, et/em/tb the error
     P:dead                  sorted set: dead letter id -> failed_at, every queue
     P:token                 counter: fencing tokens (INCRBY once per lease batch)

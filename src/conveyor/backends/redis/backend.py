@@ -291,9 +291,9 @@ class RedisBackend:
             return []
         args: list[Arg] = [self.prefix, now, self.idempotency_retention, len(commits)]
         codec.commit_args(commits, args)
-        replies, woken = await self._run("commit", args)
+        reply, woken = await self._run("commit", args)
         self._signal(woken)
-        return codec.commit_results(commits, replies)
+        return codec.commit_results(commits, reply)
 
     def _signal(self, queues: list[bytes]) -> None:
         # wake this instance's waiters at once, without the round trip through pub/sub

@@ -7,6 +7,7 @@ and Lua decodes nothing it does not need.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,7 +27,8 @@ from conveyor.ports import (
 )
 
 _STATUSES = (CommitStatus.OK, CommitStatus.STALE, CommitStatus.CONFLICT)
-_OUTCOMES = {Outcome.ACK: "a", Outcome.RETRY: "r", Outcome.DEAD: "d", Outcome.RELEASE: "l"}
+_OUTCOMES = {Outcome.ACK: b"a", Outcome.RETRY: b"r", Outcome.DEAD: b"d", Outcome.RELEASE: b"l"}
+_COUNTS = struct.Struct(">5I")
 _OK = CommitResult(CommitStatus.OK)
 
 
@@ -39,13 +41,17 @@ def commit_args(commits: Sequence[Commit], out: list[Arg]) -> None:
     """Append the ``commit.lua`` layout of ``commits`` to ``out``."""
     for commit in commits:
         effects, settlement = commit.effects, commit.settlement
-        head = "-" if settlement is None else _OUTCOMES[settlement.outcome]
+        outcome = b"-" if settlement is None else _OUTCOMES[settlement.outcome]
         states, cancels, jobs = effects.states, effects.cancels, effects.jobs
         events, history = effects.events, effects.history
         with_effects = bool(states or cancels or jobs or events or history)
         if with_effects:
-            head += f" {len(states)} {len(cancels)} {len(jobs)} {len(events)} {len(history)}"
-        out.append(head)
+            # binary counts: Lua's struct.unpack reads them without making strings
+            out.append(
+                outcome + _COUNTS.pack(len(states), len(cancels), len(jobs), len(events), len(history))
+            )
+        else:
+            out.append(outcome)
         if settlement is not None:
             out += (settlement.job_id, settlement.token)
             if settlement.outcome is Outcome.RETRY:
@@ -81,21 +87,23 @@ def commit_args(commits: Sequence[Commit], out: list[Arg]) -> None:
             out += (entry.correlation_id, entry.at, encode_history(entry))
 
 
-def commit_results(commits: Sequence[Commit], replies: list[list[Any]]) -> list[CommitResult]:
+def commit_results(commits: Sequence[Commit], reply: list[Any]) -> list[CommitResult]:
     """The results of ``commit.lua``: each job id is the one sent unless the reply replaces it."""
     results = []
-    for commit, reply in zip(commits, replies, strict=True):
-        status = _STATUSES[reply[0]]
-        if status is not CommitStatus.OK:
-            results.append(CommitResult(status))
-            continue
-        if not commit.effects.jobs and not reply[1]:
+    at = 0
+    for commit in commits:
+        status, deliveries, replaced = reply[at], reply[at + 1], reply[at + 2]
+        at += 3
+        if status:
+            results.append(CommitResult(_STATUSES[status]))
+        elif not commit.effects.jobs and not deliveries:
             results.append(_OK)  # the common ack: share one immutable result
-            continue
-        job_ids = [job.id for job in commit.effects.jobs]
-        for index in range(2, len(reply), 2):
-            job_ids[reply[index] - 1] = reply[index + 1].decode()
-        results.append(CommitResult(status, tuple(job_ids), reply[1]))
+        else:
+            job_ids = [job.id for job in commit.effects.jobs]
+            for index in range(at, at + 2 * replaced, 2):
+                job_ids[reply[index] - 1] = reply[index + 1].decode()
+            at += 2 * replaced
+            results.append(CommitResult(CommitStatus.OK, tuple(job_ids), deliveries))
     return results
 
 

@@ -3,7 +3,8 @@
 --
 -- ARGV: prefix, now, idempotency retention (seconds), number of commits, then per commit:
 --   head            outcome: "-" (no settlement), "a" ack, "r" retry, "d" dead, "l" release,
---                   then, if there are effects, " <states> <cancels> <jobs> <events> <history>"
+--                   then, if there are effects, the counts of states, cancels, jobs, events
+--                   and history entries as five big-endian uint32 (struct ">I4I4I4I4I4")
 --   settlement      job id, token; retry adds available_at ("" = now);
 --                   dead adds error type, message, traceback ("" = none, else "=" .. text)
 --   states          key, op ("s" set / "d" delete), value, expected version ("" = unchecked)
@@ -11,21 +12,26 @@
 --   jobs            id, queue, body, available_at, enqueued_at, key ("" = none, else "=" .. key)
 --   events          id, event, body, emitted_at
 --   history         correlation id, at, entry (JSON text, opaque here)
--- Reply: { results, queues that got due jobs }, a result being {1} stale, {2} conflict, or
--- {0, deliveries, index, id, ...} listing only the new jobs whose id an idempotency key replaced.
+-- Reply: { results, queues that got due jobs }. Results are flat, per commit: status (0 ok,
+-- 1 stale, 2 conflict), deliveries, n, then n (index, id) pairs: the new jobs whose id an
+-- idempotency key replaced.
+--
+-- A leased job's hash holds its lease deadline in field d (and <queue>:leased the same score);
+-- no d means not leased.
 
 local prefix, now_s = ARGV[1], ARGV[2]
 local now, retention = tonumber(now_s), tonumber(ARGV[3])
 local commit_count = tonumber(ARGV[4])
 local job_prefix, history_prefix = prefix .. ":job:", prefix .. ":history:"
+local NONE, ACK, RETRY, DEAD, RELEASE = string.byte("-ardl", 1, 5)
 
 local due_queues = {}
 local routes = {}
-local pending_adds = {}
+-- Sorted-set writes, batched: new members of <queue>:jobs per commit (a later commit's cancel
+-- must see them), the history index and the removals from <queue>:leased once at the end.
+local pending_adds, adds_pending = {}, false
 local new_instances = {}
--- Acked and dead jobs leave <queue>:leased in one ZREM per queue at the end of the batch; until
--- then `unleased` marks them (no job of that id can be leased again within this script).
-local unleased, unleased_by_queue = {}, {}
+local unleased = {}
 
 local function queue_key(queue, suffix)
   return prefix .. ":{" .. queue .. "}:" .. suffix
@@ -43,47 +49,35 @@ local function call_in_slices(command, key, values, option)
   end
 end
 
--- the sorted-set writes of one commit, batched: one ZADD per queue and one for the history index
-local function flush_adds()
-  for queue, members in pairs(pending_adds) do
-    call_in_slices("ZADD", queue_key(queue, "jobs"), members)
+local function append_to(lists, name, a, b)
+  local list = lists[name]
+  if not list then
+    list = {}
+    lists[name] = list
   end
-  pending_adds = {}
-  call_in_slices("ZADD", prefix .. ":history", new_instances, "LT")
-  new_instances = {}
+  list[#list + 1] = a
+  if b then
+    list[#list + 1] = b
+  end
 end
 
 local function add_to_queue(queue, available_at, id)
-  local members = pending_adds[queue]
-  if not members then
-    members = {}
-    pending_adds[queue] = members
-  end
-  members[#members + 1] = available_at
-  members[#members + 1] = id
+  append_to(pending_adds, queue, available_at, id)
+  adds_pending = true
   if tonumber(available_at) <= now then
     due_queues[queue] = true
   end
 end
 
-local function unlease_later(queue, id)
-  unleased[id] = true
-  local ids = unleased_by_queue[queue]
-  if not ids then
-    ids = {}
-    unleased_by_queue[queue] = ids
+local function flush_adds()
+  for queue, members in pairs(pending_adds) do
+    call_in_slices("ZADD", queue_key(queue, "jobs"), members)
   end
-  ids[#ids + 1] = id
+  pending_adds, adds_pending = {}, false
 end
 
-local function lease_deadline(queue, id)
-  if unleased[id] then
-    return nil
-  end
-  local deadline = redis.call("ZSCORE", queue_key(queue, "leased"), id)
-  return deadline and tonumber(deadline)
-end
-
+-- An idempotency key's value is "<expires_at> <job id>", expires_at "-" while the job exists.
+-- Expiry is judged against the caller's clock; the key's TTL only collects garbage.
 local function key_holder(idem_key)
   local value = redis.call("GET", idem_key)
   if not value then
@@ -124,7 +118,7 @@ local function enqueue(id, queue, body, available_at, enqueued_at, key)
   if redis.call("EXISTS", job_key) == 1 then
     return id
   end
-  -- attempts and token appear with the first lease: fewer fields make enqueue cheaper
+  -- attempts, token and deadline appear with the first lease: fewer fields, cheaper enqueue
   if key then
     redis.call("HSET", job_key, "q", queue, "b", body, "e", enqueued_at, "k", key)
   else
@@ -143,15 +137,15 @@ end
 
 local function settle(outcome, id, queue, key, fields)
   local job_key = job_prefix .. id
-  if outcome == "a" then
+  if outcome == ACK then
     redis.call("DEL", job_key)
-    unlease_later(queue, id)
+    append_to(unleased, queue, id)
     retire_key(queue, id, key)
-  elseif outcome == "d" then
+  elseif outcome == DEAD then
     -- the job hash becomes the dead letter (no copy of the body)
     local dead_key = prefix .. ":dead:" .. id
     redis.call("RENAME", job_key, dead_key)
-    unlease_later(queue, id)
+    append_to(unleased, queue, id)
     redis.call("HSET", dead_key, "f", now_s, "et", fields[1], "em", fields[2])
     local traceback = optional(fields[3])
     if traceback then
@@ -162,52 +156,47 @@ local function settle(outcome, id, queue, key, fields)
     retire_key(queue, id, key)
   else
     redis.call("ZREM", queue_key(queue, "leased"), id)
-    if outcome == "l" then
+    if outcome == RELEASE then
       redis.call("HINCRBY", job_key, "a", -1)
-      add_to_queue(queue, now_s, id)
-    elseif fields[1] == "" then
+      redis.call("HDEL", job_key, "d")
       add_to_queue(queue, now_s, id)
     else
-      add_to_queue(queue, fields[1], id)
+      redis.call("HDEL", job_key, "d")
+      add_to_queue(queue, fields[1] == "" and now_s or fields[1], id)
     end
   end
 end
 
 local results = {}
 local i = 5
-for c = 1, commit_count do
+for _ = 1, commit_count do
   local head = ARGV[i]
-  local outcome = string.sub(head, 1, 1)
+  local outcome = string.byte(head, 1)
   local states, cancels, jobs, events, history = 0, 0, 0, 0, 0
   if #head > 1 then
-    states, cancels, jobs, events, history = string.match(head, " (%d+) (%d+) (%d+) (%d+) (%d+)")
-    states, cancels, jobs = tonumber(states), tonumber(cancels), tonumber(jobs)
-    events, history = tonumber(events), tonumber(history)
+    states, cancels, jobs, events, history = struct.unpack(">I4I4I4I4I4", head, 2)
   end
   i = i + 1
 
   local status = 0
   local settled_id, settled_queue, settled_key, fields
-  if outcome ~= "-" then
+  if outcome ~= NONE then
     settled_id = ARGV[i]
-    local token = tonumber(ARGV[i + 1])
+    local token = ARGV[i + 1]
     i = i + 2
-    if outcome == "r" then
+    if outcome == RETRY then
       fields = { ARGV[i] }
       i = i + 1
-    elseif outcome == "d" then
+    elseif outcome == DEAD then
       fields = { ARGV[i], ARGV[i + 1], ARGV[i + 2] }
       i = i + 3
     end
-    local job = redis.call("HMGET", job_prefix .. settled_id, "t", "q", "k")
-    if not job[1] or tonumber(job[1]) ~= token then
+    -- tokens are integers written the same way by Python and by lease.lua: compare as text
+    local job = redis.call("HMGET", job_prefix .. settled_id, "t", "d", "q", "k")
+    if not job[2] or job[1] ~= token or tonumber(job[2]) < now then
       status = 1
     else
-      settled_queue, settled_key = job[2], job[3]
-      local deadline = lease_deadline(settled_queue, settled_id)
-      if not deadline or deadline < now then
-        status = 1
-      end
+      settled_queue, settled_key = job[3], job[4]
     end
   end
   if status == 0 then
@@ -223,8 +212,9 @@ for c = 1, commit_count do
     end
   end
 
+  local n = #results
+  results[n + 1], results[n + 2], results[n + 3] = status, 0, 0
   if status ~= 0 then
-    results[c] = { status }
     i = i + 4 * states + 2 * cancels + 6 * jobs + 4 * events + 3 * history
   else
     -- from here on nothing is checked: apply everything
@@ -245,22 +235,23 @@ for c = 1, commit_count do
       local queue = ARGV[s]
       local idem_key = queue_key(queue, "idem:" .. ARGV[s + 1])
       local holder = key_holder(idem_key)
-      if holder and not lease_deadline(queue, holder) then
+      if holder then
         local job_key = job_prefix .. holder
-        if redis.call("EXISTS", job_key) == 1 then
+        local job = redis.call("HMGET", job_key, "q", "d")
+        if job[1] and not job[2] then -- a pending job, not a leased one
           redis.call("DEL", job_key, idem_key)
           redis.call("ZREM", queue_key(queue, "jobs"), holder)
         end
       end
     end
     i = i + 2 * cancels
-    local result = { 0, 0 }
     for j = 1, jobs do
       local id = ARGV[i]
       local stored = enqueue(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], optional(ARGV[i + 5]))
       if stored ~= id then
-        result[#result + 1] = j
-        result[#result + 1] = stored
+        results[#results + 1] = j
+        results[#results + 1] = stored
+        results[n + 3] = results[n + 3] + 1
       end
       i = i + 6
     end
@@ -277,7 +268,7 @@ for c = 1, commit_count do
       end
       deliveries = deliveries + #queues
     end
-    result[2] = deliveries
+    results[n + 2] = deliveries
     i = i + 4 * events
     for h = i, i + 3 * history - 1, 3 do
       -- The index scores an instance by its first entry's time, for pruning; later entries are
@@ -288,15 +279,16 @@ for c = 1, commit_count do
       end
     end
     i = i + 3 * history
-    flush_adds()
-    results[c] = result
+    if adds_pending then
+      flush_adds()
+    end
   end
 end
 
-for queue, ids in pairs(unleased_by_queue) do
+call_in_slices("ZADD", prefix .. ":history", new_instances, "LT")
+for queue, ids in pairs(unleased) do
   call_in_slices("ZREM", queue_key(queue, "leased"), ids)
 end
-
 local woken = {}
 for queue in pairs(due_queues) do
   redis.call("PUBLISH", queue_key(queue, "notify"), "")

@@ -6,16 +6,13 @@
 local prefix, id, token, until_s = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local now = tonumber(ARGV[5])
 
-local job = redis.call("HMGET", prefix .. ":job:" .. id, "t", "q")
-if not job[1] or tonumber(job[1]) ~= token then
+local job_key = prefix .. ":job:" .. id
+local job = redis.call("HMGET", job_key, "t", "d", "q")
+if not job[2] or tonumber(job[1]) ~= token or tonumber(job[2]) < now then
   return 0
 end
-local leased = prefix .. ":{" .. job[2] .. "}:leased"
-local deadline = redis.call("ZSCORE", leased, id)
-if not deadline or tonumber(deadline) < now then
-  return 0
-end
-if tonumber(until_s) > tonumber(deadline) then
-  redis.call("ZADD", leased, until_s, id)
+if tonumber(until_s) > tonumber(job[2]) then
+  redis.call("HSET", job_key, "d", until_s)
+  redis.call("ZADD", prefix .. ":{" .. job[3] .. "}:leased", until_s, id)
 end
 return 1

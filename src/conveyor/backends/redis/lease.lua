@@ -25,7 +25,14 @@ if #sources == 0 then
 end
 
 local picked, picked_queue = {}, {}
-while #picked < limit do
+if #sources == 1 then
+  local due, queue = sources[1].due, sources[1].queue
+  for j = 1, math.min(#due, 2 * limit), 2 do
+    picked[#picked + 1] = due[j]
+    picked_queue[#picked] = queue
+  end
+end
+while #picked < limit and #sources > 1 do
   local best
   for _, source in ipairs(sources) do
     if source.at <= #source.due and (not best or source.score < best.score
@@ -46,10 +53,11 @@ end
 
 local count = #picked
 local token = redis.call("INCRBY", prefix .. ":token", count) - count
+local job_prefix = prefix .. ":job:"
 local leased, moved = {}, {}
 for c = 1, count do
   local id, i = picked[c], picked_queue[c]
-  local job_key = prefix .. ":job:" .. id
+  local job_key = job_prefix .. id
   local job = redis.call("HMGET", job_key, "b", "e", "a")
   local members = moved[i]
   if not members then
@@ -61,9 +69,11 @@ for c = 1, count do
   if job[1] then
     token = token + 1
     local attempt = (tonumber(job[3]) or 0) + 1
-    redis.call("HSET", job_key, "a", attempt, "t", token)
+    local deadline = now + tonumber(ARGV[i + 1])
+    -- the deadline twice: in the hash for commit's checks, in <queue>:leased for lease and stats
+    redis.call("HSET", job_key, "a", attempt, "t", token, "d", deadline)
     local deadlines = members.deadlines
-    deadlines[#deadlines + 1] = now + tonumber(ARGV[i + 1])
+    deadlines[#deadlines + 1] = deadline
     deadlines[#deadlines + 1] = id
     local n = #leased
     leased[n + 1], leased[n + 2], leased[n + 3] = id, ARGV[i], job[1]

@@ -14,7 +14,7 @@ for i = 3, #ARGV do
     local tag = prefix .. ":{" .. queue .. "}:"
     redis.call("RENAME", dead_key, job_key)
     -- a redriven job starts over, without its former idempotency key
-    redis.call("HDEL", job_key, "f", "et", "em", "tb", "k", "a")
+    redis.call("HDEL", job_key, "f", "et", "em", "tb", "k", "a", "d")
     redis.call("ZREM", prefix .. ":dead", id)
     redis.call("ZREM", tag .. "dead", id)
     redis.call("ZADD", tag .. "jobs", now_s, id)
