@@ -231,6 +231,9 @@ for _ = 1, commit_count do
       end
     end
     i = i + 4 * states
+    if cancels > 0 and adds_pending then
+      flush_adds() -- a cancel may hit the job this commit's settlement just put back
+    end
     for s = i, i + 2 * cancels - 1, 2 do
       local queue = ARGV[s]
       local idem_key = queue_key(queue, "idem:" .. ARGV[s + 1])
@@ -240,7 +243,8 @@ for _ = 1, commit_count do
         local job = redis.call("HMGET", job_key, "q", "d")
         if job[1] and not job[2] then -- a pending job, not a leased one
           redis.call("DEL", job_key, idem_key)
-          redis.call("ZREM", queue_key(queue, "jobs"), holder)
+          -- its own queue: an id enqueued on two queues exists once, on the first
+          redis.call("ZREM", queue_key(job[1], "jobs"), holder)
         end
       end
     end
