@@ -4,8 +4,11 @@
         [--match conveyor/]
 
 Prints the share of samples per function, line numbers dropped: **self** (the function was on top
-of the stack) and **inclusive** (anywhere on the stack, counted once per sample), the latter
-optionally only for frames whose text contains ``--match``. Shares are of all non-idle samples of
+of the stack), **inclusive** (anywhere on the stack, counted once per sample) and, with
+``--match``, **attributed**: each sample goes to the deepest frame containing ``--match``, so
+e.g. the time psycopg or sqlite3 spend for a conveyor function is charged to that function (samples
+with no such frame are the event loop, threads' plumbing and start-up). The inclusive table, too,
+then lists only frames containing ``--match``. Shares are of all non-idle samples of
 all threads, so start-up appears too (it is small next to a drain of 10,000 jobs).
 """
 
@@ -34,18 +37,26 @@ def read_stacks(lines: Iterable[str]) -> list[tuple[list[str], int]]:
     return stacks
 
 
-def shares(stacks: list[tuple[list[str], int]], match: str) -> tuple[int, Counter[str], Counter[str]]:
-    """(total samples, self samples per frame, inclusive samples per matching frame)."""
+OUTSIDE = "(no matching frame)"
+
+
+def shares(
+    stacks: list[tuple[list[str], int]], match: str
+) -> tuple[int, Counter[str], Counter[str], Counter[str]]:
+    """(total samples, and samples per frame: self, inclusive of matching frames, attributed)."""
     total = 0
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    attributed: Counter[str] = Counter()
     for frames, samples in stacks:
         total += samples
         own[frames[-1]] += samples
         for frame in set(frames):
             if match in frame:
                 inclusive[frame] += samples
-    return total, own, inclusive
+        deepest = next((f for f in reversed(frames) if match in f), OUTSIDE)
+        attributed[deepest] += samples
+    return total, own, inclusive, attributed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,9 +68,12 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     for path in a.profiles:
         with open(path) as f:
-            total, own, inclusive = shares(read_stacks(f), a.match)
+            total, own, inclusive, attributed = shares(read_stacks(f), a.match)
         print(f"== {path}: {total} samples")
-        for title, counter in (("self", own), (f"inclusive {a.match}".rstrip(), inclusive)):
+        tables = [("self", own), (f"inclusive {a.match}".rstrip(), inclusive)]
+        if a.match:
+            tables.append((f"attributed to the deepest {a.match} frame", attributed))
+        for title, counter in tables:
             print(f"-- {title}")
             for frame, samples in counter.most_common(a.top):
                 print(f"{samples / max(total, 1) * 100:6.1f}%  {frame}")

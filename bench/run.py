@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from stats import Record, RecordFile, latency, summarize, table
+from stats import CPU_COLUMNS, Record, RecordFile, cpu_per_job_us, latency, summarize, table
 from stores import DEFAULT_URLS, Store, backend_kind, fresh_store
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -209,6 +209,7 @@ def w1(url: str, label: str, s: Settings) -> dict[str, Any]:
         "enqueue_per_s": s.n / enqueue_s if enqueue_s else None,
         "process_s": span,
         "process_per_s": len(recs) / span if span else None,
+        "cpu_us_per_job": cpu_per_job_us(recs),
     }
 
 
@@ -232,6 +233,7 @@ def w2(url: str, label: str, s: Settings) -> dict[str, Any]:
                 "span_s": span,
                 "workflows_per_s": finished / span if span else None,
                 "burst_latency": latency(burst),
+                "cpu_us_per_step": cpu_per_job_us(burst),
             }
             if complete:
                 paced_s = enqueue(p.env, s.timeout, "chains", s.wp, s.rate, s.w)
@@ -245,6 +247,7 @@ def w2(url: str, label: str, s: Settings) -> dict[str, Any]:
                     "complete": paced_ok,
                     "done": count(paced, 3, s.w, end),
                     "latency": latency(paced),
+                    "cpu_us_per_step": cpu_per_job_us(paced),
                 }
         finally:
             worker.stop()
@@ -347,10 +350,12 @@ def main(argv: list[str] | None = None) -> None:
                 runs.append(run)
     summary = summarize([r for r in runs if "error" not in r])
     print(table(summary))
+    print(table(summary, CPU_COLUMNS))
     print(
         f"(conveyor {measured}; {started}; median of {a.repeats} repeats; ±x% = half the max-min "
         f"spread relative to the median; p50/p99 = all W2 steps, paced run at {a.rate:g} wf/s; "
-        "hop = steps 2-3 only; * = some run incomplete)"
+        "hop = steps 2-3 only; * = some run incomplete; CPU = the worker process's CPU time, all "
+        "threads, per W1 job or W2 step)"
     )
     for r in runs:
         if "error" in r:

@@ -12,7 +12,8 @@ from typing import Any, NamedTuple
 
 
 class Record(NamedTuple):
-    """One handler run: ``kind`` (1 = W1 job, 2 = W2 step), workflow, step, and three times."""
+    """One handler run: ``kind`` (1 = W1 job, 2 = W2 step), workflow, step, three wall-clock times
+    and the worker's CPU seconds at ``t_end``."""
 
     kind: int
     wf: int
@@ -20,6 +21,7 @@ class Record(NamedTuple):
     t_enq: float
     t_start: float
     t_end: float
+    cpu: float
 
 
 class RecordFile:
@@ -41,10 +43,8 @@ class RecordFile:
         complete = chunk[: chunk.rfind(b"\n") + 1]
         self._offset += len(complete)
         for line in complete.splitlines():
-            kind, wf, step, t_enq, t_start, t_end = line.split()
-            self.records.append(
-                Record(int(kind), int(wf), int(step), float(t_enq), float(t_start), float(t_end))
-            )
+            kind, wf, step, *times = line.split()
+            self.records.append(Record(int(kind), int(wf), int(step), *map(float, times)))
         return self.records
 
 
@@ -66,6 +66,17 @@ def latency(steps: Sequence[Record]) -> dict[str, dict[str, float | int | None]]
         ms = [(r.t_start - r.t_enq) * 1000 for r in group]
         out[name] = {"p50_ms": pct(ms, 0.5), "p99_ms": pct(ms, 0.99), "n": len(ms)}
     return out
+
+
+def cpu_per_job_us(records: Sequence[Record]) -> float | None:
+    """Worker CPU (all threads) per job in µs, from the first to the last record.
+
+    The first record's own job is not covered by the difference, hence ``len - 1`` jobs.
+    """
+    if len(records) < 2:
+        return None
+    ordered = sorted(records, key=lambda r: r.cpu)
+    return (ordered[-1].cpu - ordered[0].cpu) / (len(ordered) - 1) * 1e6
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -90,7 +101,14 @@ COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], float | None]]] = [
     ("w2_next_p50_ms", "hop p50", lambda r: _paced(r, "next", "p50_ms")),
     ("w2_next_p99_ms", "hop p99", lambda r: _paced(r, "next", "p99_ms")),
 ]
-"""(summary key, table heading, how to read it from one run) for each figure."""
+"""(summary key, table heading, how to read it from one run) for each of the peers' figures."""
+
+CPU_COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], float | None]]] = [
+    ("w1_cpu_us_per_job", "W1 CPU µs/job", lambda r: r["w1"]["cpu_us_per_job"]),
+    ("w2_cpu_us_per_step", "W2 CPU µs/step", lambda r: r["w2"]["cpu_us_per_step"]),
+    ("paced_cpu_us_per_step", "paced µs/step", lambda r: r["w2"].get("paced", {}).get("cpu_us_per_step")),
+]
+"""conveyor's own extra figures: the worker's CPU time per job, which load moves less than rates."""
 
 
 def _paced(run: dict[str, Any], group: str, key: str) -> float | None:
@@ -104,7 +122,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for label in dict.fromkeys(r["label"] for r in runs):
         mine = [r for r in runs if r["label"] == label]
         row: dict[str, Any] = {}
-        for key, _, read in COLUMNS:
+        for key, _, read in COLUMNS + CPU_COLUMNS:
             values = [read(r) for r in mine]
             row[key] = {"median": _median(values), "spread_pct": _spread_pct(values), "runs": values}
         row["complete"] = all(r["w1"]["complete"] and r["w2"]["complete"] for r in mine)
@@ -117,10 +135,13 @@ def _cell(median: float | None, spread: float | None) -> str:
     return text + ("" if spread is None else f" ±{spread / 2:.0f}%")
 
 
-def table(summary: dict[str, dict[str, Any]]) -> str:
+def table(
+    summary: dict[str, dict[str, Any]],
+    columns: Sequence[tuple[str, str, Callable[[dict[str, Any]], float | None]]] = COLUMNS,
+) -> str:
     """The peers' table: one row per label, median ±half-spread per column, ``*`` if incomplete."""
-    lines = [f"{'backend':<20}" + "".join(f"{heading:>18}" for _, heading, _ in COLUMNS)]
+    lines = [f"{'backend':<20}" + "".join(f"{heading:>18}" for _, heading, _ in columns)]
     for label, row in summary.items():
-        cells = "".join(f"{_cell(row[key]['median'], row[key]['spread_pct']):>18}" for key, _, _ in COLUMNS)
+        cells = "".join(f"{_cell(row[key]['median'], row[key]['spread_pct']):>18}" for key, _, _ in columns)
         lines.append(f"{label + ('' if row['complete'] else '*'):<20}" + cells)
     return "\n".join(lines)

@@ -43,10 +43,13 @@ class Step(BaseModel):
 
 
 class Recorder:
-    """Appends ``kind wf step t_enq t_start t_end`` per job to one file.
+    """Appends ``kind wf step t_enq t_start t_end cpu`` per job to one file.
 
     One O_APPEND ``write`` per job (about a microsecond), so recording adds no broker traffic and
-    lines from concurrent tasks never interleave. kind 1 = W1 job, kind 2 = W2 step.
+    lines from concurrent tasks never interleave. kind 1 = W1 job, kind 2 = W2 step. The first six
+    fields are the peers' record; ``cpu`` is the worker process's CPU time (all threads) at the
+    job's end, from which the harness derives CPU per job, a figure the machine's load moves less
+    than throughput.
     """
 
     def __init__(self, path: str) -> None:
@@ -56,7 +59,8 @@ class Recorder:
     def __call__(self, kind: int, wf: int, step: int, t_enq: float, t_start: float) -> None:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        line = b"%d %d %d %.6f %.6f %.6f\n" % (kind, wf, step, t_enq, t_start, time.time())
+        now, cpu = time.time(), time.process_time()
+        line = b"%d %d %d %.6f %.6f %.6f %.6f\n" % (kind, wf, step, t_enq, t_start, now, cpu)
         os.write(self._fd, line)
 
 
