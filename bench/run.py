@@ -112,8 +112,8 @@ class Worker:
                 self.profiler.wait(STOP_TIMEOUT)
 
 
-def enqueue(env: dict[str, str], timeout: float, *args: object) -> float:
-    """Run one enqueueing ``workload.py`` role and return the seconds it reported."""
+def enqueue(env: dict[str, str], timeout: float, *args: object) -> dict[str, float]:
+    """Run one enqueueing ``workload.py`` role; its ``NAME_SECONDS value`` lines as a dict."""
     done = subprocess.run(
         [sys.executable, WORKLOAD, *map(str, args)],
         env=env,
@@ -124,9 +124,13 @@ def enqueue(env: dict[str, str], timeout: float, *args: object) -> float:
     )
     if done.returncode:
         raise RuntimeError(f"workload.py {args}: exit {done.returncode}\n{done.stderr[-2000:]}")
-    for line in done.stdout.splitlines():
-        if line.startswith("ENQUEUE_SECONDS"):
-            return float(line.split()[1])
+    reported = {
+        name: float(value)
+        for name, _, value in (line.partition(" ") for line in done.stdout.splitlines())
+        if name.endswith("_SECONDS")
+    }
+    if "ENQUEUE_SECONDS" in reported:
+        return reported
     raise RuntimeError(f"workload.py {args} printed no ENQUEUE_SECONDS:\n{done.stdout[-2000:]}")
 
 
@@ -193,7 +197,7 @@ def phase(url: str, label: str, name: str, settings: Settings) -> Iterator[Phase
 def w1(url: str, label: str, s: Settings) -> dict[str, Any]:
     """W1: enqueue N no-ops (worker stopped), then one worker drains them."""
     with phase(url, label, "w1", s) as p:
-        enqueue_s = enqueue(p.env, s.timeout, "noop", s.n)
+        reported = enqueue(p.env, s.timeout, "noop", s.n)
         worker = p.start_worker()
         try:
             complete = wait_for(p.records, lambda r: len(r) >= s.n, s.timeout, worker)
@@ -201,12 +205,15 @@ def w1(url: str, label: str, s: Settings) -> dict[str, Any]:
             worker.stop()
         recs = p.records.poll()
     span = max(r.t_end for r in recs) - min(r.t_start for r in recs) if recs else None
+    enqueue_s, calls_s = reported["ENQUEUE_SECONDS"], reported.get("CALLS_SECONDS")
     return {
         "n": s.n,
         "done": len(recs),
         "complete": complete,
         "enqueue_s": enqueue_s,
         "enqueue_per_s": s.n / enqueue_s if enqueue_s else None,
+        "enqueue_many_s": calls_s,
+        "enqueue_many_per_s": s.n / calls_s if calls_s else None,
         "process_s": span,
         "process_per_s": len(recs) / span if span else None,
         "cpu_us_per_job": cpu_per_job_us(recs),
@@ -216,7 +223,7 @@ def w1(url: str, label: str, s: Settings) -> dict[str, Any]:
 def w2(url: str, label: str, s: Settings) -> dict[str, Any]:
     """W2: W chains in a burst (worker stopped), then WP paced chains on the same warm worker."""
     with phase(url, label, "w2", s) as p:
-        enqueue_s = enqueue(p.env, s.timeout, "chains", s.w, 0, 0)
+        enqueue_s = enqueue(p.env, s.timeout, "chains", s.w, 0, 0)["ENQUEUE_SECONDS"]
         worker = p.start_worker()
         try:
             complete = wait_for(p.records, lambda r: count(r, 3, 0, s.w) >= s.w, s.timeout, worker)
@@ -236,7 +243,7 @@ def w2(url: str, label: str, s: Settings) -> dict[str, Any]:
                 "cpu_us_per_step": cpu_per_job_us(burst),
             }
             if complete:
-                paced_s = enqueue(p.env, s.timeout, "chains", s.wp, s.rate, s.w)
+                paced_s = enqueue(p.env, s.timeout, "chains", s.wp, s.rate, s.w)["ENQUEUE_SECONDS"]
                 end = s.w + s.wp
                 paced_ok = wait_for(p.records, lambda r: count(r, 3, s.w, end) >= s.wp, PACED_TIMEOUT, worker)
                 paced = [r for r in p.records.poll() if s.w <= r.wf < end]
@@ -355,7 +362,8 @@ def main(argv: list[str] | None = None) -> None:
         f"(conveyor {measured}; {started}; median of {a.repeats} repeats; ±x% = half the max-min "
         f"spread relative to the median; p50/p99 = all W2 steps, paced run at {a.rate:g} wf/s; "
         "hop = steps 2-3 only; * = some run incomplete; CPU = the worker process's CPU time, all "
-        "threads, per W1 job or W2 step)"
+        "threads, per W1 job or W2 step; enqueue_many/s = the W1 enqueue_many calls alone, without "
+        "connecting)"
     )
     for r in runs:
         if "error" in r:

@@ -104,11 +104,13 @@ COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], float | None]]] = [
 """(summary key, table heading, how to read it from one run) for each of the peers' figures."""
 
 CPU_COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], float | None]]] = [
+    ("w1_enqueue_many_per_s", "enqueue_many/s", lambda r: r["w1"]["enqueue_many_per_s"]),
     ("w1_cpu_us_per_job", "W1 CPU µs/job", lambda r: r["w1"]["cpu_us_per_job"]),
     ("w2_cpu_us_per_step", "W2 CPU µs/step", lambda r: r["w2"]["cpu_us_per_step"]),
     ("paced_cpu_us_per_step", "paced µs/step", lambda r: r["w2"].get("paced", {}).get("cpu_us_per_step")),
 ]
-"""conveyor's own extra figures: the worker's CPU time per job, which load moves less than rates."""
+"""conveyor's own extra figures: ``enqueue_many`` without connecting, and the worker's CPU time
+per job, which the machine's load moves less than rates."""
 
 
 def _paced(run: dict[str, Any], group: str, key: str) -> float | None:

@@ -8,7 +8,9 @@ every handler appends one record line to ``$BENCH_REC``::
     python bench/workload.py chains W RATE OFF  # W2: start W three-step chains, ids OFF..OFF+W-1;
                                                 #     RATE=0 is a burst, else RATE chains/s open-loop
 
-The enqueueing roles print ``ENQUEUE_SECONDS <seconds>`` when done. Only conveyor's public API is
+The enqueueing roles print ``ENQUEUE_SECONDS <seconds>`` when done, timed like the peers' clients
+(connecting included); ``noop`` also prints ``CALLS_SECONDS <seconds>``, the ``enqueue_many`` calls
+alone. Only conveyor's public API is
 used (``App``, ``Service``, ``app.enqueue_many``, ``app.enqueue``, ``ctx.enqueue``, ``app.run``).
 """
 
@@ -83,11 +85,13 @@ async def step(ctx: Context, job: Step) -> None:
 app = App([bench], backend=URL)
 
 
-async def enqueue_noops(n: int) -> None:
-    """W1: ``n`` no-op jobs in ``enqueue_many`` calls of :data:`W1_BATCH`."""
+async def enqueue_noops(n: int) -> float:
+    """W1: ``n`` no-op jobs in ``enqueue_many`` calls of :data:`W1_BATCH`; seconds in the calls."""
     async with app:
+        t = time.perf_counter()
         for start in range(0, n, W1_BATCH):
             await app.enqueue_many("noop", [{}] * min(W1_BATCH, n - start))
+        return time.perf_counter() - t
 
 
 async def start_chains(count: int, rate: float, offset: int) -> None:
@@ -110,7 +114,8 @@ def main(argv: list[str]) -> None:
         return
     t = time.time()
     if role == "noop":
-        asyncio.run(enqueue_noops(int(args[0])))
+        calls = asyncio.run(enqueue_noops(int(args[0])))
+        print(f"CALLS_SECONDS {calls:.6f}", flush=True)
     elif role == "chains":
         asyncio.run(start_chains(int(args[0]), float(args[1]), int(args[2])))
     else:
