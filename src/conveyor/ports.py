@@ -100,6 +100,15 @@ class HistoryEntry:
     """JSON text with anything else (error, timings)."""
 
 
+@dataclass(slots=True, frozen=True)
+class InstanceSummary:
+    """A workflow instance seen in the history: its first and its latest entry."""
+
+    correlation_id: str
+    started_at: float
+    updated_at: float
+
+
 @dataclass(slots=True)
 class Effects:
     """Everything a handler asked for, buffered until its job commits."""
@@ -250,6 +259,11 @@ class HistoryStore(Protocol):
 
     async def prune_history(self, before: float) -> int:
         """Delete entries older than ``before``. Returns how many were deleted."""
+        ...
+
+    async def instances(self, started_after: float | None = None, limit: int = 100) -> list[InstanceSummary]:
+        """Instances with history, most recently started (first entry) first, leaving out those
+        that started at or before ``started_after``."""
         ...
 
 

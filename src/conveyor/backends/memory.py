@@ -19,6 +19,7 @@ from conveyor.ports import (
     CommitStatus,
     DeadLetter,
     HistoryEntry,
+    InstanceSummary,
     LeasedJob,
     NewJob,
     Outcome,
@@ -214,6 +215,17 @@ class MemoryBackend:
             else:
                 del self._history[correlation_id]
         return removed
+
+    async def instances(self, started_after: float | None = None, limit: int = 100) -> list[InstanceSummary]:
+        found = [
+            InstanceSummary(cid, min(e.at for e in entries), max(e.at for e in entries))
+            for cid, entries in self._history.items()
+            if entries
+        ]
+        if started_after is not None:
+            found = [i for i in found if i.started_at > started_after]
+        found.sort(key=lambda i: (i.started_at, i.correlation_id), reverse=True)
+        return found[:limit]
 
     # commit
 

@@ -309,6 +309,23 @@ class StoreContract:
         assert await backend.prune_history(T0 + 1) == 1
         assert [e.kind for e in await backend.history("wf-1")] == ["started", "succeeded"]
 
+    async def test_instances_are_listed_most_recently_started_first(self, backend: Backend) -> None:
+        entries = [
+            HistoryEntry("wf-a", T0, "enqueued", "q", "a1"),
+            HistoryEntry("wf-b", T0 + 1, "enqueued", "q", "b1"),
+            HistoryEntry("wf-a", T0 + 5, "succeeded", "q", "a1", 1),
+            HistoryEntry("wf-c", T0 + 3, "enqueued", "q", "c1"),
+        ]
+        await backend.commit([Commit(effects=Effects(history=entries))], T0)
+        found = await backend.instances()
+        assert [(i.correlation_id, i.started_at, i.updated_at) for i in found] == [
+            ("wf-c", T0 + 3, T0 + 3),
+            ("wf-b", T0 + 1, T0 + 1),
+            ("wf-a", T0, T0 + 5),
+        ]
+        assert [i.correlation_id for i in await backend.instances(limit=2)] == ["wf-c", "wf-b"]
+        assert [i.correlation_id for i in await backend.instances(started_after=T0)] == ["wf-c", "wf-b"]
+
     async def test_many_jobs_in_one_commit_keep_their_order(self, backend: Backend) -> None:
         jobs = [job(f"j{i:04d}") for i in range(500)]
         [result] = await backend.commit([enqueue(*jobs)], T0)

@@ -8,6 +8,7 @@ Idle workers are woken by LISTEN/NOTIFY. Finished jobs are deleted, keeping the 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -35,6 +36,7 @@ from conveyor.ports import (
     DeadLetter,
     ErrorInfo,
     HistoryEntry,
+    InstanceSummary,
     LeasedJob,
     QueueStats,
     StateRecord,
@@ -342,6 +344,12 @@ class PostgresBackend:
                 self._queries["history"], {"correlation_id": correlation_id}
             )
             return [HistoryEntry(*row) for row in await cursor.fetchall()]
+
+    async def instances(self, started_after: float | None = None, limit: int = 100) -> list[InstanceSummary]:
+        after = -math.inf if started_after is None else started_after
+        async with self._connection() as conn:
+            cursor = await conn.execute(self._queries["instances"], {"started_after": after, "limit": limit})
+            return [InstanceSummary(*row) for row in await cursor.fetchall()]
 
     async def prune_history(self, before: float) -> int:
         """Delete entries older than ``before``, a batch per transaction so no lock is held long."""

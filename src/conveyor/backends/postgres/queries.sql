@@ -103,6 +103,14 @@ FROM {schema}.history
 WHERE correlation_id = %(correlation_id)s
 ORDER BY seq
 
+-- name: instances
+SELECT correlation_id, min(at) AS started_at, max(at)
+FROM {schema}.history
+GROUP BY correlation_id
+HAVING min(at) > %(started_after)s
+ORDER BY started_at DESC, correlation_id DESC
+LIMIT %(limit)s
+
 -- name: prune_history
 DELETE FROM {schema}.history
 WHERE seq = ANY (ARRAY(SELECT seq FROM {schema}.history WHERE at < %(before)s LIMIT %(batch)s))

@@ -34,6 +34,7 @@ from conveyor.ports import (
     CommitResult,
     DeadLetter,
     HistoryEntry,
+    InstanceSummary,
     LeasedJob,
     QueueStats,
     StateRecord,
@@ -275,6 +276,17 @@ class RedisBackend:
         with _translated():
             raw = await command(client, "LRANGE", f"{self.prefix}:history:{correlation_id}", 0, -1)
         return [codec.decode_history(correlation_id, entry) for entry in raw]
+
+    async def instances(self, started_after: float | None = None, limit: int = 100) -> list[InstanceSummary]:
+        low = "-inf" if started_after is None else f"({started_after!r}"
+        reply = await self._run("instances", [self.prefix, low, limit])
+        found = []
+        for i in range(0, len(reply), 3):
+            correlation_id = reply[i].decode()
+            started_at = float(reply[i + 1])
+            latest = codec.decode_history(correlation_id, reply[i + 2]).at if reply[i + 2] else started_at
+            found.append(InstanceSummary(correlation_id, started_at, max(started_at, latest)))
+        return found
 
     async def prune_history(self, before: float) -> int:
         removed = 0

@@ -17,7 +17,17 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-NAMES = ("lease", "commit", "extend", "stats", "dead_letters", "redrive", "purge", "prune_history")
+NAMES = (
+    "lease",
+    "commit",
+    "extend",
+    "stats",
+    "dead_letters",
+    "redrive",
+    "purge",
+    "prune_history",
+    "instances",
+)
 
 Arg = bytes | str | int | float
 

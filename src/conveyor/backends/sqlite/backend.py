@@ -23,6 +23,7 @@ from conveyor.ports import (
     CommitResult,
     DeadLetter,
     HistoryEntry,
+    InstanceSummary,
     LeasedJob,
     QueueStats,
     StateRecord,
@@ -221,6 +222,9 @@ class SQLiteBackend:
 
     async def prune_history(self, before: float) -> int:
         return await self._run(self._store_or_raise().prune_history, before)
+
+    async def instances(self, started_after: float | None = None, limit: int = 100) -> list[InstanceSummary]:
+        return await self._run(self._store_or_raise().instances, started_after, limit)
 
     # commit
 

@@ -202,3 +202,8 @@ WHERE correlation_id = ? ORDER BY rowid;
 
 -- name: prune_history
 DELETE FROM history WHERE at < ?;
+
+-- name: instances
+SELECT correlation_id, MIN(at) AS started_at, MAX(at) FROM history
+GROUP BY correlation_id HAVING MIN(at) > ?
+ORDER BY started_at DESC, correlation_id DESC LIMIT ?;

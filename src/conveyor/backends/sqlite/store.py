@@ -8,6 +8,7 @@ per-row Python work is kept to building tuples for ``executemany``.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Mapping, Sequence
 from operator import itemgetter
@@ -25,6 +26,7 @@ from conveyor.ports import (
     Effects,
     ErrorInfo,
     HistoryEntry,
+    InstanceSummary,
     LeasedJob,
     NewJob,
     Outcome,
@@ -184,6 +186,11 @@ class Store:
 
     def prune_history(self, before: float) -> int:
         return int(self.connection.write(lambda db: db.execute(Q["prune_history"], (before,)).rowcount))
+
+    def instances(self, started_after: float | None, limit: int) -> list[InstanceSummary]:
+        after = -math.inf if started_after is None else started_after
+        rows = self.connection.read(lambda db: db.execute(Q["instances"], (after, limit)).fetchall())
+        return [InstanceSummary(*row) for row in rows]
 
     # commit
 
