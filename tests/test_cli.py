@@ -75,6 +75,10 @@ def test_enqueue_then_dead_letters_list_redrive_and_purge(app_module: str) -> No
     assert status["state"] == "failed" and status["last_error"] == "PermanentError: refused on purpose"
     text = invoke("status", app_module, "wf-1")
     assert "wf-1" in text and "refuse" in text
+    listed = orjson.loads(invoke("workflows", app_module, "--state", "failed", "--json"))
+    assert [(w["id"], w["state"]) for w in listed] == [("wf-1", "failed")]
+    assert orjson.loads(invoke("workflows", app_module, "--state", "completed", "--json")) == []
+    assert "wf-1" in invoke("workflows", app_module)
 
 
 def test_bad_payload_and_bad_app_give_clear_errors(app_module: str) -> None:

@@ -78,3 +78,16 @@ async def _check_paths(app: App, inventory: Any, payments: Any, mailer: Any) -> 
         ("order-2", "backordered"),
         ("order-3", "payment_failed"),
     ]
+
+
+async def test_workflows_are_listed_and_filtered_by_state(backend_url: str) -> None:
+    app = make_app(backend_url)
+    async with app:
+        await _run_orders(app)
+        everything = await app.workflows.list()
+        compensated = await app.workflows.list(state="compensated")
+        limited = await app.workflows.list(workflow="order_fulfillment", limit=2)
+        later = await app.workflows.list(since=app.clock.now() + 1)
+    assert sorted(s.id for s in everything) == ["order-1", "order-2", "order-3"]
+    assert [s.id for s in compensated] == ["order-3"]
+    assert len(limited) == 2 and later == []

@@ -255,6 +255,43 @@ def status(app_spec: str, instance_id: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("app_spec", metavar="APP")
+@click.option(
+    "--state", type=click.Choice(list(STATE_STYLE)), default=None, help="only instances in this state"
+)
+@click.option("--workflow", default=None, help="only instances of this declared workflow")
+@click.option("--since", type=float, default=None, help="only instances started in the last N seconds")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def workflows(
+    app_spec: str, state: str | None, workflow: str | None, since: float | None, limit: int, as_json: bool
+) -> None:
+    """List workflow instances, newest first: state, current step, last error."""
+    app = load_app(app_spec)
+
+    async def go() -> list[Any]:
+        async with app:
+            after = None if since is None else app.clock.now() - since
+            return await app.workflows.list(workflow=workflow, state=state, since=after, limit=limit)  # type: ignore[arg-type]
+
+    found = run(go)
+    if as_json:
+        click.echo(
+            orjson.dumps(
+                [{k: v for k, v in s.to_dict().items() if k != "history"} for s in found],
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
+        return
+    table = Table("instance", "workflow", "state", "started (UTC)", "current / last error")
+    for s in found:
+        style = STATE_STYLE.get(s.state, "")
+        detail = ", ".join(s.current) or (s.last_error or "")
+        table.add_row(s.id, s.workflow or "-", f"[{style}]{s.state}[/]", when(s.started_at), detail)
+    console.print(table if found else "no workflow instances")
+
+
+@main.command()
+@click.argument("app_spec", metavar="APP")
 @click.argument("instance_id")
 @click.option("--gate", default=None, help="the approval gate (default: the one the instance waits at)")
 @click.option("--approve/--reject", "approve", default=True, help="the decision (default: approve)")

@@ -252,6 +252,28 @@ class Workflows:
         history = await self._app.backend.history(instance_id)
         return summarize(instance_id, history, self.declared, self._app.clock.now())
 
+    async def list(
+        self,
+        *,
+        workflow: str | None = None,
+        state: State | None = None,
+        since: float | None = None,
+        limit: int = 50,
+        scan: int = 1000,
+    ) -> list[WorkflowStatus]:
+        """Instances started after ``since`` (a timestamp), newest first, filtered by workflow name
+        and state. Looks at the ``scan`` most recent instances at most (status is folded from each
+        instance's history, so filters are applied here, not in the store).
+        """
+        found: list[WorkflowStatus] = []
+        for summary in await self._app.backend.instances(since, scan):
+            status = await self.status(summary.correlation_id)
+            if (workflow is None or status.workflow == workflow) and (state is None or status.state == state):
+                found.append(status)
+                if len(found) >= limit:
+                    break
+        return found
+
     async def decide(
         self, instance_id: str, gate: str, *, approve: bool, note: str | None = None, by: str | None = None
     ) -> str:
