@@ -7,10 +7,10 @@ import importlib
 import os
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 import orjson
@@ -20,6 +20,9 @@ from rich.table import Table
 from conveyor.app import App
 from conveyor.model.errors import ConveyorError
 from conveyor.observability.logging import configure_logging
+
+if TYPE_CHECKING:
+    from conveyor.workflows.status import State
 
 console = Console()
 T = TypeVar("T")
@@ -52,9 +55,9 @@ def load_app(spec: str) -> App:
     return app
 
 
-def run(coro: Callable[[], Awaitable[T]]) -> T:
+def run(coro: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
-        return asyncio.run(coro())  # type: ignore[arg-type]
+        return asyncio.run(coro())
     except ConveyorError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
 
@@ -271,7 +274,8 @@ def workflows(
     async def go() -> list[Any]:
         async with app:
             after = None if since is None else app.clock.now() - since
-            return await app.workflows.list(workflow=workflow, state=state, since=after, limit=limit)  # type: ignore[arg-type]
+            wanted = cast("State | None", state)
+            return await app.workflows.list(workflow=workflow, state=wanted, since=after, limit=limit)
 
     found = run(go)
     if as_json:
