@@ -17,9 +17,11 @@ Per backend and repeat, each phase on a fresh store (see ``stores.py``):
 
 Every wait is bounded (``--timeout`` per phase), every worker is stopped at the end of its phase
 (SIGTERM to its process group, SIGKILL after 15 s), and all traffic goes where the URLs say.
-``--commit REV`` measures one commit exactly: its ``src/`` is exported with ``git archive`` and
-put first on the workers' ``PYTHONPATH``. ``--profile DIR`` attaches ``py-spy record`` to every
-worker (raw collapsed stacks; summarize them with ``bench/profile_summary.py``).
+``--no-history`` and ``--concurrency N`` run a variant (``App(history=False)``,
+``app.run(concurrency=N)``), labelled as such. ``--commit REV`` measures one commit exactly: its
+``src/`` is exported with ``git archive`` and put first on the workers' ``PYTHONPATH``.
+``--profile DIR`` attaches ``py-spy record`` to every worker (raw collapsed stacks; summarize them
+with ``bench/profile_summary.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -66,6 +69,8 @@ class Settings:
     logdir: str
     pythonpath: str
     profile_dir: str | None
+    knobs: dict[str, str]
+    """``BENCH_*`` variables for workload.py (variants; empty for conveyor's defaults)."""
 
 
 class Worker:
@@ -158,14 +163,20 @@ class Phase:
 
     def __init__(self, url: str, label: str, name: str, settings: Settings) -> None:
         self.name, self.settings = name, settings
-        tag = f"{label.replace('-', '_')}_{name}_{os.getpid()}"
+        # short: PostgreSQL schema names (prefix included) are limited to 48 characters here
+        short = label.removeprefix("conveyor-")
+        tag = re.sub(r"[^a-z0-9_]", "_", f"{short}_{name}_{os.getpid()}".lower())
         self.store: Store = fresh_store(url, tag)
         rec_path = os.path.join(REC_DIR, f"conveyor-bench-{tag}.rec")
         if os.path.exists(rec_path):
             os.remove(rec_path)
         self.records = RecordFile(rec_path)
         self.env = dict(
-            os.environ, CONVEYOR_URL=self.store.url, BENCH_REC=rec_path, PYTHONPATH=settings.pythonpath
+            os.environ,
+            CONVEYOR_URL=self.store.url,
+            BENCH_REC=rec_path,
+            PYTHONPATH=settings.pythonpath,
+            **settings.knobs,
         )
         self.log = open(os.path.join(settings.logdir, f"{label}-{name}.log"), "w")  # noqa: SIM115
         self.profile_path = (
@@ -311,6 +322,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--logdir", default=os.path.join(tempfile.gettempdir(), "conveyor-bench-logs"))
     ap.add_argument("--commit", help="measure this commit's src/ (git archive) instead of the working tree")
     ap.add_argument("--profile", metavar="DIR", help="record every worker with py-spy into DIR")
+    ap.add_argument("--no-history", action="store_true", help="variant: App(history=False)")
+    ap.add_argument("--concurrency", type=int, help="variant: app.run(concurrency=N)")
     a = ap.parse_args(argv)
     urls = list(a.url)
     for name in filter(None, a.backends.split(",")):
@@ -328,11 +341,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-def labels(urls: list[str]) -> list[str]:
-    """``conveyor-<kind>`` per URL, numbered when a kind repeats."""
+def labels(urls: list[str], a: argparse.Namespace) -> list[str]:
+    """``conveyor-<kind>`` per URL, numbered when a kind repeats, with the variant's knobs."""
     kinds = [backend_kind(u) for u in urls]
+    variant = ("+nohistory" if a.no_history else "") + (f"+c{a.concurrency}" if a.concurrency else "")
     return [
-        f"conveyor-{k}" + (f"{kinds[:i].count(k) + 1}" if kinds.count(k) > 1 else "")
+        f"conveyor-{k}" + (f"{kinds[:i].count(k) + 1}" if kinds.count(k) > 1 else "") + variant
         for i, k in enumerate(kinds)
     ]
 
@@ -346,9 +360,12 @@ def main(argv: list[str] | None = None) -> None:
     started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.time()
     runs: list[dict[str, Any]] = []
     with conveyor_source(a.commit) as (pythonpath, measured):
-        s = Settings(a.n, a.w, a.wp, a.rate, a.timeout, a.logdir, pythonpath, a.profile)
+        knobs = {"BENCH_HISTORY": "0"} if a.no_history else {}
+        if a.concurrency:
+            knobs["BENCH_CONCURRENCY"] = str(a.concurrency)
+        s = Settings(a.n, a.w, a.wp, a.rate, a.timeout, a.logdir, pythonpath, a.profile, knobs)
         for repeat in range(a.repeats):  # interleaved, to spread the machine's noise over backends
-            for url, label in zip(a.urls, labels(a.urls), strict=True):
+            for url, label in zip(a.urls, labels(a.urls, a), strict=True):
                 try:
                     run = one_repeat(url, label, repeat, s)
                 except Exception as exc:  # one broken backend must not stop the others

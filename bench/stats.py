@@ -142,8 +142,9 @@ def table(
     columns: Sequence[tuple[str, str, Callable[[dict[str, Any]], float | None]]] = COLUMNS,
 ) -> str:
     """The peers' table: one row per label, median ±half-spread per column, ``*`` if incomplete."""
-    lines = [f"{'backend':<20}" + "".join(f"{heading:>18}" for _, heading, _ in columns)]
+    width = max([20, *(len(label) + 2 for label in summary)])
+    lines = [f"{'backend':<{width}}" + "".join(f"{heading:>18}" for _, heading, _ in columns)]
     for label, row in summary.items():
         cells = "".join(f"{_cell(row[key]['median'], row[key]['spread_pct']):>18}" for key, _, _ in columns)
-        lines.append(f"{label + ('' if row['complete'] else '*'):<20}" + cells)
+        lines.append(f"{label + ('' if row['complete'] else '*'):<{width}}" + cells)
     return "\n".join(lines)

@@ -8,6 +8,10 @@ every handler appends one record line to ``$BENCH_REC``::
     python bench/workload.py chains W RATE OFF  # W2: start W three-step chains, ids OFF..OFF+W-1;
                                                 #     RATE=0 is a burst, else RATE chains/s open-loop
 
+Two knobs, off by default, make variants for experiments (``run.py --no-history --concurrency N``):
+``BENCH_HISTORY=0`` builds the app with ``App(history=False)``, ``BENCH_CONCURRENCY=N`` runs the
+worker with ``app.run(concurrency=N)``.
+
 The enqueueing roles print ``ENQUEUE_SECONDS <seconds>`` when done, timed like the peers' clients
 (connecting included); ``noop`` also prints ``CALLS_SECONDS <seconds>``, the ``enqueue_many`` calls
 alone. Only conveyor's public API is
@@ -29,6 +33,8 @@ W1_BATCH = 1_000
 """Jobs per ``enqueue_many`` call in W1 (the peers' bulk enqueue uses the same size)."""
 
 URL = os.environ.get("CONVEYOR_URL", "sqlite:////tmp/conveyor-bench/bench.db")
+HISTORY = os.environ.get("BENCH_HISTORY", "1") != "0"
+CONCURRENCY = int(os.environ["BENCH_CONCURRENCY"]) if os.environ.get("BENCH_CONCURRENCY") else None
 bench = Service("bench", version="1", description="benchmark workloads")
 
 
@@ -82,7 +88,7 @@ async def step(ctx: Context, job: Step) -> None:
         await ctx.enqueue("step", {"wf": job.wf, "k": job.k + 1, "t_enq": time.time()})
 
 
-app = App([bench], backend=URL)
+app = App([bench], backend=URL, history=HISTORY)
 
 
 async def enqueue_noops(n: int) -> float:
@@ -110,7 +116,7 @@ def main(argv: list[str]) -> None:
     """Dispatch ``worker | noop N | chains W RATE OFFSET``."""
     role, args = argv[0], argv[1:]
     if role == "worker":
-        app.run()
+        app.run(concurrency=CONCURRENCY)
         return
     t = time.time()
     if role == "noop":
