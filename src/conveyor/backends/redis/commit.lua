@@ -144,6 +144,11 @@ local function settle(outcome, id, queue, key, fields)
   elseif outcome == DEAD then
     -- the job hash becomes the dead letter (no copy of the body)
     local dead_key = prefix .. ":dead:" .. id
+    local earlier = redis.call("HGET", dead_key, "q")
+    if earlier and earlier ~= queue then
+      -- the dead letter this one replaces (same id) was of another queue
+      redis.call("ZREM", queue_key(earlier, "dead"), id)
+    end
     redis.call("RENAME", job_key, dead_key)
     append_to(unleased, queue, id)
     redis.call("HSET", dead_key, "f", now_s, "et", fields[1], "em", fields[2])

@@ -12,6 +12,13 @@ for i = 3, #ARGV do
   if queue then
     local job_key = prefix .. ":job:" .. id
     local tag = prefix .. ":{" .. queue .. "}:"
+    -- a live job that took the same id since is replaced, wherever it waits or runs
+    local live_queue = redis.call("HGET", job_key, "q")
+    if live_queue then
+      local live_tag = prefix .. ":{" .. live_queue .. "}:"
+      redis.call("ZREM", live_tag .. "jobs", id)
+      redis.call("ZREM", live_tag .. "leased", id)
+    end
     redis.call("RENAME", dead_key, job_key)
     -- a redriven job starts over, without its former idempotency key
     redis.call("HDEL", job_key, "f", "et", "em", "tb", "k", "a", "d")
