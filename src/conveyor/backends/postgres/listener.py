@@ -49,7 +49,8 @@ class Listener:
         self._all_generation = 0
         self._seen: dict[frozenset[str], tuple[int, ...]] = {}
         self._task: asyncio.Task[None] | None = None
-        self.listening = False
+        self.listening = asyncio.Event()
+        """Set while the LISTEN connection is up."""
 
     def _marker(self, queues: frozenset[str]) -> tuple[int, ...]:
         return (self._all_generation, *(self._generation.get(q, 0) for q in sorted(queues)))
@@ -68,7 +69,7 @@ class Listener:
             if not waiter.queues.isdisjoint(names):
                 waiter.woken.set()
 
-    async def wait(self, queues: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109 (as the port)
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Until jobs may have arrived in ``queues``, or ``timeout`` seconds."""
         self.start()
         key = frozenset(queues)
@@ -80,7 +81,7 @@ class Listener:
         waiter = _Waiter(key)
         self._waiters.add(waiter)
         try:
-            limit = timeout if self.listening else min(timeout, DOWN_WAIT)
+            limit = timeout if self.listening.is_set() else min(timeout, DOWN_WAIT)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter.woken.wait(), max(limit, 0.0))
         finally:
@@ -97,7 +98,7 @@ class Listener:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.listening = False
+        self.listening.clear()
 
     async def _listen(self) -> None:
         failures = 0
@@ -117,7 +118,7 @@ class Listener:
                 if failures:
                     logger.info("LISTEN connection restored")
                 failures = 0
-                self.listening = True
+                self.listening.set()
                 # Anything committed while nobody listened went unnoticed: let every waiter look.
                 self.wake(None)
                 async for notify in conn.notifies():
@@ -127,7 +128,7 @@ class Listener:
                 failures += 1
                 logger.warning("LISTEN connection lost (%s); reconnecting", exc)
             finally:
-                self.listening = False
+                self.listening.clear()
                 with contextlib.suppress(psycopg.Error, OSError):
                     await conn.close()
             await asyncio.sleep(_backoff(failures))

@@ -1,31 +1,10 @@
 -- The PostgreSQL backend's queries, one per "-- name:" section; {schema} is the quoted schema.
 
 -- name: lease
--- Oldest available jobs first across the queues: each queue's own index range is read in order
--- (skipping rows other workers hold), then the first `limit` of those are leased in one UPDATE.
-WITH queue AS (
-    SELECT * FROM unnest(%(queues)s::text[], %(seconds)s::double precision[]) AS q(name, seconds)
-), picked AS MATERIALIZED (
-    SELECT candidate.id, candidate.available_at, queue.seconds
-    FROM queue CROSS JOIN LATERAL (
-        SELECT j.id, j.available_at
-        FROM {schema}.jobs AS j
-        WHERE j.queue = queue.name AND j.available_at <= %(now)s
-        ORDER BY j.available_at
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) AS candidate
-    ORDER BY candidate.available_at
-    LIMIT %(limit)s
+SELECT * FROM {schema}.lease(
+    %(queues)s::text[], %(seconds)s::double precision[], %(now)s::double precision,
+    %(limit)s::integer
 )
-UPDATE {schema}.jobs AS j
-SET attempts = j.attempts + 1,
-    token = nextval('{schema}.lease_tokens'),
-    available_at = %(now)s + picked.seconds
-FROM picked
-WHERE j.id = picked.id
-RETURNING j.id, j.queue, j.body, j.attempts, j.token, j.available_at, j.enqueued_at,
-          picked.available_at
 
 -- name: extend
 UPDATE {schema}.jobs
@@ -55,14 +34,18 @@ ORDER BY failed_at, id
 LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: redrive
--- Dead letters go back to their queues as fresh jobs (attempts reset, no idempotency key).
+-- Dead letters go back to their queues as fresh jobs (attempts reset, no idempotency key),
+-- replacing a job of the same id if there is one, as the in-memory reference does.
 WITH moved AS (
     DELETE FROM {schema}.dead_letters WHERE id = ANY (%(ids)s::text[])
     RETURNING id, queue, body, enqueued_at
 ), added AS (
-    INSERT INTO {schema}.jobs (id, queue, body, available_at, enqueued_at)
+    INSERT INTO {schema}.jobs AS j (id, queue, body, available_at, enqueued_at)
     SELECT id, queue, body, %(now)s, enqueued_at FROM moved
-    ON CONFLICT (id) DO NOTHING
+    ON CONFLICT (id) DO UPDATE SET
+        queue = excluded.queue, body = excluded.body, available_at = excluded.available_at,
+        enqueued_at = excluded.enqueued_at, attempts = 0, token = NULL, idempotency_key = NULL,
+        last_error = NULL
 )
 SELECT count(*)::integer, coalesce(array_agg(DISTINCT queue), '{}') FROM moved
 
@@ -104,6 +87,7 @@ WHERE correlation_id = %(correlation_id)s
 ORDER BY seq
 
 -- name: instances
+-- An operator's query (workflow listings): it reads the whole history table.
 SELECT correlation_id, min(at) AS started_at, max(at)
 FROM {schema}.history
 GROUP BY correlation_id

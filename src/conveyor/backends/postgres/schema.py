@@ -98,7 +98,5 @@ async def migrate(conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str
                 continue
             for path in files:
                 await conn.execute(render(path.read_text(), schema).encode())
-            await conn.execute(
-                f"INSERT INTO {quoted}.schema_version (version) VALUES (%s)", (version,)
-            )
+            await conn.execute(f"INSERT INTO {quoted}.schema_version (version) VALUES (%s)", (version,))
     return found

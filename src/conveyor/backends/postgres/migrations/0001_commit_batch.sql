@@ -1,10 +1,12 @@
 -- commit_batch: apply a batch of commits in one statement (one round trip, one transaction).
 --
 -- Every part of a commit arrives as parallel arrays tagged with the commit's index (c). The client
--- groups commits so that no two commits of one call touch the same job, state key, or an
--- idempotency key that one of them cancels; applying each part set-wise (all settlements, then all
--- state writes, cancels, new jobs, events, history) is then the same as applying the commits one
--- after the other, as the in-memory reference does. A STALE or CONFLICT commit applies nothing.
+-- groups commits so that no two commits of one call settle the same job or write the same state
+-- key, and no cancel follows a commit that creates jobs; applying each part set-wise (all
+-- settlements, then all state writes, cancels, new jobs, events, history) is then the same as
+-- applying the commits one after the other, as the in-memory reference does. The remaining
+-- interactions (a job a later commit settles or deletes) are handled below. A STALE or CONFLICT
+-- commit applies nothing.
 --
 -- Returns the failed commits with their status ('stale' or 'conflict'), the id of every new job
 -- in input order (the existing job's id on an idempotency-key hit, NULL in a failed commit), the
@@ -28,13 +30,20 @@ CREATE FUNCTION {schema}.commit_batch(
     h_name text[], h_message_id text[], h_attempt integer[], h_detail text[],
     OUT failed_commits integer[], OUT failed_statuses text[], OUT job_ids text[],
     OUT deliveries integer[], OUT woken text[]
-) LANGUAGE plpgsql AS $$
+) LANGUAGE plpgsql
+-- Every statement below reaches jobs by key: never let stale statistics pick a scan of the table.
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+AS $$
 DECLARE
     conflicted integer[] := '{}';
     settled integer[] := '{}';
-    removed text[] := '{}';   -- ids of jobs acked or dead-lettered by this batch, with their commit
+    removed text[] := '{}';   -- ids of jobs acked, dead-lettered or cancelled, with their commit
     removed_at integer[] := '{}';
     failed integer[] := '{}';
+    claimed_queue text[];     -- idempotency keys claimed by this batch, with the claiming job
+    claimed_key text[];
+    claimed_id text[];
     payload text;
 BEGIN
     failed_commits := '{}';
@@ -151,7 +160,8 @@ BEGIN
     -- 5. Cancels delete a pending (not leased) job by its idempotency key, and free the key.
     IF cardinality(x_key) > 0 THEN
         WITH hit AS (
-            SELECT DISTINCT i.queue, i.key, i.job_id
+            -- the first cancel that reaches a job deletes it (and frees the key it came by)
+            SELECT DISTINCT ON (i.job_id) i.queue, i.key, i.job_id, x.c
             FROM unnest(x_commit, x_queue, x_key) AS x(c, queue, key)
             JOIN {schema}.idempotency AS i ON i.queue = x.queue AND i.key = x.key
             WHERE x.c <> ALL (failed)
@@ -160,26 +170,38 @@ BEGIN
               AND NOT EXISTS (
                   SELECT 1 FROM unnest(s_commit, s_id) AS s(c, id)
                   WHERE s.id = i.job_id AND s.c > x.c AND s.c = ANY (settled))
+            ORDER BY i.job_id, x.c
         ), gone AS (
             DELETE FROM {schema}.jobs AS j USING hit
             WHERE j.id = hit.job_id AND j.token IS NULL
-            RETURNING j.id
+            RETURNING j.id, hit.c
+        ), freed AS (
+            DELETE FROM {schema}.idempotency AS i USING hit, gone
+            WHERE gone.id = hit.job_id AND i.queue = hit.queue AND i.key = hit.key
         )
-        DELETE FROM {schema}.idempotency AS i USING hit, gone
-        WHERE gone.id = hit.job_id AND i.queue = hit.queue AND i.key = hit.key;
+        SELECT removed || coalesce(array_agg(id), '{}'), removed_at || coalesce(array_agg(c), '{}')
+        INTO removed, removed_at
+        FROM gone;
     END IF;
 
     -- 6. New jobs. The first job of a free idempotency key claims it; every job with that key
-    --    then resolves to the key's holder, and only a job that holds its key (or has none) is
-    --    inserted. A job id that a later commit of this batch acks was still there at this point.
+    --    then resolves to the key's holder. A job is inserted only if it has no key or claimed
+    --    it just now. A job id that a later commit of this batch acks was still there here.
     IF cardinality(j_id) > 0 THEN
-        INSERT INTO {schema}.idempotency AS i (queue, key, job_id)
-        SELECT DISTINCT ON (j.queue, j.key) j.queue, j.key, j.id
-        FROM unnest(j_commit, j_id, j_queue, j_key) WITH ORDINALITY AS j(c, id, queue, key, n)
-        WHERE j.key IS NOT NULL AND j.c <> ALL (failed)
-        ORDER BY j.queue, j.key, j.n
-        ON CONFLICT (queue, key) DO UPDATE SET job_id = excluded.job_id, expires_at = NULL
-            WHERE i.expires_at IS NOT NULL AND i.expires_at <= p_now;
+        WITH claimed AS (
+            INSERT INTO {schema}.idempotency AS i (queue, key, job_id)
+            SELECT DISTINCT ON (j.queue, j.key) j.queue, j.key, j.id
+            FROM unnest(j_commit, j_id, j_queue, j_key) WITH ORDINALITY AS j(c, id, queue, key, n)
+            WHERE j.key IS NOT NULL AND j.c <> ALL (failed)
+            ORDER BY j.queue, j.key, j.n
+            ON CONFLICT (queue, key) DO UPDATE SET job_id = excluded.job_id, expires_at = NULL
+                WHERE i.expires_at IS NOT NULL AND i.expires_at <= p_now
+            RETURNING i.queue, i.key, i.job_id
+        )
+        SELECT coalesce(array_agg(queue), '{}'), coalesce(array_agg(key), '{}'),
+               coalesce(array_agg(job_id), '{}')
+        INTO claimed_queue, claimed_key, claimed_id
+        FROM claimed;
 
         WITH j AS MATERIALIZED (
             SELECT j.*, CASE WHEN j.c = ANY (failed) THEN NULL
@@ -193,7 +215,10 @@ BEGIN
             INSERT INTO {schema}.jobs AS t (id, queue, body, available_at, enqueued_at, idempotency_key)
             SELECT j.id, j.queue, j.body, j.available_at, j.enqueued_at, j.key
             FROM j
-            WHERE j.resolved = j.id
+            WHERE j.resolved IS NOT NULL
+              AND (j.key IS NULL OR EXISTS (
+                  SELECT 1 FROM unnest(claimed_queue, claimed_key, claimed_id) AS k(queue, key, id)
+                  WHERE k.queue = j.queue AND k.key = j.key AND k.id = j.id))
               AND NOT EXISTS (
                   SELECT 1 FROM unnest(removed, removed_at) AS r(id, c)
                   WHERE r.id = j.id AND r.c > j.c)

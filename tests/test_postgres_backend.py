@@ -1,0 +1,283 @@
+"""PostgreSQL-specific behaviour: concurrency, migrations, wake-ups, the outbox, reconnecting.
+
+Each test gets its own schema in the test database (dropped afterwards); the port-level contract
+runs on PostgreSQL from ``test_store_contract.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor.model.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    SchemaVersionError,
+)
+from conveyor.ports import (
+    Commit,
+    CommitStatus,
+    Effects,
+    HistoryEntry,
+    NewJob,
+    Outcome,
+    Settlement,
+)
+from tests.conftest import fresh_url
+
+psycopg = pytest.importorskip("psycopg")
+
+from conveyor.backends.postgres import PostgresBackend  # noqa: E402
+from conveyor.backends.postgres import backend as postgres_backend  # noqa: E402
+from conveyor.backends.postgres.schema import LATEST_VERSION  # noqa: E402
+
+T0 = 1_700_000_000.0
+
+
+def job(job_id: str, queue: str = "q", at: float = T0, key: str | None = None) -> NewJob:
+    return NewJob(job_id, queue, b'{"n": "%s"}' % job_id.encode(), at, at, key)
+
+
+def admin_url(url: str) -> str:
+    return url.split("?", 1)[0]
+
+
+@pytest.fixture
+def pg_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh schema, with an application_name of its own so a test can kill its connections."""
+    url = fresh_url("postgres", tmp_path)
+    schema = url.rsplit("schema=", 1)[1]
+    yield f"{url}&application_name=conveyor-{schema}"
+    with psycopg.connect(admin_url(url), autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+async def backend(pg_url: str) -> AsyncIterator[PostgresBackend]:
+    store = PostgresBackend(pg_url)
+    await store.connect()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_two_instances_leasing_concurrently_never_get_the_same_job(pg_url: str) -> None:
+    first, second = PostgresBackend(pg_url), PostgresBackend(pg_url)
+    await first.connect()
+    await second.connect()
+    try:
+        ids = [f"j{i}" for i in range(2000)]
+        await first.commit([Commit(effects=Effects(jobs=[job(i) for i in ids]))], T0)
+
+        async def drain(store: PostgresBackend) -> list[str]:
+            got: list[str] = []
+            for _ in range(200):  # bounded: 2,000 jobs in batches of 25 take 80 rounds at most
+                leased = await store.lease({"q": 300.0}, 25, T0 + 1)
+                if not leased:
+                    break
+                got.extend(j.id for j in leased)
+                # ack half of them, so leases and commits interleave across the two instances
+                acks = [Commit(Settlement(j.id, j.token, Outcome.ACK)) for j in leased[::2]]
+                assert all(r.status is CommitStatus.OK for r in await store.commit(acks, T0 + 2))
+            return got
+
+        a, b = await asyncio.gather(drain(first), drain(second))
+        assert not set(a) & set(b)
+        assert sorted(a + b) == sorted(ids)
+        assert a and b, "both instances took part"
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_schema_of_a_newer_version_is_refused_and_left_untouched(
+    backend: PostgresBackend, pg_url: str
+) -> None:
+    await backend.commit([Commit(effects=Effects(jobs=[job("a")]))], T0)
+    schema = backend.schema
+    async with await psycopg.AsyncConnection.connect(admin_url(pg_url), autocommit=True) as conn:
+        await conn.execute(
+            f'INSERT INTO "{schema}".schema_version (version) VALUES (%s)', (LATEST_VERSION + 1,)
+        )
+    newer = PostgresBackend(pg_url)
+    with pytest.raises(SchemaVersionError, match=f"version {LATEST_VERSION + 1}"):
+        await newer.connect()
+    await newer.close()
+    [leased] = await backend.lease({"q": 30.0}, 10, T0)
+    assert leased.id == "a"
+
+
+async def test_migrations_are_idempotent_and_safe_to_run_at_once(pg_url: str) -> None:
+    stores = [PostgresBackend(pg_url) for _ in range(3)]
+    await asyncio.gather(*(store.connect() for store in stores))
+    try:
+        await stores[0].migrate()
+        async with await psycopg.AsyncConnection.connect(admin_url(pg_url)) as conn:
+            cursor = await conn.execute(f'SELECT array_agg(version) FROM "{stores[0].schema}".schema_version')
+            assert await cursor.fetchone() == ([LATEST_VERSION],)
+    finally:
+        for store in stores:
+            await store.close()
+
+
+def test_schema_name_must_be_a_plain_identifier() -> None:
+    with pytest.raises(ConfigurationError, match="schema"):
+        PostgresBackend("postgresql://127.0.0.1/db?schema=x;drop")
+    assert PostgresBackend("postgresql://127.0.0.1/db").schema == "conveyor"
+
+
+def test_options_come_from_the_url_and_keywords_win() -> None:
+    store = PostgresBackend("postgresql://127.0.0.1/db?schema=s1&idempotency_retention=60")
+    assert (store.schema, store.idempotency_retention) == ("s1", 60.0)
+    assert (
+        PostgresBackend(
+            "postgresql://127.0.0.1/db?idempotency_retention=60", idempotency_retention=5
+        ).idempotency_retention
+        == 5.0
+    )
+
+
+async def test_unreachable_server_raises_backend_unavailable() -> None:
+    store = PostgresBackend("postgresql://root@127.0.0.1:1/nothing", pool_timeout=2)
+    with pytest.raises(BackendUnavailableError):
+        await store.connect()
+
+
+async def _listening(store: PostgresBackend) -> None:
+    """Start the LISTEN connection and wait (bounded) until it is up."""
+    await store.wait_for_jobs(["q"], 0)
+    await asyncio.wait_for(store._listener.listening.wait(), 10)
+
+
+async def test_idle_worker_is_woken_promptly_by_another_instances_commit(
+    backend: PostgresBackend, pg_url: str
+) -> None:
+    await _listening(backend)
+    await backend.wait_for_jobs(["q"], 0)  # consume the wake-up of the LISTEN start
+    producer = PostgresBackend(pg_url)
+    await producer.connect()
+    try:
+        started = time.monotonic()
+        waiting = asyncio.create_task(backend.wait_for_jobs(["q"], 60.0))
+        await asyncio.sleep(0)
+        await producer.commit([Commit(effects=Effects(jobs=[job("a")]))], T0)
+        await asyncio.wait_for(waiting, 10)
+        assert time.monotonic() - started < 5.0, "woken by NOTIFY, not by the 60 s timeout"
+    finally:
+        await producer.close()
+
+
+async def test_own_commit_wakes_a_waiter_of_the_same_instance(backend: PostgresBackend) -> None:
+    waiting = asyncio.create_task(backend.wait_for_jobs(["q"], 60.0))
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await backend.commit([Commit(effects=Effects(jobs=[job("a")]))], T0)
+    await asyncio.wait_for(waiting, 10)
+    assert time.monotonic() - started < 5.0
+
+
+async def test_notification_during_lease_is_not_slept_through(backend: PostgresBackend, pg_url: str) -> None:
+    await _listening(backend)
+    await backend.wait_for_jobs(["q"], 0)
+    producer = PostgresBackend(pg_url)
+    await producer.connect()
+    try:
+        await producer.commit([Commit(effects=Effects(jobs=[job("a")]))], T0)
+        # The notification arrives while this worker is not waiting (it is "leasing").
+        async with asyncio.timeout(10):
+            while backend._listener._generation.get("q", 0) == 0:  # noqa: ASYNC110 (private state)
+                await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await backend.wait_for_jobs(["q"], 60.0)
+        assert time.monotonic() - started < 5.0
+    finally:
+        await producer.close()
+
+
+async def test_outbox_commits_jobs_with_the_callers_transaction(
+    backend: PostgresBackend, pg_url: str
+) -> None:
+    schema = backend.schema
+    async with await psycopg.AsyncConnection.connect(admin_url(pg_url)) as conn:
+        await conn.execute(f'CREATE TABLE "{schema}".orders (id text PRIMARY KEY)')
+        await conn.commit()
+
+        async with conn.transaction(force_rollback=True):
+            await conn.execute(f'INSERT INTO "{schema}".orders VALUES (%s)', ("o1",))
+            [result] = await backend.commit_in(
+                conn, [Commit(effects=Effects(jobs=[job("ship-o1", key="o1")]))], T0
+            )
+            assert result.job_ids == ("ship-o1",)
+        assert await backend.lease({"q": 30.0}, 10, T0) == []
+
+        async with conn.transaction():
+            await conn.execute(f'INSERT INTO "{schema}".orders VALUES (%s)', ("o2",))
+            await backend.commit_in(conn, [Commit(effects=Effects(jobs=[job("ship-o2")]))], T0)
+            assert await backend.lease({"q": 30.0}, 10, T0) == [], "invisible until commit"
+        [leased] = await backend.lease({"q": 30.0}, 10, T0)
+        assert leased.id == "ship-o2"
+        cursor = await conn.execute(f'SELECT id FROM "{schema}".orders')
+        assert await cursor.fetchall() == [("o2",)]
+        await conn.rollback()
+    # The rolled-back key left nothing behind: it is free for a new job.
+    [again] = await backend.commit([Commit(effects=Effects(jobs=[job("ship-o1b", key="o1")]))], T0)
+    assert again.job_ids == ("ship-o1b",)
+
+
+async def test_instance_recovers_after_its_connections_are_terminated(
+    backend: PostgresBackend, pg_url: str
+) -> None:
+    await backend.commit([Commit(effects=Effects(jobs=[job("a"), job("b")]))], T0)
+    await _listening(backend)
+    application = pg_url.rsplit("application_name=", 1)[1]
+    async with await psycopg.AsyncConnection.connect(admin_url(pg_url), autocommit=True) as admin:
+        cursor = await admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+            (application,),
+        )
+        row = await cursor.fetchone()
+        assert row is not None and row[0] >= 2, "the pool's and the listener's connections"
+
+    # The pool replaces dead connections at checkout: the same instance works again.
+    leased = await backend.lease({"q": 30.0}, 1, T0)
+    [ok] = await backend.commit([Commit(Settlement(leased[0].id, leased[0].token, Outcome.ACK))], T0)
+    assert ok.status is CommitStatus.OK
+
+    # The LISTEN connection comes back by itself, and wakes a waiter again.
+    await asyncio.wait_for(backend._listener.listening.wait(), 10)
+    await backend.wait_for_jobs(["q"], 0)
+    producer = PostgresBackend(pg_url)
+    await producer.connect()
+    try:
+        waiting = asyncio.create_task(backend.wait_for_jobs(["q"], 60.0))
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        await producer.commit([Commit(effects=Effects(jobs=[job("c")]))], T0)
+        await asyncio.wait_for(waiting, 10)
+        assert time.monotonic() - started < 5.0
+    finally:
+        await producer.close()
+
+
+async def test_maintenance_purges_expired_idempotency_keys(backend: PostgresBackend) -> None:
+    jobs = [job(f"k{i}", key=f"key-{i}") for i in range(30)]
+    await backend.commit([Commit(effects=Effects(jobs=jobs))], T0)
+    leased = await backend.lease({"q": 30.0}, 100, T0)
+    await backend.commit([Commit(Settlement(j.id, j.token, Outcome.ACK)) for j in leased], T0)
+    assert await backend.maintenance(T0 + 10) == 0, "still within the retention"
+    assert await backend.maintenance(T0 + backend.idempotency_retention + 1) == 30
+
+
+async def test_history_is_pruned_in_batches(
+    backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres_backend, "PRUNE_BATCH", 7)
+    entries = [HistoryEntry("wf", T0 + i, "enqueued", "q") for i in range(20)]
+    await backend.commit([Commit(effects=Effects(history=entries))], T0)
+    assert await backend.prune_history(T0 + 15) == 15
+    assert [e.at for e in await backend.history("wf")] == [T0 + i for i in range(15, 20)]
