@@ -96,8 +96,12 @@ class MemoryBackend:
                 heapq.heappop(heap)
                 candidates.append((available_at, seq, job_id, token, queue))
         candidates.sort()
+        seen: set[str] = set()
         for available_at, seq, job_id, token, queue in candidates:
             job = self._jobs[job_id]
+            if job_id in seen:  # two heap entries of one job: lease it once
+                continue
+            seen.add(job_id)
             if len(leased) >= limit:
                 heapq.heappush(self._ready[queue], (available_at, seq, job_id, token))
                 continue
@@ -129,8 +133,9 @@ class MemoryBackend:
         job = self._live(job_id, token, now)
         if job is None:
             return False
-        job.available_at = max(job.available_at, until)
-        self._push(job)
+        if until != job.available_at:
+            job.available_at = until
+            self._push(job)
         return True
 
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:

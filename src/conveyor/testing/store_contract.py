@@ -117,6 +117,14 @@ class StoreContract:
         await backend.commit([Commit(settle("a", leased.token, Outcome.ACK))], T0 + 1)
         assert await backend.lease({"q": 30.0}, 10, T0 + 1000) == []
 
+    async def test_extending_to_the_same_deadline_leases_the_job_once_later(self, backend: Backend) -> None:
+        await backend.commit([enqueue(job("a"))], T0)
+        [leased] = await backend.lease({"q": 30.0}, 10, T0)
+        assert await backend.extend("a", leased.token, T0 + 30, T0 + 1)
+        assert await backend.extend("a", leased.token, T0 + 30, T0 + 2)
+        again = await backend.lease({"q": 30.0}, 10, T0 + 31)
+        assert [(j.id, j.attempt) for j in again] == [("a", 2)]
+
     async def test_delayed_job_is_leased_only_when_available(self, backend: Backend) -> None:
         await backend.commit([enqueue(job("later", at=T0 + 60))], T0)
         assert await backend.lease({"q": 30.0}, 10, T0 + 59) == []
