@@ -54,6 +54,11 @@ end
 local count = #picked
 local token = redis.call("INCRBY", prefix .. ":token", count) - count
 local job_prefix = prefix .. ":job:"
+-- one deadline per queue, as text with every digit (what redis.call would make of the number)
+local deadline_of = {}
+for i = 4, #ARGV, 2 do
+  deadline_of[i] = string.format("%.17g", now + tonumber(ARGV[i + 1]))
+end
 local leased, moved = {}, {}
 for c = 1, count do
   local id, i = picked[c], picked_queue[c]
@@ -69,7 +74,7 @@ for c = 1, count do
   if job[1] then
     token = token + 1
     local attempt = (tonumber(job[3]) or 0) + 1
-    local deadline = now + tonumber(ARGV[i + 1])
+    local deadline = deadline_of[i]
     -- the deadline twice: in the hash for commit's checks, in <queue>:leased for lease and stats
     redis.call("HSET", job_key, "a", attempt, "t", token, "d", deadline)
     local deadlines = members.deadlines
