@@ -374,6 +374,12 @@ async def test_unknown_url_option_is_a_configuration_error_at_connect(url: str) 
         await RedisBackend(url + "&bogus=1").connect()
 
 
+def test_error_messages_do_not_show_the_password() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        RedisBackend("redis://user:s3cret@h/0?idempotency_retention=soon")
+    assert "s3cret" not in str(caught.value) and "user:***@h" in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("error", "translated"),
     [

@@ -88,6 +88,13 @@ class RedisBackend:
         idempotency_retention: float | None = None,
     ) -> None:
         self.url = url
+        parts = urlsplit(url)
+        # the URL as error messages show it: without its password
+        self._shown_url = (
+            urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+            if parts.password
+            else url
+        )
         options = url_options(url)
         self.prefix = prefix if prefix is not None else options.get("prefix", DEFAULT_PREFIX)
         if not self.prefix or "{" in self.prefix or "}" in self.prefix:
@@ -98,9 +105,10 @@ class RedisBackend:
                     options.get("idempotency_retention", DEFAULT_IDEMPOTENCY_RETENTION)
                 )
             except ValueError as exc:
-                raise ConfigurationError(f"idempotency_retention in {url!r} is not a number") from exc
+                raise ConfigurationError(
+                    f"idempotency_retention in {self._shown_url!r} is not a number"
+                ) from exc
         self.idempotency_retention = float(idempotency_retention)
-        parts = urlsplit(url)
         driver_query = [(k, v) for k, v in parse_qsl(parts.query) if k not in _OWN_OPTIONS]
         self._driver_url = urlunsplit(parts._replace(query=urlencode(driver_query)))
         self._scripts = Scripts()
@@ -124,7 +132,7 @@ class RedisBackend:
                 socket_keepalive=True,
             )
         except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"invalid Redis URL {self.url!r}: {exc}") from exc
+            raise ConfigurationError(f"invalid Redis URL {self._shown_url!r}: {exc}") from exc
         try:
             with _translated():
                 info = await command(client, "INFO", "server")
@@ -132,7 +140,7 @@ class RedisBackend:
         except TypeError as exc:
             # redis-py meets unknown URL options only when it opens the first connection
             await client.aclose()
-            raise ConfigurationError(f"invalid Redis URL {self.url!r}: {exc}") from exc
+            raise ConfigurationError(f"invalid Redis URL {self._shown_url!r}: {exc}") from exc
         except BaseException:
             await client.aclose()
             raise
@@ -141,7 +149,7 @@ class RedisBackend:
             await client.aclose()
             raise ConfigurationError(
                 f"conveyor needs Redis {'.'.join(map(str, MIN_REDIS_VERSION))} or newer "
-                f"(ZADD LT); {self.url!r} runs {info.get('redis_version')}"
+                f"(ZADD LT); {self._shown_url!r} runs {info.get('redis_version')}"
             )
         self._redis = client
         self._notifier = Notifier(client, lambda queue: self._key(queue, "notify"))
