@@ -8,6 +8,7 @@ Idle workers are woken by LISTEN/NOTIFY. Finished jobs are deleted, keeping the 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -34,13 +35,22 @@ from conveyor.ports import (
     Commit,
     CommitResult,
     DeadLetter,
+    Effects,
     ErrorInfo,
     HistoryEntry,
     InstanceSummary,
     LeasedJob,
+    NewEvent,
+    NewJob,
+    Outcome,
     QueueStats,
+    Settlement,
+    StateOp,
     StateRecord,
+    StateWrite,
 )
+
+logger = logging.getLogger("conveyor.backends.postgres")
 
 DEFAULT_SCHEMA = "conveyor"
 DEFAULT_IDEMPOTENCY_RETENTION = 24 * 3600.0
@@ -150,6 +160,7 @@ class PostgresBackend:
             min_size=self._pool_min_size,
             max_size=self._pool_max_size,
             kwargs={"autocommit": True, **self._connect_options},
+            configure=self._warm_up,
             # Connections a server restart or pg_terminate_backend killed while idle are found
             # and replaced at checkout (one empty query) instead of failing a lease or commit.
             check=AsyncConnectionPool.check_connection,
@@ -165,6 +176,35 @@ class PostgresBackend:
                 raise translate(exc) from exc
             raise
         self._pool = pool
+
+    async def _warm_up(self, conn: Connection) -> None:
+        """Run lease() and commit_batch() once on a new pooled connection, writing nothing.
+
+        The first call of a plpgsql function in a session compiles it and plans every statement it
+        reaches: tens of milliseconds that would otherwise land on a worker's first commits (and,
+        with a fast clock, could make them arrive after their lease ended). The dummy commit is
+        stale, so every statement runs but matches no row; the transaction is rolled back anyway.
+        """
+        tag = f"conveyor-warm-up:{conn.info.backend_pid}"
+        warm_up = Commit(
+            Settlement(tag, 0, Outcome.ACK),
+            Effects(
+                jobs=[NewJob(tag, tag, b"", 0.0, 0.0, tag)],
+                events=[NewEvent(tag, tag, b"", 0.0)],
+                states=[StateWrite(tag, StateOp.SET, b"")],
+                cancels=[(tag, tag)],
+                history=[HistoryEntry(tag, 0.0, "warm-up", tag)],
+            ),
+        )
+        try:
+            async with conn.transaction(force_rollback=True):
+                params = {"queues": [tag], "seconds": [1.0], "now": 0.0, "limit": 1}
+                await conn.execute(self._queries["lease"], params)
+                await self._apply(conn, [flatten([warm_up], [0])], 0.0, 0)
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                raise  # the pool discards the connection and makes another
+            logger.warning("warming up a PostgreSQL connection failed (%s); it works unwarmed", exc)
 
     async def migrate(self) -> None:
         """Create or upgrade this backend's schema; idempotent, safe to run from many processes.

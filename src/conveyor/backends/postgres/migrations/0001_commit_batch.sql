@@ -34,6 +34,7 @@ CREATE FUNCTION {schema}.commit_batch(
 -- Every statement below reaches jobs by key: never let stale statistics pick a scan of the table.
 SET enable_seqscan = off
 SET enable_bitmapscan = off
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     conflicted integer[] := '{}';
