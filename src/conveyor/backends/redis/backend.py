@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from conveyor.backends import url_options
 from conveyor.backends.redis import codec
 from conveyor.backends.redis.notifier import Notifier
-from conveyor.backends.redis.scripts import Arg, Scripts, command
+from conveyor.backends.redis.scripts import NOTHING, Arg, Packed, Scripts, command
 from conveyor.model.errors import BackendError, BackendUnavailableError, ConfigurationError
 from conveyor.ports import (
     Commit,
@@ -172,10 +172,10 @@ class RedisBackend:
     def _key(self, queue: str, suffix: str) -> str:
         return f"{self.prefix}:{{{queue}}}:{suffix}"
 
-    async def _run(self, script: str, args: list[Arg]) -> Any:
+    async def _run(self, script: str, args: list[Arg], more: Packed = NOTHING) -> Any:
         client = self._client
         with _translated():
-            return await self._scripts.run(client, script, args)
+            return await self._scripts.run(client, script, args, more)
 
     # queue store
 
@@ -310,8 +310,7 @@ class RedisBackend:
         if not commits:
             return []
         args: list[Arg] = [self.prefix, now, self.idempotency_retention, len(commits)]
-        codec.commit_args(commits, args)
-        reply, woken = await self._run("commit", args)
+        reply, woken = await self._run("commit", args, codec.commit_args(commits))
         self._signal(woken)
         return codec.commit_results(commits, reply)
 

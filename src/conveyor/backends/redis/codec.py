@@ -1,8 +1,8 @@
 """Arguments for the Lua scripts and their replies, in the flat layouts the scripts document.
 
 Scripts take one flat ARGV list rather than one JSON document: bodies pass through as the bytes
-they are, times keep every digit (redis-py sends floats as ``repr``, which Lua reads back exactly),
-and Lua decodes nothing it does not need.
+they are, times keep every digit (floats go as ``repr``, which Lua reads back exactly), and Lua
+decodes nothing it does not need.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from conveyor.backends.redis.scripts import Arg
+from conveyor.backends.redis.scripts import BULK, Packed, bulk
 from conveyor.ports import (
     Commit,
     CommitResult,
@@ -32,59 +32,73 @@ _COUNTS = struct.Struct(">5I")
 _OK = CommitResult(CommitStatus.OK)
 
 
-def _optional(text: str | None) -> str:
+_JOB = BULK * 6
+_HISTORY = BULK * 3
+_SETTLEMENT = BULK * 3
+
+
+def _optional(text: str | None) -> bytes:
     # "" stands for None, so a present value (even an empty one) gets a leading marker
-    return "" if text is None else "=" + text
+    return b"" if text is None else b"=" + text.encode()
 
 
-def commit_args(commits: Sequence[Commit], out: list[Arg]) -> None:
-    """Append the ``commit.lua`` layout of ``commits`` to ``out``."""
+def commit_args(commits: Sequence[Commit]) -> Packed:
+    """The ``commit.lua`` layout of ``commits``, after its four leading arguments."""
+    parts: list[bytes] = []
+    append = parts.append
+    count = 0
     for commit in commits:
         effects, settlement = commit.effects, commit.settlement
         outcome = b"-" if settlement is None else _OUTCOMES[settlement.outcome]
         states, cancels, jobs = effects.states, effects.cancels, effects.jobs
         events, history = effects.events, effects.history
         with_effects = bool(states or cancels or jobs or events or history)
-        if with_effects:
-            # binary counts: Lua's struct.unpack reads them without making strings
-            out.append(
-                outcome + _COUNTS.pack(len(states), len(cancels), len(jobs), len(events), len(history))
-            )
+        # binary counts: Lua's struct.unpack reads them without making strings
+        head = (
+            outcome + _COUNTS.pack(len(states), len(cancels), len(jobs), len(events), len(history))
+            if with_effects
+            else outcome
+        )
+        if settlement is None:
+            append(BULK % (len(head), head))
+            count += 1
         else:
-            out.append(outcome)
-        if settlement is not None:
-            out += (settlement.job_id, settlement.token)
+            job_id, token = settlement.job_id.encode(), b"%d" % settlement.token
+            append(_SETTLEMENT % (len(head), head, len(job_id), job_id, len(token), token))
+            count += 3
             if settlement.outcome is Outcome.RETRY:
-                out.append("" if settlement.available_at is None else settlement.available_at)
+                append(bulk("" if settlement.available_at is None else settlement.available_at))
+                count += 1
             elif settlement.outcome is Outcome.DEAD:
                 error = settlement.error
                 if error is None:
                     raise ValueError(f"dead-letter settlement of {settlement.job_id!r} has no error")
-                out += (error.type, error.message, _optional(error.traceback))
+                append(bulk(error.type) + bulk(error.message) + bulk(_optional(error.traceback)))
+                count += 3
         if not with_effects:
             continue
         for write in states:
-            out += (
-                write.key,
-                "d" if write.op is StateOp.DELETE else "s",
-                b"" if write.value is None else write.value,
-                "" if write.expected_version is None else write.expected_version,
+            append(
+                bulk(write.key)
+                + bulk("d" if write.op is StateOp.DELETE else "s")
+                + bulk(b"" if write.value is None else write.value)
+                + bulk("" if write.expected_version is None else write.expected_version)
             )
         for queue, key in cancels:
-            out += (queue, key)
+            append(bulk(queue) + bulk(key))
         for job in jobs:
-            out += (
-                job.id,
-                job.queue,
-                job.body,
-                job.available_at,
-                job.enqueued_at,
-                _optional(job.idempotency_key),
-            )
+            # one % per job, the loop of a 1,000-job enqueue: id, queue, body, available_at,
+            # enqueued_at, idempotency key
+            i, q, b, k = job.id.encode(), job.queue.encode(), job.body, _optional(job.idempotency_key)
+            a, e = repr(job.available_at).encode(), repr(job.enqueued_at).encode()
+            append(_JOB % (len(i), i, len(q), q, len(b), b, len(a), a, len(e), e, len(k), k))
         for event in events:
-            out += (event.id, event.event, event.body, event.emitted_at)
+            append(bulk(event.id) + bulk(event.event) + bulk(event.body) + bulk(event.emitted_at))
         for entry in history:
-            out += (entry.correlation_id, entry.at, encode_history(entry))
+            c, a, h = entry.correlation_id.encode(), repr(entry.at).encode(), encode_history(entry)
+            append(_HISTORY % (len(c), c, len(a), a, len(h), h))
+        count += 4 * len(states) + 2 * len(cancels) + 6 * len(jobs) + 4 * len(events) + 3 * len(history)
+    return Packed(count, b"".join(parts))
 
 
 def commit_results(commits: Sequence[Commit], reply: list[Any]) -> list[CommitResult]:
