@@ -30,11 +30,7 @@ _STATUSES = (CommitStatus.OK, CommitStatus.STALE, CommitStatus.CONFLICT)
 _OUTCOMES = {Outcome.ACK: b"a", Outcome.RETRY: b"r", Outcome.DEAD: b"d", Outcome.RELEASE: b"l"}
 _COUNTS = struct.Struct(">5I")
 _OK = CommitResult(CommitStatus.OK)
-
-
-_JOB = BULK * 6
-_HISTORY = BULK * 3
-_SETTLEMENT = BULK * 3
+_SETTLEMENT, _JOB, _HISTORY = BULK * 3, BULK * 6, BULK * 3
 
 
 def _optional(text: str | None) -> bytes:

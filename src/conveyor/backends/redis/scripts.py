@@ -62,18 +62,6 @@ class Packed:
 NOTHING = Packed(0, b"")
 
 
-def _bulk_strings(args: Sequence[Arg]) -> bytes:
-    """``args`` as RESP bulk strings."""
-    data = [
-        arg.encode() if type(arg) is str else arg if type(arg) is bytes else repr(arg).encode()
-        for arg in args
-    ]
-    if not data:
-        return b""
-    # one comprehension and one join: this runs for every argument of every batch
-    return b"\r\n".join([b"$%d\r\n%b" % (len(item), item) for item in data]) + b"\r\n"
-
-
 async def _round_trip(client: Redis, packed: bytes) -> Any:
     # The pool checks a connection before lending it and drops it on any error but an error
     # reply, so a Redis restart costs no more than the calls made while it is down.
@@ -111,7 +99,7 @@ class Scripts:
             len(args) + more.count + 3,
             self._shas[name].encode(),
         )
-        packed = b"".join((head, _bulk_strings(args), more.data))
+        packed = b"".join((head, *map(bulk, args), more.data))
         try:
             return await _round_trip(client, packed)
         except NoScriptError:
