@@ -162,7 +162,7 @@ class App:
             registry=self.registry,
             clock=self.clock,
             resources=resources or {},
-            messages=MessageFactory(max_payload_bytes),
+            messages=MessageFactory(max_payload_bytes, history=history),
             tracer=Tracing(tracing, tracer_provider),
             metrics=Metrics(metrics, meter_provider),
             history_enabled=history,
@@ -263,7 +263,8 @@ class App:
                     keys[start : start + ENQUEUE_BATCH],
                     strict=True,
                 ):
-                    new, entry = runtime.messages.job(
+                    runtime.messages.add_job(
+                        effects,
                         queue,
                         jsonable(payload, model, f"queue {queue!r}"),
                         message_id=None,
@@ -273,9 +274,6 @@ class App:
                         idempotency_key=key,
                         correlation_id=correlation_id,
                     )
-                    effects.jobs.append(new)
-                    if runtime.history_enabled:
-                        effects.history.append(entry)
                 ids.extend((await self._commit(effects)).job_ids)
         if runtime.metrics.enabled:
             runtime.metrics.enqueued.add(len(ids), {QUEUE: queue})
@@ -285,7 +283,9 @@ class App:
         """Publish ``event``: one job per subscription. ``correlation_id`` starts a workflow instance."""
         runtime = self.runtime
         with runtime.tracer.produce("emit", event):
-            new, entry = runtime.messages.event(
+            effects = Effects()
+            new = runtime.messages.add_event(
+                effects,
                 event,
                 jsonable(payload, None, f"event {event!r}"),
                 message_id=None,
@@ -293,7 +293,6 @@ class App:
                 now=self.clock.now(),
                 correlation_id=correlation_id,
             )
-            effects = Effects(events=[new], history=[entry] if runtime.history_enabled else [])
             result = await self._commit(effects)
         if result.deliveries == 0:
             logger.warning("event %r (%s) has no subscription: nobody will receive it", event, new.id)

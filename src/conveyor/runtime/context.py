@@ -245,7 +245,8 @@ class Context:
 
     def _emit(self, event: str, payload: Any, correlation_id: str | None = None) -> str:
         runtime = self.runtime
-        new, entry = runtime.messages.event(
+        new = runtime.messages.add_event(
+            self.buffer.effects,
             event,
             jsonable(payload, None, f"event {event!r}"),
             message_id=self.buffer.next_id(),
@@ -253,9 +254,6 @@ class Context:
             now=runtime.clock.now(),
             correlation_id=correlation_id or self.correlation_id,
         )
-        self.buffer.effects.events.append(new)
-        if runtime.history_enabled:
-            self.buffer.effects.history.append(entry)
         return new.id
 
     async def enqueue(
@@ -276,7 +274,8 @@ class Context:
         now = runtime.clock.now()
         definition = runtime.registry.queues.get(queue)
         data = jsonable(payload, definition.payload if definition else None, f"queue {queue!r}")
-        new, entry = runtime.messages.job(
+        new = runtime.messages.add_job(
+            self.buffer.effects,
             queue,
             data,
             message_id=self.buffer.next_id(),
@@ -286,9 +285,6 @@ class Context:
             idempotency_key=idempotency_key,
             correlation_id=self.correlation_id,
         )
-        self.buffer.effects.jobs.append(new)
-        if runtime.history_enabled:
-            self.buffer.effects.history.append(entry)
         return new.id
 
     async def request_approval(

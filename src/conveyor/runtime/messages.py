@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from conveyor.model.envelope import Envelope, Kind, new_id
 from conveyor.model.errors import ConfigurationError, PayloadTooLargeError, PayloadValidationError
 from conveyor.model.lifecycle import Seconds, seconds
-from conveyor.ports import HistoryEntry, NewEvent, NewJob
+from conveyor.ports import Effects, HistoryEntry, NewEvent, NewJob
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
@@ -60,8 +60,9 @@ class Origin:
 class MessageFactory:
     """Builds envelopes and the :class:`NewJob`/:class:`NewEvent` rows that store them."""
 
-    def __init__(self, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+    def __init__(self, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, *, history: bool = True) -> None:
         self.max_payload_bytes = max_payload_bytes
+        self.history = history
 
     def _envelope(
         self,
@@ -103,8 +104,9 @@ class MessageFactory:
             )
         return envelope, body
 
-    def job(
+    def add_job(
         self,
+        effects: Effects,
         queue: str,
         data: Any,
         *,
@@ -115,7 +117,8 @@ class MessageFactory:
         idempotency_key: str | None = None,
         correlation_id: str | None = None,
         saga: list[dict[str, Any]] | None = None,
-    ) -> tuple[NewJob, HistoryEntry]:
+    ) -> NewJob:
+        """Build the job (and its "enqueued" history entry) into ``effects``; returns it."""
         envelope, body = self._envelope(
             "job", queue, message_id or new_id(), data, origin, correlation_id, idempotency_key, now, saga
         )
@@ -127,13 +130,19 @@ class MessageFactory:
             now,
             idempotency_key,
         )
-        detail = None
-        if available_at is not None and available_at > now:
-            detail = orjson.dumps({"available_at": available_at}).decode()
-        return new, HistoryEntry(envelope.correlation_id, now, "enqueued", queue, envelope.id, None, detail)
+        effects.jobs.append(new)
+        if self.history:
+            detail = None
+            if available_at is not None and available_at > now:
+                detail = orjson.dumps({"available_at": available_at}).decode()
+            effects.history.append(
+                HistoryEntry(envelope.correlation_id, now, "enqueued", queue, envelope.id, None, detail)
+            )
+        return new
 
-    def event(
+    def add_event(
         self,
+        effects: Effects,
         event: str,
         data: Any,
         *,
@@ -141,14 +150,16 @@ class MessageFactory:
         origin: Origin,
         now: float,
         correlation_id: str | None = None,
-    ) -> tuple[NewEvent, HistoryEntry]:
+    ) -> NewEvent:
+        """Build the event (and its "emitted" history entry) into ``effects``; returns it."""
         envelope, body = self._envelope(
             "event", event, message_id or new_id(), data, origin, correlation_id, None, now
         )
-        return (
-            NewEvent(envelope.id, event, body, now),
-            HistoryEntry(envelope.correlation_id, now, "emitted", event, envelope.id),
-        )
+        new = NewEvent(envelope.id, event, body, now)
+        effects.events.append(new)
+        if self.history:
+            effects.history.append(HistoryEntry(envelope.correlation_id, now, "emitted", event, envelope.id))
+        return new
 
 
 def available_at(now: float, delay: Seconds | None, run_at: datetime | float | None) -> float | None:

@@ -35,7 +35,8 @@ def completed_step(definition: QueueWorker[Any], envelope: Envelope) -> dict[str
 def _queue(runtime: Runtime, envelope: Envelope, chain: list[dict[str, Any]], effects: Effects) -> None:
     first, rest = chain[0], chain[1:]
     now = runtime.clock.now()
-    new, entry = runtime.messages.job(
+    runtime.messages.add_job(
+        effects,
         first["queue"],
         first["payload"],
         message_id=child_id(envelope.id, 1_000_000),  # distinct from the handler's own effects
@@ -44,9 +45,6 @@ def _queue(runtime: Runtime, envelope: Envelope, chain: list[dict[str, Any]], ef
         correlation_id=envelope.correlation_id,
         saga=rest,
     )
-    effects.jobs.append(new)
-    if runtime.history_enabled:
-        effects.history.append(entry)
 
 
 async def start(runtime: Runtime, envelope: Envelope, effects: Effects) -> None:

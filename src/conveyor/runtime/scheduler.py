@@ -157,7 +157,8 @@ class Scheduler:
         origin = Origin(None, definition.service.name, definition.service.version)
         for tick in fire:
             key_text = tick_key(definition.name, tick)
-            new, entry = runtime.messages.job(
+            runtime.messages.add_job(
+                effects,
                 definition.name,
                 {"tick": datetime.fromtimestamp(tick, UTC).isoformat()},
                 message_id=None,
@@ -165,9 +166,6 @@ class Scheduler:
                 now=now,
                 idempotency_key=key_text,
             )
-            effects.jobs.append(new)
-            if runtime.history_enabled:
-                effects.history.append(entry)
         if await self._advance(definition.name, effects, due[-1], version):
             return len(fire)
         return 0

@@ -296,22 +296,7 @@ class Workflows:
         now = app.clock.now()
         outcome = "approved" if approve else "rejected"
         decision = {"outcome": outcome, "by": by, "note": note}
-        event, emitted = runtime.messages.event(
-            declared.event(outcome),
-            {
-                "instance_id": instance_id,
-                "gate": gate,
-                "payload": request.get("payload"),
-                "by": by,
-                "note": note,
-            },
-            message_id=None,
-            origin=Origin(),
-            now=now,
-            correlation_id=instance_id,
-        )
         effects = Effects(
-            events=[event],
             states=[
                 StateWrite(
                     key,
@@ -324,9 +309,23 @@ class Workflows:
             history=[
                 HistoryEntry(
                     instance_id, now, "approval_decided", gate, detail=orjson.dumps(decision).decode()
-                ),
-                emitted,
+                )
             ],
+        )
+        event = runtime.messages.add_event(
+            effects,
+            declared.event(outcome),
+            {
+                "instance_id": instance_id,
+                "gate": gate,
+                "payload": request.get("payload"),
+                "by": by,
+                "note": note,
+            },
+            message_id=None,
+            origin=Origin(),
+            now=now,
+            correlation_id=instance_id,
         )
         [result] = await app.backend.commit([Commit(effects=effects)], now)
         if result.status is not CommitStatus.OK:
