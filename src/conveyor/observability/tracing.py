@@ -7,7 +7,7 @@ injected and no span is started). Span names and attributes follow the messaging
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from opentelemetry import propagate, trace
@@ -16,6 +16,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from conveyor.model.envelope import Envelope
 
 _TRACER_NAME = "conveyor"
+_NO_SPAN: AbstractContextManager[None] = nullcontext()
 
 
 def sdk_configured() -> bool:
@@ -30,13 +31,18 @@ class Tracing:
         self._requested = enabled if provider is None or enabled is not None else True
         self.enabled = bool(self._requested)
         self._provider = provider
+        self._cached: trace.Tracer | None = None
 
     def activate(self) -> None:
         """Decide, when the app starts, whether to trace (``None``: when an SDK is configured)."""
         self.enabled = sdk_configured() if self._requested is None else self._requested
+        self._cached = None
 
     def _tracer(self) -> trace.Tracer:
-        return trace.get_tracer(_TRACER_NAME, tracer_provider=self._provider)
+        # get_tracer builds a new tracer (and scope) on every call: keep the one we got
+        if self._cached is None:
+            self._cached = trace.get_tracer(_TRACER_NAME, tracer_provider=self._provider)
+        return self._cached
 
     def inject(self) -> dict[str, str] | None:
         if not self.enabled:
@@ -45,11 +51,16 @@ class Tracing:
         propagate.inject(carrier)
         return carrier or None
 
-    @contextmanager
-    def consume(self, envelope: Envelope, queue: str, job_id: str, attempt: int) -> Iterator[Span | None]:
+    def consume(
+        self, envelope: Envelope, queue: str, job_id: str, attempt: int
+    ) -> AbstractContextManager[Span | None]:
+        """The consumer span of one attempt (a child of the producer's span), or nothing."""
         if not self.enabled:
-            yield None
-            return
+            return _NO_SPAN
+        return self._consume(envelope, queue, job_id, attempt)
+
+    @contextmanager
+    def _consume(self, envelope: Envelope, queue: str, job_id: str, attempt: int) -> Iterator[Span | None]:
         parent = propagate.extract(envelope.trace or {})
         attributes: dict[str, Any] = {
             "messaging.system": "conveyor",
