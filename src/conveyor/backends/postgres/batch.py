@@ -139,7 +139,9 @@ class Arrays:
 
     def params(self, now: float, retention: float, purge: int, channel: str) -> tuple[Any, ...]:
         """The positional parameters of the ``commit`` query, in the function's order."""
-        return (now, retention, purge, channel, *(getattr(self, f.name) for f in fields(self)))
+        # Queues whose new jobs can run now: woken (at worst spuriously, if the commit fails).
+        wake = sorted({q for q, at in zip(self.j_queue, self.j_available_at, strict=True) if at <= now})
+        return (now, retention, purge, channel, wake, *(getattr(self, f.name) for f in fields(self)))
 
 
 def flatten(commits: Sequence[Commit], group: Sequence[int]) -> Arrays:
@@ -205,6 +207,7 @@ class GroupResult:
 
     failed: dict[int, CommitStatus]
     job_ids: list[str | None]
+    """Only of the jobs with an idempotency key, in order."""
     deliveries: list[int]
     woken: list[str]
 
@@ -225,13 +228,13 @@ def results(
     """One :class:`CommitResult` per commit, in order, from the answers of its groups."""
     out: list[CommitResult | None] = [None] * len(commits)
     for group, answer in zip(groups, answers, strict=True):
-        job_at = 0
+        keyed = iter(answer.job_ids)
         event_at = 0
         for c in group:
             effects = commits[c].effects
-            jobs = answer.job_ids[job_at : job_at + len(effects.jobs)]
+            # keyed jobs' ids come from the server (the key's holder); any other job keeps its own
+            job_ids = [next(keyed) if job.idempotency_key is not None else job.id for job in effects.jobs]
             delivered = answer.deliveries[event_at : event_at + len(effects.events)]
-            job_at += len(effects.jobs)
             event_at += len(effects.events)
             status = answer.failed.get(c)
             if status is not None:
@@ -239,7 +242,7 @@ def results(
             else:
                 out[c] = CommitResult(
                     CommitStatus.OK,
-                    tuple(job_id for job_id in jobs if job_id is not None),
+                    tuple(job_id for job_id in job_ids if job_id is not None),
                     sum(delivered),
                 )
     return [result for result in out if result is not None]

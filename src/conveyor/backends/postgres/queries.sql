@@ -14,7 +14,7 @@ WHERE id = %(id)s AND token = %(token)s AND available_at >= %(now)s
 -- name: commit
 SELECT failed_commits, failed_statuses, job_ids, deliveries, woken
 FROM {schema}.commit_batch(
-    %b::double precision, %b::double precision, %b::integer, %b::text,
+    %b::double precision, %b::double precision, %b::integer, %b::text, %b::text[],
     %b::integer[], %b::text[], %b::bigint[], %b::text[], %b::double precision[],
     %b::text[], %b::text[], %b::text[],
     %b::integer[], %b::text[], %b::bigint[], %b::boolean[], %b::boolean[], %b::bytea[], %b::integer[],

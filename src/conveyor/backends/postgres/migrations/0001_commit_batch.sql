@@ -9,14 +9,16 @@
 -- commit applies nothing.
 --
 -- Returns the failed commits with their status ('stale' or 'conflict'), the id of every new job
--- in input order (the existing job's id on an idempotency-key hit, NULL in a failed commit), the
--- number of subscription queues each event fanned out into, and the queues that got jobs
--- available now (also sent with pg_notify on p_channel, newline-separated, or '*' if too long).
+-- with an idempotency key, in input order (the holder's id on a hit, NULL in a failed commit), the
+-- number of subscription queues each event fanned out into, and the queues to wake: p_wake (the
+-- client's new jobs available now) plus those that got fanned-out, released or retried jobs.
+-- They are also sent with pg_notify on p_channel (newline-separated, or '*' if too long).
 CREATE FUNCTION {schema}.commit_batch(
     p_now double precision,
     p_retention double precision,
     p_purge integer,
     p_channel text,
+    p_wake text[],
     s_commit integer[], s_id text[], s_token bigint[], s_outcome text[],
     s_available_at double precision[],
     s_error_type text[], s_error_message text[], s_error_traceback text[],
@@ -42,16 +44,17 @@ DECLARE
     removed text[] := '{}';   -- ids of jobs acked, dead-lettered or cancelled, with their commit
     removed_at integer[] := '{}';
     failed integer[] := '{}';
-    claimed_queue text[];     -- idempotency keys claimed by this batch, with the claiming job
-    claimed_key text[];
-    claimed_id text[];
+    keyed boolean;
+    claimed_queue text[] := '{}';  -- idempotency keys claimed by this batch, with the claiming job
+    claimed_key text[] := '{}';
+    claimed_id text[] := '{}';
     payload text;
 BEGIN
     failed_commits := '{}';
     failed_statuses := '{}';
     job_ids := '{}';
     deliveries := '{}';
-    woken := '{}';
+    woken := p_wake;
 
     -- 1. Expected state versions. Every written key is locked (in key order, so two batches cannot
     --    deadlock) before it is read, so no other commit can change it between check and write.
@@ -78,7 +81,8 @@ BEGIN
             WHERE s.outcome IN ('ack', 'dead')
               AND j.id = s.id AND j.token = s.token AND j.available_at >= p_now
             RETURNING s.c, s.outcome, s.error_type, s.error_message, s.error_traceback,
-                      j.id, j.queue, j.attempts, j.enqueued_at, j.idempotency_key, j.body
+                      j.id, j.queue, j.attempts, j.enqueued_at, j.idempotency_key,
+                      CASE WHEN s.outcome = 'dead' THEN j.body END AS body
         ), ended AS (
             UPDATE {schema}.jobs AS j SET
                 token = NULL,
@@ -117,7 +121,8 @@ BEGIN
                 || coalesce((SELECT array_agg(c) FROM ended), '{}'),
             coalesce((SELECT array_agg(id) FROM done), '{}'),
             coalesce((SELECT array_agg(c) FROM done), '{}'),
-            coalesce((SELECT array_agg(DISTINCT queue) FROM ended WHERE available_at <= p_now), '{}')
+            woken || coalesce((
+                SELECT array_agg(DISTINCT queue) FROM ended WHERE available_at <= p_now), '{}')
         INTO settled, removed, removed_at, woken;
 
         -- 3. Statuses: a settlement that did not apply makes its commit STALE (even if it also
@@ -185,52 +190,50 @@ BEGIN
         FROM gone;
     END IF;
 
-    -- 6. New jobs. The first job of a free idempotency key claims it; every job with that key
-    --    then resolves to the key's holder. A job is inserted only if it has no key or claimed
-    --    it just now. A job id that a later commit of this batch acks was still there here.
+    -- 6. New jobs, inserted in input order. A keyed job: the first job of a free idempotency key
+    --    claims it, and only a job that claimed its key just now is inserted; every job with the
+    --    key resolves to the key's holder. A job without a key is simply inserted (its id is its
+    --    result, which the client knows). A job id that a later commit of this batch removes was
+    --    still there at this point, so it is not inserted again.
     IF cardinality(j_id) > 0 THEN
-        WITH claimed AS (
-            INSERT INTO {schema}.idempotency AS i (queue, key, job_id)
-            SELECT DISTINCT ON (j.queue, j.key) j.queue, j.key, j.id
-            FROM unnest(j_commit, j_id, j_queue, j_key) WITH ORDINALITY AS j(c, id, queue, key, n)
-            WHERE j.key IS NOT NULL AND j.c <> ALL (failed)
-            ORDER BY j.queue, j.key, j.n
-            ON CONFLICT (queue, key) DO UPDATE SET job_id = excluded.job_id, expires_at = NULL
-                WHERE i.expires_at IS NOT NULL AND i.expires_at <= p_now
-            RETURNING i.queue, i.key, i.job_id
-        )
-        SELECT coalesce(array_agg(queue), '{}'), coalesce(array_agg(key), '{}'),
-               coalesce(array_agg(job_id), '{}')
-        INTO claimed_queue, claimed_key, claimed_id
-        FROM claimed;
+        keyed := EXISTS (SELECT 1 FROM unnest(j_key) AS k WHERE k IS NOT NULL);
+        IF keyed THEN
+            WITH claimed AS (
+                INSERT INTO {schema}.idempotency AS i (queue, key, job_id)
+                SELECT DISTINCT ON (j.queue, j.key) j.queue, j.key, j.id
+                FROM unnest(j_commit, j_id, j_queue, j_key) WITH ORDINALITY AS j(c, id, queue, key, n)
+                WHERE j.key IS NOT NULL AND j.c <> ALL (failed)
+                ORDER BY j.queue, j.key, j.n
+                ON CONFLICT (queue, key) DO UPDATE SET job_id = excluded.job_id, expires_at = NULL
+                    WHERE i.expires_at IS NOT NULL AND i.expires_at <= p_now
+                RETURNING i.queue, i.key, i.job_id
+            )
+            SELECT coalesce(array_agg(queue), '{}'), coalesce(array_agg(key), '{}'),
+                   coalesce(array_agg(job_id), '{}')
+            INTO claimed_queue, claimed_key, claimed_id
+            FROM claimed;
+        END IF;
 
-        WITH j AS MATERIALIZED (
-            SELECT j.*, CASE WHEN j.c = ANY (failed) THEN NULL
-                             ELSE coalesce(i.job_id, j.id) END AS resolved
-            FROM unnest(
-                j_commit, j_id, j_queue, j_body, j_available_at, j_enqueued_at, j_key
-            ) WITH ORDINALITY AS j(c, id, queue, body, available_at, enqueued_at, key, n)
-            LEFT JOIN {schema}.idempotency AS i
-                ON j.key IS NOT NULL AND i.queue = j.queue AND i.key = j.key
-        ), added AS (
-            INSERT INTO {schema}.jobs AS t (id, queue, body, available_at, enqueued_at, idempotency_key)
-            SELECT j.id, j.queue, j.body, j.available_at, j.enqueued_at, j.key
-            FROM j
-            WHERE j.resolved IS NOT NULL
-              AND (j.key IS NULL OR EXISTS (
-                  SELECT 1 FROM unnest(claimed_queue, claimed_key, claimed_id) AS k(queue, key, id)
-                  WHERE k.queue = j.queue AND k.key = j.key AND k.id = j.id))
-              AND NOT EXISTS (
-                  SELECT 1 FROM unnest(removed, removed_at) AS r(id, c)
-                  WHERE r.id = j.id AND r.c > j.c)
-            ORDER BY j.n
-            ON CONFLICT (id) DO NOTHING
-            RETURNING t.queue, t.available_at
-        )
-        SELECT (SELECT array_agg(resolved ORDER BY n) FROM j),
-               woken || coalesce((
-                   SELECT array_agg(DISTINCT queue) FROM added WHERE available_at <= p_now), '{}')
-        INTO job_ids, woken;
+        INSERT INTO {schema}.jobs (id, queue, body, available_at, enqueued_at, idempotency_key)
+        SELECT j.id, j.queue, j.body, j.available_at, j.enqueued_at, j.key
+        FROM unnest(j_commit, j_id, j_queue, j_body, j_available_at, j_enqueued_at, j_key)
+            AS j(c, id, queue, body, available_at, enqueued_at, key)
+        WHERE j.c <> ALL (failed)
+          AND (j.key IS NULL OR EXISTS (
+              SELECT 1 FROM unnest(claimed_queue, claimed_key, claimed_id) AS k(queue, key, id)
+              WHERE k.queue = j.queue AND k.key = j.key AND k.id = j.id))
+          AND (cardinality(removed) = 0 OR NOT EXISTS (
+              SELECT 1 FROM unnest(removed, removed_at) AS r(id, c)
+              WHERE r.id = j.id AND r.c > j.c))
+        ON CONFLICT (id) DO NOTHING;
+
+        IF keyed THEN
+            SELECT array_agg(CASE WHEN j.c = ANY (failed) THEN NULL ELSE i.job_id END ORDER BY j.n)
+            INTO job_ids
+            FROM unnest(j_commit, j_queue, j_key) WITH ORDINALITY AS j(c, queue, key, n)
+            LEFT JOIN {schema}.idempotency AS i ON i.queue = j.queue AND i.key = j.key
+            WHERE j.key IS NOT NULL;
+        END IF;
     END IF;
 
     -- 7. Events fan out into every subscribed queue, one job per (event, queue) with a
@@ -250,7 +253,6 @@ BEGIN
             WHERE NOT EXISTS (
                 SELECT 1 FROM unnest(removed, removed_at) AS x(id, c)
                 WHERE x.id = r.job_id AND x.c > r.c)
-            ORDER BY r.n
             ON CONFLICT (id) DO NOTHING
             RETURNING t.queue, t.available_at
         )
@@ -264,15 +266,14 @@ BEGIN
         INTO deliveries, woken;
     END IF;
 
-    -- 8. Workflow history, in input order.
+    -- 8. Workflow history, in input order (the order unnest yields, which seq records).
     IF cardinality(h_correlation_id) > 0 THEN
         INSERT INTO {schema}.history (correlation_id, at, kind, name, message_id, attempt, detail)
         SELECT h.correlation_id, h.at, h.kind, h.name, h.message_id, h.attempt, h.detail
         FROM unnest(
             h_commit, h_correlation_id, h_at, h_kind, h_name, h_message_id, h_attempt, h_detail
-        ) WITH ORDINALITY AS h(c, correlation_id, at, kind, name, message_id, attempt, detail, n)
-        WHERE h.c <> ALL (failed)
-        ORDER BY h.n;
+        ) AS h(c, correlation_id, at, kind, name, message_id, attempt, detail)
+        WHERE h.c <> ALL (failed);
     END IF;
 
     -- 9. Wake idle workers of the queues that got work (delivered at COMMIT, like the rows).
