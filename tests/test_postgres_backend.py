@@ -281,3 +281,23 @@ async def test_history_is_pruned_in_batches(
     await backend.commit([Commit(effects=Effects(history=entries))], T0)
     assert await backend.prune_history(T0 + 15) == 15
     assert [e.at for e in await backend.history("wf")] == [T0 + i for i in range(15, 20)]
+
+
+async def test_array_encoding_round_trips_nulls_unicode_and_empty(pg_url: str) -> None:
+    from conveyor.backends.postgres import arrays
+
+    cases = [
+        (arrays.TextArray(["a", None, 'é"{},\\']), "text[]"),
+        (arrays.BytesArray([b"\x00\xff", None, b""]), "bytea[]"),
+        (arrays.FloatArray([1.5, -0.0, 1e300]), "double precision[]"),
+        (arrays.FloatArray([1.5, None]), "double precision[]"),
+        (arrays.IntArray([0, -2, 2**31 - 1]), "integer[]"),
+        (arrays.BigIntArray([2**62, None]), "bigint[]"),
+        (arrays.BoolArray([True, False, None]), "boolean[]"),
+        (arrays.TextArray([]), "text[]"),
+    ]
+    async with await psycopg.AsyncConnection.connect(admin_url(pg_url), autocommit=True) as conn:
+        arrays.register(conn)
+        for values, sql_type in cases:
+            cursor = await conn.execute(f"SELECT %b::{sql_type}", [values])
+            assert await cursor.fetchone() == (list(values),), sql_type

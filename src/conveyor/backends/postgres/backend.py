@@ -20,6 +20,7 @@ from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from conveyor.backends import url_options
+from conveyor.backends.postgres import arrays
 from conveyor.backends.postgres import schema as pg_schema
 from conveyor.backends.postgres.batch import (
     Arrays,
@@ -185,6 +186,7 @@ class PostgresBackend:
         with a fast clock, could make them arrive after their lease ended). The dummy commit is
         stale, so every statement runs but matches no row; the transaction is rolled back anyway.
         """
+        arrays.register(conn)
         tag = f"conveyor-warm-up:{conn.info.backend_pid}"
         warm_up = Commit(
             Settlement(tag, 0, Outcome.ACK),
@@ -408,12 +410,12 @@ class PostgresBackend:
         if not commits:
             return []
         groups = plan_groups(commits)
-        arrays = [flatten(commits, group) for group in groups]
+        batches = [flatten(commits, group) for group in groups]
         purge = self._purge_due(now)
         for attempt in range(1, COMMIT_RETRIES + 1):
             try:
                 async with self._connection() as conn:
-                    answers = await self._apply(conn, arrays, now, purge)
+                    answers = await self._apply(conn, batches, now, purge)
                 break
             except BackendError as exc:
                 # A deadlock or serialization failure rolled the whole batch back: try again.
@@ -444,24 +446,25 @@ class PostgresBackend:
         if not commits:
             return []
         groups = plan_groups(commits)
-        arrays = [flatten(commits, group) for group in groups]
+        batches = [flatten(commits, group) for group in groups]
+        arrays.register(conn)  # only adds dumpers for conveyor's own marker types
         try:
-            answers = await self._apply(conn, arrays, now, 0)
+            answers = await self._apply(conn, batches, now, 0)
         except psycopg.Error as exc:
             raise translate(exc) from exc
         return results(commits, groups, answers)
 
     async def _apply(
-        self, conn: psycopg.AsyncConnection[Any], arrays: Sequence[Arrays], now: float, purge: int
+        self, conn: psycopg.AsyncConnection[Any], batches: Sequence[Arrays], now: float, purge: int
     ) -> list[GroupResult]:
         query = self._queries["commit"]
         cursor = conn.cursor(row_factory=tuple_row)
         answers: list[GroupResult] = []
         # One group is one statement, atomic by itself; several need a transaction around them
         # (a savepoint if the caller already has one open).
-        block = conn.transaction() if len(arrays) > 1 else contextlib.nullcontext()
+        block = conn.transaction() if len(batches) > 1 else contextlib.nullcontext()
         async with block:
-            for index, group in enumerate(arrays):
+            for index, group in enumerate(batches):
                 params = group.params(
                     now, self.idempotency_retention, purge if index == 0 else 0, self.channel
                 )

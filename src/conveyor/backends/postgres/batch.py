@@ -14,6 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from conveyor.backends.postgres.arrays import (
+    BigIntArray,
+    BoolArray,
+    BytesArray,
+    FloatArray,
+    IntArray,
+    TextArray,
+)
 from conveyor.ports import (
     Commit,
     CommitResult,
@@ -98,49 +106,57 @@ def fold_state_writes(writes: Sequence[StateWrite]) -> dict[str, _FoldedWrite]:
 class Arrays:
     """The arguments of one ``commit_batch`` call (see its definition for their meaning)."""
 
-    s_commit: list[int] = field(default_factory=list)
-    s_id: list[str] = field(default_factory=list)
-    s_token: list[int] = field(default_factory=list)
-    s_outcome: list[str] = field(default_factory=list)
-    s_available_at: list[float | None] = field(default_factory=list)
-    s_error_type: list[str | None] = field(default_factory=list)
-    s_error_message: list[str | None] = field(default_factory=list)
-    s_error_traceback: list[str | None] = field(default_factory=list)
-    w_commit: list[int] = field(default_factory=list)
-    w_key: list[str] = field(default_factory=list)
-    w_expected: list[int | None] = field(default_factory=list)
-    w_delete: list[bool] = field(default_factory=list)
-    w_reset: list[bool] = field(default_factory=list)
-    w_value: list[bytes | None] = field(default_factory=list)
-    w_sets: list[int] = field(default_factory=list)
-    x_commit: list[int] = field(default_factory=list)
-    x_queue: list[str] = field(default_factory=list)
-    x_key: list[str] = field(default_factory=list)
-    j_commit: list[int] = field(default_factory=list)
-    j_id: list[str] = field(default_factory=list)
-    j_queue: list[str] = field(default_factory=list)
-    j_body: list[bytes] = field(default_factory=list)
-    j_available_at: list[float] = field(default_factory=list)
-    j_enqueued_at: list[float] = field(default_factory=list)
-    j_key: list[str | None] = field(default_factory=list)
-    e_commit: list[int] = field(default_factory=list)
-    e_id: list[str] = field(default_factory=list)
-    e_event: list[str] = field(default_factory=list)
-    e_body: list[bytes] = field(default_factory=list)
-    e_emitted_at: list[float] = field(default_factory=list)
-    h_commit: list[int] = field(default_factory=list)
-    h_correlation_id: list[str] = field(default_factory=list)
-    h_at: list[float] = field(default_factory=list)
-    h_kind: list[str] = field(default_factory=list)
-    h_name: list[str] = field(default_factory=list)
-    h_message_id: list[str | None] = field(default_factory=list)
-    h_attempt: list[int | None] = field(default_factory=list)
-    h_detail: list[str | None] = field(default_factory=list)
+    s_commit: IntArray = field(default_factory=IntArray)
+    s_id: TextArray = field(default_factory=TextArray)
+    s_token: BigIntArray = field(default_factory=BigIntArray)
+    s_outcome: TextArray = field(default_factory=TextArray)
+    s_available_at: FloatArray = field(default_factory=FloatArray)
+    s_error_type: TextArray = field(default_factory=TextArray)
+    s_error_message: TextArray = field(default_factory=TextArray)
+    s_error_traceback: TextArray = field(default_factory=TextArray)
+    w_commit: IntArray = field(default_factory=IntArray)
+    w_key: TextArray = field(default_factory=TextArray)
+    w_expected: BigIntArray = field(default_factory=BigIntArray)
+    w_delete: BoolArray = field(default_factory=BoolArray)
+    w_reset: BoolArray = field(default_factory=BoolArray)
+    w_value: BytesArray = field(default_factory=BytesArray)
+    w_sets: IntArray = field(default_factory=IntArray)
+    x_commit: IntArray = field(default_factory=IntArray)
+    x_queue: TextArray = field(default_factory=TextArray)
+    x_key: TextArray = field(default_factory=TextArray)
+    j_commit: IntArray = field(default_factory=IntArray)
+    j_id: TextArray = field(default_factory=TextArray)
+    j_queue: TextArray = field(default_factory=TextArray)
+    j_body: BytesArray = field(default_factory=BytesArray)
+    j_available_at: FloatArray = field(default_factory=FloatArray)
+    j_enqueued_at: FloatArray = field(default_factory=FloatArray)
+    j_key: TextArray = field(default_factory=TextArray)
+    e_commit: IntArray = field(default_factory=IntArray)
+    e_id: TextArray = field(default_factory=TextArray)
+    e_event: TextArray = field(default_factory=TextArray)
+    e_body: BytesArray = field(default_factory=BytesArray)
+    e_emitted_at: FloatArray = field(default_factory=FloatArray)
+    h_commit: IntArray = field(default_factory=IntArray)
+    h_correlation_id: TextArray = field(default_factory=TextArray)
+    h_at: FloatArray = field(default_factory=FloatArray)
+    h_kind: TextArray = field(default_factory=TextArray)
+    h_name: TextArray = field(default_factory=TextArray)
+    h_message_id: TextArray = field(default_factory=TextArray)
+    h_attempt: IntArray = field(default_factory=IntArray)
+    h_detail: TextArray = field(default_factory=TextArray)
 
     def params(self, now: float, retention: float, purge: int, channel: str) -> tuple[Any, ...]:
         """The positional parameters of the ``commit`` query, in the function's order."""
         # Queues whose new jobs can run now: woken (at worst spuriously, if the commit fails).
-        wake = sorted({q for q, at in zip(self.j_queue, self.j_available_at, strict=True) if at <= now})
+        wake = TextArray(
+            sorted(
+                {
+                    q
+                    for q, at in zip(self.j_queue, self.j_available_at, strict=True)
+                    if q is not None and at is not None and at <= now
+                }
+            )
+        )
         return (now, retention, purge, channel, wake, *(getattr(self, f.name) for f in fields(self)))
 
 
