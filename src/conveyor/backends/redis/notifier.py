@@ -36,6 +36,7 @@ class Notifier:
         self._waiters: dict[asyncio.Future[None], frozenset[str]] = {}
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._closing = False
 
     def consume(self, queues: Iterable[str]) -> None:
         """Forget the pending marks of ``queues``: the caller is about to lease from them."""
@@ -75,10 +76,12 @@ class Notifier:
 
     async def close(self) -> None:
         """Stop reading and close the subscription's connection."""
+        self._closing = True
         if self._reader is not None:
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            # Bounded: a cancellation that races a read timeout can be lost inside the driver;
+            # the reader then sees `_closing` at its next turn (within a read timeout).
+            await asyncio.wait([self._reader], timeout=_READ_TIMEOUT * 3)
             self._reader = None
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
@@ -98,7 +101,7 @@ class Notifier:
 
     async def _read(self, pubsub: PubSub) -> None:
         backoff = 0.0
-        while True:
+        while not self._closing:
             try:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_READ_TIMEOUT)
             except Exception as exc:  # the listener must outlive anything: waiters fall back to polling
