@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -74,6 +74,7 @@ _OWN_OPTIONS = frozenset(
 _UNAVAILABLE_STATES = ("08", "57P", "53300")
 
 Connection = psycopg.AsyncConnection[TupleRow]
+T = TypeVar("T")
 
 
 def _libpq_url(url: str) -> str:
@@ -162,9 +163,8 @@ class PostgresBackend:
             max_size=self._pool_max_size,
             kwargs={"autocommit": True, **self._connect_options},
             configure=self._warm_up,
-            # Connections a server restart or pg_terminate_backend killed while idle are found
-            # and replaced at checkout (one empty query) instead of failing a lease or commit.
-            check=AsyncConnectionPool.check_connection,
+            # No check at checkout (it would double the round trips): a connection found dead
+            # makes the pool check all its idle ones (see _connection).
             timeout=self._pool_timeout,
             name=f"conveyor-{self.schema}",
             open=False,
@@ -233,13 +233,51 @@ class PostgresBackend:
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
-        if self._pool is None:
+        pool = self._pool
+        if pool is None:
             raise BackendError("the PostgreSQL backend is not connected: call connect() first")
         try:
-            async with self._pool.connection() as conn:
+            async with pool.connection() as conn:
                 yield conn
         except (PoolTimeout, psycopg.Error, OSError) as exc:
-            raise translate(exc) from exc
+            error = translate(exc)
+            if isinstance(error, BackendUnavailableError) and not isinstance(exc, PoolTimeout):
+                # A server restart or pg_terminate_backend kills every idle connection at once:
+                # have the pool test and replace them now rather than fail one call per corpse.
+                with contextlib.suppress(Exception):
+                    await pool.check()
+            raise error from exc
+
+    async def _once_more(self, operation: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run ``operation`` on a pooled connection, and once more if that connection was dead.
+
+        Only for operations that may run twice: reads, and lease (a lease whose answer was lost
+        just keeps its jobs until the lease expires). A commit is not retried here; the runtime
+        retries it, fenced by the lease tokens.
+        """
+        try:
+            async with self._connection() as conn:
+                return await operation(conn)
+        except BackendUnavailableError as exc:
+            if isinstance(exc.__cause__, PoolTimeout):
+                raise  # the server is not there: waiting again would only double the delay
+        async with self._connection() as conn:
+            return await operation(conn)
+
+    async def _fetch(self, query: str, params: Mapping[str, Any], *, binary: bool = False) -> list[TupleRow]:
+        async def run(conn: Connection) -> list[TupleRow]:
+            cursor = conn.cursor(binary=binary)
+            await cursor.execute(self._queries[query], params)
+            return await cursor.fetchall()
+
+        return await self._once_more(run)
+
+    async def _rowcount(self, query: str, params: Mapping[str, Any]) -> int:
+        async def run(conn: Connection) -> int:
+            cursor = await conn.execute(self._queries[query], params)
+            return cursor.rowcount
+
+        return await self._once_more(run)
 
     # queue store
 
@@ -253,10 +291,7 @@ class PostgresBackend:
             "now": now,
             "limit": limit,
         }
-        async with self._connection() as conn:
-            cursor = conn.cursor(binary=True)
-            await cursor.execute(self._queries["lease"], params)
-            rows = await cursor.fetchall()
+        rows = await self._fetch("lease", params, binary=True)
         return [
             LeasedJob(
                 id=row[0],
@@ -272,19 +307,14 @@ class PostgresBackend:
 
     async def extend(self, job_id: str, token: int, until: float, now: float) -> bool:
         params = {"id": job_id, "token": token, "until": until, "now": now}
-        async with self._connection() as conn:
-            cursor = await conn.execute(self._queries["extend"], params)
-            return cursor.rowcount == 1
+        return await self._rowcount("extend", params) == 1
 
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
         await self._listener.wait(queues, timeout)
 
     async def dead_letters(self, queue: str | None, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         params = {"queue": queue, "limit": limit, "offset": offset}
-        async with self._connection() as conn:
-            cursor = conn.cursor(binary=True)
-            await cursor.execute(self._queries["dead_letters"], params)
-            rows = await cursor.fetchall()
+        rows = await self._fetch("dead_letters", params, binary=True)
         return [
             DeadLetter(
                 id=row[0],
@@ -318,19 +348,14 @@ class PostgresBackend:
         )
 
     async def purge(self, ids: Sequence[str] | None, queue: str | None = None) -> int:
-        async with self._connection() as conn:
-            if ids is None:
-                cursor = await conn.execute(self._queries["purge_queue"], {"queue": queue})
-            else:
-                cursor = await conn.execute(self._queries["purge_ids"], {"ids": list(ids)})
-            return cursor.rowcount
+        if ids is None:
+            return await self._rowcount("purge_queue", {"queue": queue})
+        return await self._rowcount("purge_ids", {"ids": list(ids)})
 
     async def stats(self, queues: Sequence[str], now: float) -> list[QueueStats]:
         if not queues:
             return []
-        async with self._connection() as conn:
-            cursor = await conn.execute(self._queries["stats"], {"queues": list(queues), "now": now})
-            rows = {row[0]: row for row in await cursor.fetchall()}
+        rows = {row[0]: row for row in await self._fetch("stats", {"queues": list(queues), "now": now})}
         return [
             QueueStats(
                 queue=queue,
@@ -352,37 +377,30 @@ class PostgresBackend:
             "events": [event for event, _ in routes],
             "queues": [queue for _, queue in routes],
         }
-        async with self._connection() as conn:
-            await conn.execute(self._queries["register_subscriptions"], params)
+        await self._rowcount("register_subscriptions", params)
 
     async def subscriptions(self) -> list[tuple[str, str]]:
-        async with self._connection() as conn:
-            cursor = await conn.execute(self._queries["subscriptions"])
-            return [(row[0], row[1]) for row in await cursor.fetchall()]
+        return [(row[0], row[1]) for row in await self._fetch("subscriptions", {})]
 
     # state store
 
     async def get_states(self, keys: Sequence[str]) -> dict[str, StateRecord]:
         if not keys:
             return {}
-        async with self._connection() as conn:
-            cursor = conn.cursor(binary=True)
-            await cursor.execute(self._queries["get_states"], {"keys": list(keys)})
-            found = {row[0]: StateRecord(row[1], row[2]) for row in await cursor.fetchall()}
+        rows = await self._fetch("get_states", {"keys": list(keys)}, binary=True)
+        found = {row[0]: StateRecord(row[1], row[2]) for row in rows}
         return {key: found[key] for key in keys if key in found}
 
     # history store
 
     async def history(self, correlation_id: str) -> list[HistoryEntry]:
-        async with self._connection() as conn:
-            cursor = await conn.execute(self._queries["history"], {"correlation_id": correlation_id})
-            return [HistoryEntry(*row) for row in await cursor.fetchall()]
+        rows = await self._fetch("history", {"correlation_id": correlation_id})
+        return [HistoryEntry(*row) for row in rows]
 
     async def instances(self, started_after: float | None = None, limit: int = 100) -> list[InstanceSummary]:
         after = -math.inf if started_after is None else started_after
-        async with self._connection() as conn:
-            cursor = await conn.execute(self._queries["instances"], {"started_after": after, "limit": limit})
-            return [InstanceSummary(*row) for row in await cursor.fetchall()]
+        rows = await self._fetch("instances", {"started_after": after, "limit": limit})
+        return [InstanceSummary(*row) for row in rows]
 
     async def prune_history(self, before: float) -> int:
         """Delete entries older than ``before``, a batch per transaction so no lock is held long."""
@@ -398,10 +416,9 @@ class PostgresBackend:
     async def _delete_in_batches(self, query: str, params: dict[str, Any], batch: int) -> int:
         deleted = 0
         while True:
-            async with self._connection() as conn:
-                cursor = await conn.execute(self._queries[query], {**params, "batch": batch})
-            deleted += cursor.rowcount
-            if cursor.rowcount < batch:
+            count = await self._rowcount(query, {**params, "batch": batch})
+            deleted += count
+            if count < batch:
                 return deleted
 
     # commit
