@@ -11,7 +11,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import pytest
 
@@ -102,5 +102,27 @@ def backend_kind(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
-def backend_url(backend_kind: str, tmp_path: Path) -> str:
-    return fresh_url(backend_kind, tmp_path)
+def backend_url(backend_kind: str, tmp_path: Path) -> Iterator[str]:
+    url = fresh_url(backend_kind, tmp_path)
+    yield url
+    drop(url)
+
+
+def drop(url: str) -> None:
+    """Delete what a test left on a shared server: its Redis prefix or its PostgreSQL schema."""
+    options = dict(parse_qsl(urlsplit(url).query))
+    if url.startswith("redis") and options.get("prefix", "").startswith("test-"):
+        import redis
+
+        client = redis.Redis.from_url(url.split("?", 1)[0])
+        try:
+            batch = list(client.scan_iter(match=f"{options['prefix']}:*", count=1000))
+            for start in range(0, len(batch), 1000):
+                client.unlink(*batch[start : start + 1000])
+        finally:
+            client.close()
+    elif url.startswith("postgres") and options.get("schema", "").startswith("test_"):
+        import psycopg
+
+        with psycopg.connect(url.split("?", 1)[0], autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{options["schema"]}" CASCADE')

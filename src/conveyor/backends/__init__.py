@@ -26,7 +26,7 @@ _PLANNED = {"nats": "NATS JetStream", "amqp": "RabbitMQ", "amqps": "RabbitMQ"}
 
 def url_options(url: str) -> dict[str, str]:
     """The query string of a backend URL as a dict (``?poll_interval=0.5&prefix=x``)."""
-    return dict(parse_qsl(urlsplit(url).query))
+    return dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
 
 
 def open_backend(url: str, **options: Any) -> Backend:

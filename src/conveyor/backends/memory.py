@@ -85,7 +85,8 @@ class MemoryBackend:
         candidates: list[tuple[float, int, str, int, str]] = []
         for queue in queues:
             heap = self._ready.get(queue)
-            while heap and len(candidates) < limit * 4 + 16:
+            taken = 0  # up to `limit` from every queue, so the oldest overall are among them
+            while heap and taken < limit:
                 available_at, seq, job_id, token = heap[0]
                 job = self._jobs.get(job_id)
                 if job is None or job.token != token or job.available_at != available_at:
@@ -95,6 +96,7 @@ class MemoryBackend:
                     break
                 heapq.heappop(heap)
                 candidates.append((available_at, seq, job_id, token, queue))
+                taken += 1
         candidates.sort()
         seen: set[str] = set()
         for available_at, seq, job_id, token, queue in candidates:

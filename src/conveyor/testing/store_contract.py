@@ -151,6 +151,12 @@ class StoreContract:
         rest = await backend.lease({"q1": 30.0, "q2": 10.0}, 10, T0 + 5)
         assert [j.id for j in rest] == ["q1-late"]
 
+    async def test_lease_takes_the_oldest_across_queues_with_a_backlog(self, backend: Backend) -> None:
+        await backend.commit([enqueue(*(job(f"new{i}", "q0", at=T0 + 10 + i) for i in range(50)))], T0)
+        await backend.commit([enqueue(job("old", "q1", at=T0 + 1))], T0)
+        [first] = await backend.lease({"q0": 30.0, "q1": 30.0}, 1, T0 + 100)
+        assert first.id == "old"
+
     async def test_retry_makes_job_available_later_and_keeps_attempts(self, backend: Backend) -> None:
         await backend.commit([enqueue(job("a"))], T0)
         [leased] = await backend.lease({"q": 30.0}, 10, T0)
