@@ -62,36 +62,6 @@ async def backend(url: str) -> AsyncIterator[SQLiteBackend]:
         await store.close()
 
 
-async def drain(backend: Backend, leased_ids: list[str], *, limit: int) -> None:
-    """Lease until nothing is left, acking every other batch (bounded)."""
-    for batch in range(10_000):
-        leased = await backend.lease(LEASE, limit, T0)
-        if not leased:
-            return
-        leased_ids.extend(job.id for job in leased)
-        if batch % 2:
-            acks = [Commit(Settlement(j.id, j.token, Outcome.ACK)) for j in leased]
-            results = await backend.commit(acks, T0)
-            assert all(r.status is CommitStatus.OK for r in results)
-        await asyncio.sleep(0)  # let the other instance's coroutine in between batches
-    raise AssertionError("the queue never ran dry")
-
-
-async def test_two_instances_on_one_file_never_lease_the_same_job(url: str) -> None:
-    first, second = SQLiteBackend(url), SQLiteBackend(url)
-    await asyncio.gather(first.connect(), second.connect())
-    try:
-        await first.commit([Commit(effects=Effects(jobs=new_jobs(2_000)))], T0)
-        by_first: list[str] = []
-        by_second: list[str] = []
-        await asyncio.gather(drain(first, by_first, limit=37), drain(second, by_second, limit=23))
-    finally:
-        await asyncio.gather(first.close(), second.close())
-    counts = Counter(by_first + by_second)
-    assert len(counts) == 2_000 and set(counts.values()) == {1}
-    assert by_first and by_second, "both instances took part"
-
-
 WORKER_SCRIPT = textwrap.dedent(
     """
     import asyncio, json, sys
