@@ -56,18 +56,26 @@ class BoolArray(list[bool | None]):
 
 def _encoder(element_oid: int, encode: Callable[[Any], bytes]) -> Callable[[list[Any]], bytes]:
     def dump(values: list[Any]) -> bytes:
-        has_null = None in values
-        parts = [_HEADER.pack(1, int(has_null), element_oid, len(values), 1)]
-        append = parts.append
+        if not values:
+            return _HEADER.pack(1, 0, element_oid, 0, 1)
         pack_length = _LENGTH.pack
+        if None not in values:
+            data = [encode(value) for value in values]
+            lengths = [pack_length(len(item)) for item in data]
+            parts = [b""] * (2 * len(data))
+            parts[::2] = lengths
+            parts[1::2] = data
+            return _HEADER.pack(1, 0, element_oid, len(values), 1) + b"".join(parts)
+        out = [_HEADER.pack(1, 1, element_oid, len(values), 1)]
+        append = out.append
         for value in values:
             if value is None:
                 append(_NULL)
             else:
-                data = encode(value)
-                append(pack_length(len(data)))
-                append(data)
-        return b"".join(parts)
+                item = encode(value)
+                append(pack_length(len(item)))
+                append(item)
+        return b"".join(out)
 
     return dump
 
