@@ -40,9 +40,8 @@ KEYS = ["k0", "k1", "k2"]
 STATE_KEYS = ["s0", "s1", "s2"]
 ROUTES = [("e0", "q0"), ("e0", "q1"), ("e1", "q2")]
 ERR = ErrorInfo("ValueError", "boom", "tb")
-LEASE = 30.5
-"""Off the whole-second grid of ``now``: a retry or release landing exactly on the current lease
-deadline makes MemoryBackend.lease return that job twice (a duplicate heap entry)."""
+LEASE = 30.0
+"""On the whole-second grid of ``now``: retries and releases can land exactly on a lease deadline."""
 
 
 @pytest.fixture
@@ -72,8 +71,7 @@ class Scenario:
             job_id = f"j{self.counter}"
             self.known.append(job_id)
         key = rng.choice([None, None, *KEYS])
-        # Distinct times keep lease order free of ties, and keep a re-created job off the time of
-        # its deleted namesake (MemoryBackend.lease would return it twice).
+        # distinct times keep lease order free of ties
         self.enqueues += 1
         at = now + rng.choice([0.0, 0.0, 7.0]) + self.enqueues * 1e-4
         return NewJob(job_id, rng.choice(QUEUES), b"body-" + job_id.encode(), at, now, key)
