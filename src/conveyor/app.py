@@ -31,6 +31,7 @@ from conveyor.ports import (
     QueueStats,
     StateOp,
     StateWrite,
+    TransactionalOutbox,
 )
 from conveyor.runtime.clock import Clock, SystemClock
 from conveyor.runtime.context import encode_state
@@ -221,8 +222,13 @@ class App:
         run_at: datetime | float | None = None,
         idempotency_key: str | None = None,
         correlation_id: str | None = None,
+        connection: Any = None,
     ) -> str:
-        """Store a job on ``queue`` and return its id (the first job's id on an idempotency-key hit)."""
+        """Store a job on ``queue`` and return its id (the first job's id on an idempotency-key hit).
+
+        With ``connection`` (a psycopg ``AsyncConnection`` in a transaction, on the PostgreSQL
+        backend) the job is written inside that transaction: the transactional outbox.
+        """
         [job_id] = await self.enqueue_many(
             queue,
             [payload],
@@ -230,6 +236,7 @@ class App:
             run_at=run_at,
             idempotency_keys=[idempotency_key],
             correlation_id=correlation_id,
+            connection=connection,
         )
         return job_id
 
@@ -242,6 +249,7 @@ class App:
         run_at: datetime | float | None = None,
         idempotency_keys: Sequence[str | None] | None = None,
         correlation_id: str | None = None,
+        connection: Any = None,
     ) -> list[str]:
         """Store many jobs on ``queue`` in few round trips (batches of 5,000); ids in order."""
         runtime = self.runtime
@@ -274,13 +282,16 @@ class App:
                         idempotency_key=key,
                         correlation_id=correlation_id,
                     )
-                ids.extend((await self._commit(effects)).job_ids)
+                ids.extend((await self._commit(effects, connection)).job_ids)
         if runtime.metrics.enabled:
             runtime.metrics.enqueued.add(len(ids), {QUEUE: queue})
         return ids
 
-    async def emit(self, event: str, payload: Any = None, *, correlation_id: str | None = None) -> str:
-        """Publish ``event``: one job per subscription. ``correlation_id`` starts a workflow instance."""
+    async def emit(
+        self, event: str, payload: Any = None, *, correlation_id: str | None = None, connection: Any = None
+    ) -> str:
+        """Publish ``event``: one job per subscription. ``correlation_id`` starts a workflow instance;
+        ``connection`` writes it inside the caller's own transaction (see :meth:`enqueue`)."""
         runtime = self.runtime
         with runtime.tracer.produce("emit", event):
             effects = Effects()
@@ -293,13 +304,22 @@ class App:
                 now=self.clock.now(),
                 correlation_id=correlation_id,
             )
-            result = await self._commit(effects)
+            result = await self._commit(effects, connection)
         if result.deliveries == 0:
             logger.warning("event %r (%s) has no subscription: nobody will receive it", event, new.id)
         return new.id
 
-    async def _commit(self, effects: Effects) -> CommitResult:
-        [result] = await self.backend.commit([Commit(effects=effects)], self.clock.now())
+    async def _commit(self, effects: Effects, connection: Any = None) -> CommitResult:
+        commits = [Commit(effects=effects)]
+        if connection is None:
+            [result] = await self.backend.commit(commits, self.clock.now())
+        elif isinstance(self.backend, TransactionalOutbox):
+            [result] = await self.backend.commit_in(connection, commits, self.clock.now())
+        else:
+            raise ConfigurationError(
+                f"{type(self.backend).__name__} cannot write inside your transaction (connection=); "
+                "the PostgreSQL backend can"
+            )
         if result.status is not CommitStatus.OK:
             raise StateConflictError(f"commit failed: {result.status.value}")
         return result

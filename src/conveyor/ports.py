@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(slots=True, frozen=True)
@@ -264,6 +264,16 @@ class HistoryStore(Protocol):
     async def instances(self, started_after: float | None = None, limit: int = 100) -> list[InstanceSummary]:
         """Instances with history, most recently started (first entry) first, leaving out those
         that started at or before ``started_after``."""
+        ...
+
+
+@runtime_checkable
+class TransactionalOutbox(Protocol):
+    """A backend that can write a commit inside the caller's own database transaction, so a row
+    the application writes and the job that processes it commit together (or not at all)."""
+
+    async def commit_in(self, connection: Any, commits: Sequence[Commit], now: float) -> list[CommitResult]:
+        """Apply ``commits`` on ``connection`` (a driver connection inside an open transaction)."""
         ...
 
 

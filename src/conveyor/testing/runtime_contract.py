@@ -293,6 +293,8 @@ class RuntimeContract:
             assert rec.calls == []
             clock.advance(60)
             await wait_until(lambda: rec.seen("later") == [1])
+            # the first job's ack must land before the clock passes its lease
+            await wait_until(lambda: _stats(app, "later", lambda s: s.leased == 0 and s.scheduled == 1))
             clock.advance(60)
             await wait_until(lambda: rec.seen("later") == [1, 2])
 
@@ -348,6 +350,8 @@ class RuntimeContract:
         async with running(app):
             await app.enqueue("jittery", {})
             await wait_until(lambda: len(rec.calls) == 1)
+            # the retry must be committed before the clock passes the first attempt's lease
+            await wait_until(lambda: _stats(app, "jittery", lambda s: s.scheduled == 1))
             clock.advance(79.9)
             await _polled(app)
             assert len(rec.calls) == 1
