@@ -1,7 +1,7 @@
 """Summarize py-spy's raw (collapsed-stack) profiles: where a worker's time goes.
 
     .venv/bin/python bench/profile_summary.py /tmp/prof/conveyor-sqlite-r0-w1.txt [--top 25] \\
-        [--match conveyor/] [--buckets]
+        [--match conveyor/] [--buckets] [--no-startup]
 
 Prints the share of samples per function, line numbers dropped: **self** (the function was on top
 of the stack), **inclusive** (anywhere on the stack, counted once per sample) and, with
@@ -40,6 +40,7 @@ def read_stacks(lines: Iterable[str]) -> list[tuple[list[str], int]]:
 
 
 OUTSIDE = "(no matching frame)"
+_IMPORTING = "<frozen importlib"
 _HANDLERS = ("noop (workload.py)", "step (workload.py)")
 _HANDOFF = ("_write_to_self", "concurrent/futures/thread.py", "(threading.py)")
 
@@ -51,7 +52,7 @@ def bucket(frames: list[str]) -> str:
     their share is the price of a second thread (SQLite's) contending with the event loop.
     """
     top = frames[-1]
-    if any("<frozen importlib" in f for f in frames):
+    if any(_IMPORTING in f for f in frames):
         return "start-up (imports)"
     handler = next((i for i, f in enumerate(frames) if f.startswith(_HANDLERS)), None)
     if handler is not None and not any("conveyor/" in f for f in frames[handler + 1 :]):
@@ -100,10 +101,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--match", default="", help="inclusive table: only frames containing this text")
     ap.add_argument("--buckets", action="store_true", help="also print the coarse split (see bucket())")
+    ap.add_argument("--no-startup", action="store_true", help="drop the samples taken while importing")
     a = ap.parse_args(argv)
     for path in a.profiles:
         with open(path) as f:
             stacks = read_stacks(f)
+        if a.no_startup:
+            stacks = [(frames, n) for frames, n in stacks if not any(_IMPORTING in f for f in frames)]
         total, own, inclusive, attributed = shares(stacks, a.match)
         print(f"== {path}: {total} samples")
         tables = [("self", own), (f"inclusive {a.match}".rstrip(), inclusive)]

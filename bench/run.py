@@ -21,7 +21,8 @@ Every wait is bounded (``--timeout`` per phase), every worker is stopped at the 
 ``app.run(concurrency=N)``), labelled as such. ``--commit REV`` measures one commit exactly: its
 ``src/`` is exported with ``git archive`` and put first on the workers' ``PYTHONPATH``.
 ``--profile DIR`` attaches ``py-spy record`` to every worker (raw collapsed stacks; summarize them
-with ``bench/profile_summary.py``).
+with ``bench/profile_summary.py``); ``--profile-gil`` samples only the thread holding the GIL, which
+leaves out threads that py-spy would count as busy while they wait.
 """
 
 from __future__ import annotations
@@ -71,12 +72,16 @@ class Settings:
     profile_dir: str | None
     knobs: dict[str, str]
     """``BENCH_*`` variables for workload.py (variants; empty for conveyor's defaults)."""
+    profile_gil: bool = False
+    """py-spy ``--gil``: sample only the thread holding the GIL (Python CPU, no waits)."""
 
 
 class Worker:
     """One ``workload.py worker`` process in its own process group (optionally under py-spy)."""
 
-    def __init__(self, env: dict[str, str], log: IO[str], profile_path: str | None) -> None:
+    def __init__(
+        self, env: dict[str, str], log: IO[str], profile_path: str | None, gil_only: bool = False
+    ) -> None:
         self.process = subprocess.Popen(
             [sys.executable, WORKLOAD, "worker"],
             env=env,
@@ -91,6 +96,7 @@ class Worker:
                 [
                     *(PY_SPY, "record", "--pid", str(self.process.pid), "--format", "raw"),
                     *("--rate", "250", "--nonblocking", "--output", profile_path),
+                    *(["--gil"] if gil_only else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -185,7 +191,7 @@ class Phase:
 
     def start_worker(self) -> Worker:
         """Start this phase's worker."""
-        return Worker(self.env, self.log, self.profile_path)
+        return Worker(self.env, self.log, self.profile_path, self.settings.profile_gil)
 
     def close(self) -> None:
         """Drop the store and the record file, close the log."""
@@ -322,6 +328,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--logdir", default=os.path.join(tempfile.gettempdir(), "conveyor-bench-logs"))
     ap.add_argument("--commit", help="measure this commit's src/ (git archive) instead of the working tree")
     ap.add_argument("--profile", metavar="DIR", help="record every worker with py-spy into DIR")
+    ap.add_argument("--profile-gil", action="store_true", help="py-spy --gil: only the GIL holder")
     ap.add_argument("--no-history", action="store_true", help="variant: App(history=False)")
     ap.add_argument("--concurrency", type=int, help="variant: app.run(concurrency=N)")
     a = ap.parse_args(argv)
@@ -363,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
         knobs = {"BENCH_HISTORY": "0"} if a.no_history else {}
         if a.concurrency:
             knobs["BENCH_CONCURRENCY"] = str(a.concurrency)
-        s = Settings(a.n, a.w, a.wp, a.rate, a.timeout, a.logdir, pythonpath, a.profile, knobs)
+        s = Settings(a.n, a.w, a.wp, a.rate, a.timeout, a.logdir, pythonpath, a.profile, knobs, a.profile_gil)
         for repeat in range(a.repeats):  # interleaved, to spread the machine's noise over backends
             for url, label in zip(a.urls, labels(a.urls, a), strict=True):
                 try:
