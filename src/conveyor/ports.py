@@ -208,7 +208,8 @@ class QueueStore(Protocol):
         ...
 
     async def extend(self, job_id: str, token: int, until: float, now: float) -> bool:
-        """Move a live lease's deadline to ``until``. False if the token is stale or the lease expired."""
+        """Move a live lease's deadline to ``until``, never earlier (an earlier ``until`` keeps the
+        deadline and still returns True). False if the token is stale or the lease expired."""
         ...
 
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:

@@ -135,7 +135,8 @@ class MemoryBackend:
         job = self._live(job_id, token, now)
         if job is None:
             return False
-        if until != job.available_at:
+        # never earlier: a worker extending by less than its lease has left must not lose the job
+        if until > job.available_at:
             job.available_at = until
             self._push(job)
         return True

@@ -308,6 +308,15 @@ class StoreContract:
         assert [r.status for r in results] == [CommitStatus.STALE, CommitStatus.OK]
         assert [j.id for j in await backend.lease({"out": 30.0}, 10, T0 + 1)] == ["y"]
 
+    async def test_extend_never_moves_the_deadline_earlier(self, backend: Backend) -> None:
+        await backend.commit([enqueue(job("a"))], T0)
+        [leased] = await backend.lease({"q": 30.0}, 10, T0)
+        # a handler asking for 5 more seconds of a 30-second lease keeps the 30 seconds
+        assert await backend.extend("a", leased.token, T0 + 5, T0 + 1)
+        assert await backend.lease({"q": 30.0}, 10, T0 + 29) == []
+        [ok] = await backend.commit([Commit(settle("a", leased.token, Outcome.ACK))], T0 + 29)
+        assert ok.status is CommitStatus.OK
+
     async def test_extend_moves_the_deadline(self, backend: Backend) -> None:
         await backend.commit([enqueue(job("a"))], T0)
         [leased] = await backend.lease({"q": 30.0}, 10, T0)
