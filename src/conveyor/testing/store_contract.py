@@ -308,6 +308,27 @@ class StoreContract:
         assert [r.status for r in results] == [CommitStatus.STALE, CommitStatus.OK]
         assert [j.id for j in await backend.lease({"out": 30.0}, 10, T0 + 1)] == ["y"]
 
+    async def test_enqueueing_an_existing_id_stays_a_no_op_when_the_batch_then_deletes_the_job(
+        self, backend: Backend
+    ) -> None:
+        # A batch behaves as its commits applied in order: the second enqueue of "a" meets the
+        # leased job and does nothing, so nothing brings "a" back after its ack or dead letter.
+        await backend.commit([enqueue(job("a"), job("b"))], T0)
+        a, b = await backend.lease({"q": 30.0}, 10, T0)
+        results = await backend.commit(
+            [
+                enqueue(job("a", at=T0 + 1), job("b", at=T0 + 1)),
+                Commit(settle(a.id, a.token, Outcome.ACK)),
+                Commit(settle(b.id, b.token, Outcome.DEAD, error=ERR)),
+            ],
+            T0 + 1,
+        )
+        assert [r.status for r in results] == [CommitStatus.OK] * 3
+        assert results[0].job_ids == ("a", "b")
+        assert await backend.lease({"q": 30.0}, 10, T0 + 100) == []
+        [stats] = await backend.stats(["q"], T0 + 100)
+        assert (stats.ready, stats.scheduled, stats.leased, stats.dead) == (0, 0, 0, 1)
+
     async def test_extend_never_moves_the_deadline_earlier(self, backend: Backend) -> None:
         await backend.commit([enqueue(job("a"))], T0)
         [leased] = await backend.lease({"q": 30.0}, 10, T0)

@@ -216,7 +216,9 @@ class _Batch:
 
     Rows that no later commit of the batch can observe (new jobs, history) are collected and
     written with ``executemany`` at the end; a cancel flushes the jobs first, since it may target
-    a job enqueued earlier in the same batch.
+    a job enqueued earlier in the same batch. So does deleting a job whose id a pending row
+    repeats: applied in order, that enqueue met the existing job and was a no-op, and inserted
+    after the delete it would bring the job back.
     """
 
     def __init__(self, db: sqlite3.Connection, now: float, retention: float, *, returning: bool) -> None:
@@ -225,6 +227,7 @@ class _Batch:
         self.now = now
         self.retention = retention
         self.jobs: list[tuple[str, str, bytes, float, float, str | None]] = []
+        self.pending_ids: set[str] = set()
         self.history: list[tuple[Any, ...]] = []
         self.routes: dict[str, list[str]] | None = None
         self.made_available = False
@@ -233,6 +236,8 @@ class _Batch:
         db, settlement, effects = self.db, commit.settlement, commit.effects
         versioned = any(write.expected_version is not None for write in effects.states)
         if settlement is not None:
+            if settlement.job_id in self.pending_ids:
+                self.flush()
             if settlement.outcome is Outcome.ACK and not versioned and self.returning:
                 # The hot path: nothing after the lease check can fail this commit, so the
                 # check can be the delete itself (one statement per acked job).
@@ -323,6 +328,7 @@ class _Batch:
         self.jobs.append(
             (new.id, new.queue, new.body, new.available_at, new.enqueued_at, new.idempotency_key)
         )
+        self.pending_ids.add(new.id)
         return new.id
 
     def _cancel(self, cancels: list[tuple[str, str]]) -> None:
@@ -341,9 +347,11 @@ class _Batch:
         deliveries = 0
         for event in effects.events:
             for queue in self.routes.get(event.event, ()):
+                job_id = f"{event.id}:{queue}"
+                self.pending_ids.add(job_id)
                 self.jobs.append(
                     (
-                        f"{event.id}:{queue}",
+                        job_id,
                         queue,
                         event.body,
                         event.emitted_at,
@@ -358,6 +366,7 @@ class _Batch:
         if self.jobs:
             self.db.executemany(Q["insert_job"], self.jobs)
             self.jobs = []
+            self.pending_ids.clear()
             self.made_available = True
         if self.history:
             self.db.executemany(Q["insert_history"], self.history)
