@@ -222,7 +222,10 @@ class QueueStore(Protocol):
     ) -> list[DeadLetter]: ...
 
     async def redrive(self, ids: Sequence[str], now: float) -> int:
-        """Move dead letters back to their queues as new attempts (attempts reset). Returns the count."""
+        """Move dead letters back to their queues as new attempts (attempts reset). Returns the count.
+
+        A dead letter whose id a live job holds (the same event delivered again) stays where it is:
+        replacing that job would break its lease and could run it twice at once."""
         ...
 
     async def purge(self, ids: Sequence[str] | None, queue: str | None = None) -> int:

@@ -154,6 +154,8 @@ class MemoryBackend:
     async def redrive(self, ids: Sequence[str], now: float) -> int:
         count = 0
         for dead_id in ids:
+            if dead_id in self._jobs:  # a live job holds the id: replacing it would break its lease
+                continue
             dead = self._dead.pop(dead_id, None)
             if dead is None:
                 continue

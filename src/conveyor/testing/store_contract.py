@@ -211,6 +211,20 @@ class StoreContract:
         assert await backend.purge(["b"]) == 1
         assert await backend.dead_letters(None) == []
 
+    async def test_redrive_leaves_a_dead_letter_whose_id_a_live_job_holds(self, backend: Backend) -> None:
+        # the same event delivered again after its first delivery was dead-lettered
+        await backend.commit([enqueue(job("a"), job("b"))], T0)
+        leased = await backend.lease({"q": 30.0}, 10, T0)
+        await backend.commit([Commit(settle(j.id, j.token, Outcome.DEAD, error=ERR)) for j in leased], T0)
+        await backend.commit([enqueue(job("a", at=T0 + 1))], T0 + 1)
+        [live] = await backend.lease({"q": 30.0}, 10, T0 + 1)
+        assert await backend.redrive(["a", "b"], T0 + 2) == 1
+        assert [d.id for d in await backend.dead_letters("q")] == ["a"]
+        # the live lease is untouched: not leased again, and its ack still counts
+        assert [j.id for j in await backend.lease({"q": 30.0}, 10, T0 + 2)] == ["b"]
+        [ok] = await backend.commit([Commit(settle("a", live.token, Outcome.ACK))], T0 + 3)
+        assert ok.status is CommitStatus.OK
+
     async def test_purge_all_of_a_queue(self, backend: Backend) -> None:
         await backend.commit([enqueue(job("a"), job("b", "q2"))], T0)
         leased = await backend.lease({"q": 30.0, "q2": 30.0}, 10, T0)

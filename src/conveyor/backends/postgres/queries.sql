@@ -34,18 +34,17 @@ ORDER BY failed_at, id
 LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: redrive
--- Dead letters go back to their queues as fresh jobs (attempts reset, no idempotency key),
--- replacing a job of the same id if there is one, as the in-memory reference does.
+-- Dead letters go back to their queues as fresh jobs (attempts reset, no idempotency key).
+-- One whose id a live job holds (the same event delivered again) stays a dead letter: replacing
+-- the job would break its lease.
 WITH moved AS (
-    DELETE FROM {schema}.dead_letters WHERE id = ANY (%(ids)s::text[])
+    DELETE FROM {schema}.dead_letters AS d
+    WHERE d.id = ANY (%(ids)s::text[]) AND NOT EXISTS (SELECT FROM {schema}.jobs AS j WHERE j.id = d.id)
     RETURNING id, queue, body, enqueued_at
 ), added AS (
-    INSERT INTO {schema}.jobs AS j (id, queue, body, available_at, enqueued_at)
+    INSERT INTO {schema}.jobs (id, queue, body, available_at, enqueued_at)
     SELECT id, queue, body, %(now)s, enqueued_at FROM moved
-    ON CONFLICT (id) DO UPDATE SET
-        queue = excluded.queue, body = excluded.body, available_at = excluded.available_at,
-        enqueued_at = excluded.enqueued_at, attempts = 0, token = NULL, idempotency_key = NULL,
-        last_error = NULL
+    ON CONFLICT (id) DO NOTHING
 )
 SELECT count(*)::integer, coalesce(array_agg(DISTINCT queue), '{}') FROM moved
 

@@ -9,16 +9,11 @@ for i = 3, #ARGV do
   local id = ARGV[i]
   local dead_key = prefix .. ":dead:" .. id
   local queue = redis.call("HGET", dead_key, "q")
-  if queue then
-    local job_key = prefix .. ":job:" .. id
+  local job_key = prefix .. ":job:" .. id
+  -- a live job holding the same id (the same event delivered again) keeps it and the dead letter
+  -- stays: replacing the job would break its lease
+  if queue and redis.call("EXISTS", job_key) == 0 then
     local tag = prefix .. ":{" .. queue .. "}:"
-    -- a live job that took the same id since is replaced, wherever it waits or runs
-    local live_queue = redis.call("HGET", job_key, "q")
-    if live_queue then
-      local live_tag = prefix .. ":{" .. live_queue .. "}:"
-      redis.call("ZREM", live_tag .. "jobs", id)
-      redis.call("ZREM", live_tag .. "leased", id)
-    end
     redis.call("RENAME", dead_key, job_key)
     -- a redriven job starts over, without its former idempotency key
     redis.call("HDEL", job_key, "f", "et", "em", "tb", "k", "a", "d")
