@@ -66,35 +66,6 @@ async def backend(pg_url: str) -> AsyncIterator[PostgresBackend]:
         await store.close()
 
 
-async def test_two_instances_leasing_concurrently_never_get_the_same_job(pg_url: str) -> None:
-    first, second = PostgresBackend(pg_url), PostgresBackend(pg_url)
-    await first.connect()
-    await second.connect()
-    try:
-        ids = [f"j{i}" for i in range(2000)]
-        await first.commit([Commit(effects=Effects(jobs=[job(i) for i in ids]))], T0)
-
-        async def drain(store: PostgresBackend) -> list[str]:
-            got: list[str] = []
-            for _ in range(200):  # bounded: 2,000 jobs in batches of 25 take 80 rounds at most
-                leased = await store.lease({"q": 300.0}, 25, T0 + 1)
-                if not leased:
-                    break
-                got.extend(j.id for j in leased)
-                # ack half of them, so leases and commits interleave across the two instances
-                acks = [Commit(Settlement(j.id, j.token, Outcome.ACK)) for j in leased[::2]]
-                assert all(r.status is CommitStatus.OK for r in await store.commit(acks, T0 + 2))
-            return got
-
-        a, b = await asyncio.gather(drain(first), drain(second))
-        assert not set(a) & set(b)
-        assert sorted(a + b) == sorted(ids)
-        assert a and b, "both instances took part"
-    finally:
-        await first.close()
-        await second.close()
-
-
 async def test_schema_of_a_newer_version_is_refused_and_left_untouched(
     backend: PostgresBackend, pg_url: str
 ) -> None:

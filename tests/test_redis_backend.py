@@ -40,6 +40,7 @@ from conveyor.ports import (
     StateOp,
     StateWrite,
 )
+from conveyor.testing.differential import QUEUES, ROUTES, Scenario
 
 try:  # tests/ imported as a package, or as a plain directory on sys.path (as conftest.py is)
     from tests.conftest import IN_CI, fresh_url
@@ -293,6 +294,27 @@ async def test_every_key_lives_under_the_prefix_and_queue_keys_under_their_hash_
         f"{prefix}:sub:placed",
         f"{prefix}:state:s",
     }
+
+
+async def test_a_random_run_leaves_only_documented_key_families(backend: RedisBackend, url: str) -> None:
+    """Every key the differential scenario's random operations write is one of the documented families."""
+    scenario = Scenario(99)
+    now = T0
+    await backend.register_subscriptions(ROUTES)
+    for round_ in range(20):
+        now += 31.0
+        await backend.commit(scenario.commits(now, round_)[1], now)
+        leased = await backend.lease({q: 10.0 for q in QUEUES}, 1000, now)
+        scenario.remember(leased, leased)
+    await backend.redrive([d.id for d in await backend.dead_letters(None, 2)], now)
+    client = Redis.from_url(url.split("?", maxsplit=1)[0])
+    try:
+        keys = await keys_of(client, backend.prefix)
+    finally:
+        await client.aclose()
+    families = {key.removeprefix(f"{backend.prefix}:").split(":")[0] for key in keys}
+    documented = {"{q0}", "{q1}", "{q2}", "job", "dead", "token", "events", "sub", "state", "history"}
+    assert families <= documented
 
 
 # URL and lifecycle
