@@ -61,10 +61,6 @@ class WorkerConfig:
     commit_batch: int = 500
 
 
-class _Released(Exception):
-    """Internal: the job was cancelled by shutdown and must be given back unrun."""
-
-
 def error_info(error: BaseException) -> ErrorInfo:
     kind = type(error)
     name = (
