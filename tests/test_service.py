@@ -108,7 +108,7 @@ def test_unknown_queue_and_command_are_clear_errors() -> None:
 def test_unknown_backend_scheme_and_per_role_backends_are_refused() -> None:
     with pytest.raises(ConfigurationError, match="unknown backend URL scheme 'kafka'"):
         App([Service("svc")], backend="kafka://localhost")
-    with pytest.raises(ConfigurationError, match="NATS JetStream backend .* is not available"):
+    with pytest.raises(ConfigurationError, match=r"NATS JetStream backend .* is not available"):
         App([Service("svc")], backend="nats://127.0.0.1:4222")
     with pytest.raises(ConfigurationError, match="per role"):
         App([Service("svc")], backend="memory://", events="redis://localhost")
