@@ -184,6 +184,12 @@ class DeadLetter:
     enqueued_at: float
     failed_at: float
 
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> DeadLetter:
+        """From a SQL row: id, queue, body, error type, message, traceback, attempts, enqueued_at,
+        failed_at (the column order of both SQL backends' ``dead_letters`` query)."""
+        return cls(row[0], row[1], bytes(row[2]), ErrorInfo(row[3], row[4], row[5]), row[6], row[7], row[8])
+
 
 @dataclass(slots=True, frozen=True)
 class QueueStats:

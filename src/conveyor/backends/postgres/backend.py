@@ -37,7 +37,6 @@ from conveyor.ports import (
     CommitResult,
     DeadLetter,
     Effects,
-    ErrorInfo,
     HistoryEntry,
     InstanceSummary,
     LeasedJob,
@@ -315,18 +314,7 @@ class PostgresBackend:
     async def dead_letters(self, queue: str | None, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         params = {"queue": queue, "limit": limit, "offset": offset}
         rows = await self._fetch("dead_letters", params, binary=True)
-        return [
-            DeadLetter(
-                id=row[0],
-                queue=row[1],
-                body=row[2],
-                error=ErrorInfo(row[3], row[4], row[5]),
-                attempts=row[6],
-                enqueued_at=row[7],
-                failed_at=row[8],
-            )
-            for row in rows
-        ]
+        return [DeadLetter.from_row(row) for row in rows]
 
     async def redrive(self, ids: Sequence[str], now: float) -> int:
         if not ids:

@@ -111,18 +111,7 @@ class Store:
     def dead_letters(self, queue: str | None, limit: int, offset: int) -> list[DeadLetter]:
         params = {"queue": queue, "limit": limit, "offset": offset}
         rows = self.connection.read(lambda db: db.execute(Q["dead_letters"], params).fetchall())
-        return [
-            DeadLetter(
-                id=row[0],
-                queue=row[1],
-                body=row[2],
-                error=ErrorInfo(row[3], row[4], row[5]),
-                attempts=row[6],
-                enqueued_at=row[7],
-                failed_at=row[8],
-            )
-            for row in rows
-        ]
+        return [DeadLetter.from_row(row) for row in rows]
 
     def redrive(self, ids: Sequence[str], now: float) -> int:
         if not ids:
