@@ -166,7 +166,6 @@ class App:
             messages=MessageFactory(max_payload_bytes, history=history),
             tracer=Tracing(tracing, tracer_provider),
             metrics=Metrics(metrics, meter_provider),
-            history_enabled=history,
         )
         self.history_retention = None if history_retention is None else seconds(history_retention)
         self.states = AppStates(self)

@@ -9,6 +9,9 @@ from urllib.parse import parse_qsl, urlsplit
 from conveyor.model.errors import ConfigurationError
 from conveyor.ports import Backend
 
+DEFAULT_IDEMPOTENCY_RETENTION = 24 * 3600.0
+"""How long an idempotency key stays taken after its job finished, unless a backend is told otherwise."""
+
 # scheme -> (module, class, extra that installs its driver)
 _SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "memory": ("conveyor.backends.memory", "MemoryBackend", None),

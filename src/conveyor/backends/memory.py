@@ -13,6 +13,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from conveyor.backends import DEFAULT_IDEMPOTENCY_RETENTION
 from conveyor.ports import (
     Commit,
     CommitResult,
@@ -28,8 +29,6 @@ from conveyor.ports import (
     StateOp,
     StateRecord,
 )
-
-DEFAULT_IDEMPOTENCY_RETENTION = 24 * 3600.0
 
 
 @dataclass(slots=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 
-from conveyor.model.errors import PayloadValidationError
+from conveyor.model.errors import PayloadValidationError, StateConflictError
 from conveyor.observability.metrics import Metrics
 from conveyor.observability.tracing import Tracing
 from conveyor.ports import Backend, CommitStatus
@@ -16,9 +16,6 @@ from conveyor.runtime.clock import Clock
 from conveyor.runtime.context import Context, Resources
 from conveyor.runtime.messages import MessageFactory, validate
 from conveyor.runtime.registry import Registry
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger("conveyor")
 
@@ -36,7 +33,6 @@ class Runtime:
         messages: MessageFactory,
         tracer: Tracing,
         metrics: Metrics | None = None,
-        history_enabled: bool = True,
     ) -> None:
         self.backend = backend
         self.registry = registry
@@ -45,7 +41,11 @@ class Runtime:
         self.messages = messages
         self.tracer = tracer
         self.metrics = metrics or Metrics(enabled=False)
-        self.history_enabled = history_enabled
+
+    @property
+    def history_enabled(self) -> bool:
+        """Whether workflow history is recorded (one setting, kept by the message factory)."""
+        return self.messages.history
 
     async def invoke(self, name: str, payload: Any, *, parent: Context | None = None) -> Any:
         """Run command ``name``. Inside a handler its effects join the handler's; outside they
@@ -78,7 +78,5 @@ class Runtime:
         if parent is None and context.buffer.effects:
             [outcome] = await self.backend.commit([context.commit()], self.clock.now())
             if outcome.status is not CommitStatus.OK:
-                from conveyor.model.errors import StateConflictError
-
                 raise StateConflictError(f"command {name!r}: a compare_and_set lost a race")
         return result

@@ -19,7 +19,7 @@ from psycopg import errors as pg_errors
 from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from conveyor.backends import url_options
+from conveyor.backends import DEFAULT_IDEMPOTENCY_RETENTION, url_options
 from conveyor.backends.postgres import arrays
 from conveyor.backends.postgres import schema as pg_schema
 from conveyor.backends.postgres.batch import (
@@ -53,7 +53,6 @@ from conveyor.ports import (
 logger = logging.getLogger("conveyor.backends.postgres")
 
 DEFAULT_SCHEMA = "conveyor"
-DEFAULT_IDEMPOTENCY_RETENTION = 24 * 3600.0
 DEFAULT_POOL_MIN_SIZE = 2
 DEFAULT_POOL_MAX_SIZE = 10
 DEFAULT_POOL_TIMEOUT = 10.0

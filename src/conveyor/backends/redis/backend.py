@@ -24,7 +24,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from conveyor.backends import url_options
+from conveyor.backends import DEFAULT_IDEMPOTENCY_RETENTION, url_options
 from conveyor.backends.redis import codec
 from conveyor.backends.redis.notifier import Notifier
 from conveyor.backends.redis.scripts import NOTHING, Arg, Packed, Scripts, command
@@ -42,7 +42,6 @@ from conveyor.ports import (
 
 DEFAULT_PREFIX = "conveyor"
 MIN_REDIS_VERSION = (6, 2)
-DEFAULT_IDEMPOTENCY_RETENTION = 24 * 3600.0
 _OWN_OPTIONS = ("prefix", "idempotency_retention")
 _PURGE_BATCH = 1000
 _PRUNE_BATCH = 100

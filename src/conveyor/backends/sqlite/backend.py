@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
-from conveyor.backends import url_options
+from conveyor.backends import DEFAULT_IDEMPOTENCY_RETENTION, url_options
 from conveyor.backends.sqlite.store import Store
 from conveyor.backends.sqlite.wakeup import Watcher
 from conveyor.model.errors import BackendError, ConfigurationError
@@ -31,7 +31,6 @@ from conveyor.ports import (
 
 T = TypeVar("T")
 
-DEFAULT_IDEMPOTENCY_RETENTION = 24 * 3600.0
 DEFAULT_BUSY_TIMEOUT = 10.0
 DEFAULT_WAKEUP_INTERVAL = 0.001
 
