@@ -13,6 +13,12 @@ The unit of writing is a :class:`Commit`: an optional :class:`Settlement` of a l
 retry, dead-letter, release) plus the :class:`Effects` its handler buffered. A backend applies each
 commit atomically: all of it or none of it. A batch of commits may share one round trip or one
 transaction, but the commits stay independent: one stale commit does not sink the others.
+
+The records built once or more per job (:class:`NewJob`, :class:`NewEvent`, :class:`LeasedJob`,
+:class:`StateWrite`, :class:`HistoryEntry`, :class:`Settlement`, :class:`CommitResult`) are plain
+slotted dataclasses, not frozen ones: a frozen dataclass's ``__init__`` sets each field through
+``object.__setattr__`` and costs about four times as much, which a 1,000-job enqueue pays 2,000 times.
+Nothing mutates them after construction; treat them as values.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class NewJob:
     """A job to store. ``id`` is chosen by the runtime; on an idempotency-key hit the existing id wins."""
 
@@ -35,7 +41,7 @@ class NewJob:
     idempotency_key: str | None = None
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class NewEvent:
     """An event to fan out: one job per subscription of ``event``, in the subscription's queue.
 
@@ -48,7 +54,7 @@ class NewEvent:
     emitted_at: float
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class LeasedJob:
     id: str
     queue: str
@@ -66,7 +72,7 @@ class StateOp(enum.Enum):
     DELETE = "delete"
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class StateWrite:
     """A state write. With ``expected_version`` set, the commit fails with ``CONFLICT`` unless the
     stored version is exactly that (0 means "must not exist")."""
@@ -84,7 +90,7 @@ class StateRecord:
     """Starts at 1 and grows by one on every write."""
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class HistoryEntry:
     """One transition of a workflow instance, written in the same commit as the step it describes."""
 
@@ -142,7 +148,7 @@ class ErrorInfo:
     traceback: str | None = None
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Settlement:
     job_id: str
     token: int
@@ -165,7 +171,7 @@ class CommitStatus(enum.Enum):
     """A state write's ``expected_version`` did not match: nothing applied."""
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class CommitResult:
     status: CommitStatus
     job_ids: tuple[str, ...] = ()
