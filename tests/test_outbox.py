@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from conveyor import App, ConfigurationError, Context, Service
+from conveyor.app import ENQUEUE_BATCH
 from conveyor.testing import running, wait_until
 
 try:
@@ -64,3 +65,19 @@ async def test_backends_without_the_outbox_say_so() -> None:
     async with app:
         with pytest.raises(ConfigurationError, match="cannot write inside your transaction"):
             await app.enqueue("ship_order", {"order_id": "o-3"}, connection=object())
+
+
+async def test_enqueue_many_in_the_callers_transaction_is_all_or_nothing(pg_url: str) -> None:
+    app = App([shop], backend=pg_url)
+    dsn = pg_url.split("?", 1)[0]
+    count = 2 * ENQUEUE_BATCH + 1  # several batches, all inside the one transaction
+    payloads = [{"order_id": f"o-{n}"} for n in range(count)]
+    async with app, await psycopg.AsyncConnection.connect(dsn) as conn:
+        async with conn.transaction(force_rollback=True):
+            await app.enqueue_many("ship_order", payloads, connection=conn)
+        [stats] = await app.stats(["ship_order"])
+        assert stats.ready == 0
+        async with conn.transaction():
+            ids = await app.enqueue_many("ship_order", payloads, connection=conn)
+        [stats] = await app.stats(["ship_order"])
+    assert stats.ready == count and len(set(ids)) == count

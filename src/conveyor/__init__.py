@@ -8,6 +8,7 @@ from conveyor.app import App, DeadLetters
 from conveyor.model.errors import (
     ConfigurationError,
     ConveyorError,
+    EnqueueIncompleteError,
     LeaseLostError,
     PayloadValidationError,
     PermanentError,
@@ -26,6 +27,7 @@ __all__ = [
     "Context",
     "ConveyorError",
     "DeadLetters",
+    "EnqueueIncompleteError",
     "LeaseLostError",
     "Lifecycle",
     "PayloadValidationError",

@@ -16,7 +16,12 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from conveyor.backends import open_backend
-from conveyor.model.errors import ConfigurationError, ConveyorError, StateConflictError
+from conveyor.model.errors import (
+    ConfigurationError,
+    ConveyorError,
+    EnqueueIncompleteError,
+    StateConflictError,
+)
 from conveyor.model.lifecycle import Seconds, seconds
 from conveyor.observability.health import HealthReport, HealthThresholds, check_health
 from conveyor.observability.metrics import QUEUE, Metrics
@@ -41,6 +46,7 @@ from conveyor.runtime.messages import (
     Origin,
     available_at,
     jsonable,
+    jsonable_many,
 )
 from conveyor.runtime.registry import Registry
 from conveyor.runtime.runtime import Runtime
@@ -54,7 +60,11 @@ logger = logging.getLogger("conveyor")
 DEFAULT_BACKEND = "sqlite:///conveyor.db"
 DEFAULT_HISTORY_RETENTION = 7 * 24 * 3600.0
 MAINTENANCE_INTERVAL = 3600.0
-ENQUEUE_BATCH = 5_000
+ENQUEUE_BATCH = 250
+"""Jobs per commit in :meth:`App.enqueue_many`. Small enough that the next batch is encoded while
+the backend stores the previous one; big enough that a round trip carries plenty of jobs."""
+ENQUEUE_IN_FLIGHT = 8
+"""Batches of one :meth:`App.enqueue_many` call being stored at once."""
 
 
 class DeadLetters:
@@ -250,38 +260,64 @@ class App:
         correlation_id: str | None = None,
         connection: Any = None,
     ) -> list[str]:
-        """Store many jobs on ``queue`` in few round trips (batches of 5,000); ids in order."""
+        """Store many jobs on ``queue``; their ids, in order.
+
+        Every payload is validated first, so an invalid one raises before anything is stored. The
+        jobs then go in batches of :data:`ENQUEUE_BATCH`, each stored atomically, several on the way
+        at once. If one batch fails, :class:`EnqueueIncompleteError` says which jobs were stored
+        (give the jobs idempotency keys to retry safely). With ``connection=`` the batches are
+        written one after the other inside the caller's transaction, so all or none commit.
+        """
         runtime = self.runtime
         now = self.clock.now()
         when = available_at(now, delay, run_at)
         definition = self.registry.queues.get(queue)
         model = definition.payload if definition is not None and definition.accepts_payload else None
-        payload_list = list(payloads)
-        keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(payload_list)
-        if len(keys) != len(payload_list):
+        data = jsonable_many(list(payloads), model, f"queue {queue!r}")
+        keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(data)
+        if len(keys) != len(data):
             raise ConfigurationError("idempotency_keys must have one entry per payload")
         ids: list[str] = []
         with runtime.tracer.produce("enqueue", queue):
             origin = Origin(trace=runtime.tracer.inject())
-            for start in range(0, len(payload_list), ENQUEUE_BATCH):
-                effects = Effects()
-                for payload, key in zip(
-                    payload_list[start : start + ENQUEUE_BATCH],
-                    keys[start : start + ENQUEUE_BATCH],
-                    strict=True,
-                ):
-                    runtime.messages.add_job(
+            batches: list[asyncio.Future[CommitResult]] = []
+            failure: Exception | None = None
+            try:
+                for start in range(0, len(data), ENQUEUE_BATCH):
+                    effects = Effects()
+                    runtime.messages.add_jobs(
                         effects,
                         queue,
-                        jsonable(payload, model, f"queue {queue!r}"),
-                        message_id=None,
+                        data[start : start + ENQUEUE_BATCH],
+                        idempotency_keys=keys[start : start + ENQUEUE_BATCH],
                         origin=origin,
                         now=now,
                         available_at=when,
-                        idempotency_key=key,
                         correlation_id=correlation_id,
                     )
-                ids.extend((await self._commit(effects, connection)).job_ids)
+                    if connection is not None:
+                        ids.extend((await self._commit(effects, connection)).job_ids)
+                        continue
+                    if len(batches) >= ENQUEUE_IN_FLIGHT:
+                        await asyncio.wait(batches[-ENQUEUE_IN_FLIGHT:], return_when=asyncio.FIRST_COMPLETED)
+                    batches.append(asyncio.ensure_future(self._commit(effects)))
+                    await asyncio.sleep(0)  # let the batch go out while the next one is encoded
+            except Exception as exc:
+                failure = exc
+            results = await asyncio.gather(*batches, return_exceptions=True)
+            for result in results:
+                if isinstance(result, CommitResult):
+                    ids.extend(result.job_ids)
+                elif failure is None:
+                    failure = result if isinstance(result, Exception) else ConveyorError(repr(result))
+            if failure is not None:
+                if not ids or connection is not None:  # in the caller's transaction: none will commit
+                    raise failure
+                raise EnqueueIncompleteError(
+                    f"enqueue_many on {queue!r} failed after storing {len(ids)} of {len(data)} jobs: "
+                    f"{type(failure).__name__}: {failure}",
+                    ids,
+                ) from failure
         if runtime.metrics.enabled:
             runtime.metrics.enqueued.add(len(ids), {QUEUE: queue})
         return ids

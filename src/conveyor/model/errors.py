@@ -61,6 +61,18 @@ class StateConflictError(ConveyorError):
     """A ``compare_and_set`` found another version than the one expected."""
 
 
+class EnqueueIncompleteError(ConveyorError):
+    """``enqueue_many`` stored some of its batches, then one failed (the cause is chained).
+
+    ``stored_ids`` are the ids of the jobs known to be stored, in payload order; the others may or
+    may not be (a batch whose reply was lost). Give each job an idempotency key to retry safely.
+    """
+
+    def __init__(self, message: str, stored_ids: list[str]) -> None:
+        super().__init__(message)
+        self.stored_ids = stored_ids
+
+
 class BackendError(ConveyorError):
     """A backend operation failed; the driver's own exception is chained as ``__cause__``."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from conveyor.model.envelope import Envelope, Kind, new_id
+from conveyor.model.envelope import Envelope, Kind, new_id, new_ids
 from conveyor.model.errors import ConfigurationError, PayloadTooLargeError, PayloadValidationError
 from conveyor.model.lifecycle import Seconds, seconds
 from conveyor.ports import Effects, HistoryEntry, NewEvent, NewJob
@@ -38,6 +39,24 @@ def jsonable(payload: Any, model: type[BaseModel] | None, what: str) -> Any:
     if model is not None:
         validate(model, payload, what)
     return payload
+
+
+def jsonable_many(payloads: Sequence[Any], model: type[BaseModel] | None, what: str) -> list[Any]:
+    """:func:`jsonable` for many payloads: plain values are validated without building the model."""
+    if model is None:
+        return [jsonable(payload, None, what) for payload in payloads]
+    validate_python = model.__pydantic_validator__.validate_python
+    ready = []
+    for payload in payloads:
+        if payload is None or isinstance(payload, BaseModel):
+            ready.append(jsonable(payload, model, what))
+            continue
+        try:
+            validate_python(payload)
+        except ValidationError as exc:
+            raise PayloadValidationError(f"{what}: payload does not match {model.__name__}: {exc}") from None
+        ready.append(payload)
+    return ready
 
 
 def validate(model: type[BaseModel], payload: Any, what: str) -> BaseModel:
@@ -91,8 +110,11 @@ class MessageFactory:
             service_version=origin.service_version,
             saga=saga,
         )
+        return envelope, self._encode(kind, name, envelope.as_dict())
+
+    def _encode(self, kind: Kind, name: str, fields: dict[str, Any]) -> bytes:
         try:
-            body = envelope.encode()
+            body = orjson.dumps(fields)
         except TypeError as exc:
             raise PayloadValidationError(
                 f"{kind} {name!r}: payload is not JSON-serializable: {exc}"
@@ -102,7 +124,7 @@ class MessageFactory:
                 f"{kind} {name!r}: message is {len(body)} bytes, over the limit of "
                 f"{self.max_payload_bytes} (App(max_payload_bytes=...))"
             )
-        return envelope, body
+        return body
 
     def add_job(
         self,
@@ -132,13 +154,59 @@ class MessageFactory:
         )
         effects.jobs.append(new)
         if self.history:
-            detail = None
-            if available_at is not None and available_at > now:
-                detail = orjson.dumps({"available_at": available_at}).decode()
             effects.history.append(
-                HistoryEntry(envelope.correlation_id, now, "enqueued", queue, envelope.id, None, detail)
+                HistoryEntry(
+                    envelope.correlation_id,
+                    now,
+                    "enqueued",
+                    queue,
+                    envelope.id,
+                    None,
+                    _enqueued_detail(now, available_at),
+                )
             )
         return new
+
+    def add_jobs(
+        self,
+        effects: Effects,
+        queue: str,
+        payloads: Sequence[Any],
+        *,
+        idempotency_keys: Sequence[str | None],
+        origin: Origin,
+        now: float,
+        available_at: float | None = None,
+        correlation_id: str | None = None,
+    ) -> None:
+        """:meth:`add_job` for many new jobs of one queue (``payloads`` JSON-ready, one
+        idempotency key or None each), with what the jobs share worked out once."""
+        parent = origin.parent
+        shared_correlation = correlation_id or (parent.correlation_id if parent else None)
+        template = Envelope(
+            id="",
+            kind="job",
+            name=queue,
+            payload=None,
+            correlation_id="",
+            causation_id=parent.id if parent else None,
+            trace=origin.trace,
+            created_at=now,
+            service=origin.service,
+            service_version=origin.service_version,
+        ).as_dict()
+        when = available_at if available_at is not None else now
+        detail = _enqueued_detail(now, available_at)
+        jobs, history = effects.jobs, effects.history
+        ids = new_ids(len(payloads))
+        for job_id, data, key in zip(ids, payloads, idempotency_keys, strict=True):
+            fields = template.copy()  # keeps the key order: only values change
+            correlation = shared_correlation or job_id
+            fields["id"], fields["payload"] = job_id, data
+            fields["correlation_id"], fields["idempotency_key"] = correlation, key
+            jobs.append(NewJob(job_id, queue, self._encode("job", queue, fields), when, now, key))
+            if self.history:
+                history.append(HistoryEntry(correlation, now, "enqueued", queue, job_id, None, detail))
 
     def add_event(
         self,
@@ -160,6 +228,13 @@ class MessageFactory:
         if self.history:
             effects.history.append(HistoryEntry(envelope.correlation_id, now, "emitted", event, envelope.id))
         return new
+
+
+def _enqueued_detail(now: float, available_at: float | None) -> str | None:
+    """The "enqueued" history entry's detail: when a delayed job becomes available."""
+    if available_at is None or available_at <= now:
+        return None
+    return orjson.dumps({"available_at": available_at}).decode()
 
 
 def available_at(now: float, delay: Seconds | None, run_at: datetime | float | None) -> float | None:

@@ -38,8 +38,17 @@ def _optional(text: str | None) -> bytes:
     return b"" if text is None else b"=" + text.encode()
 
 
+class _Reprs(dict[float, bytes]):
+    """``repr(x).encode()`` per float, each worked out once: a batch's jobs share their times."""
+
+    def __missing__(self, key: float) -> bytes:
+        text = self[key] = repr(key).encode()
+        return text
+
+
 def commit_args(commits: Sequence[Commit]) -> Packed:
     """The ``commit.lua`` layout of ``commits``, after its four leading arguments."""
+    reprs = _Reprs()
     parts: list[bytes] = []
     append = parts.append
     count = 0
@@ -86,12 +95,12 @@ def commit_args(commits: Sequence[Commit]) -> Packed:
             # one % per job, the loop of a 1,000-job enqueue: id, queue, body, available_at,
             # enqueued_at, idempotency key
             i, q, b, k = job.id.encode(), job.queue.encode(), job.body, _optional(job.idempotency_key)
-            a, e = repr(job.available_at).encode(), repr(job.enqueued_at).encode()
+            a, e = reprs[job.available_at], reprs[job.enqueued_at]
             append(_JOB % (len(i), i, len(q), q, len(b), b, len(a), a, len(e), e, len(k), k))
         for event in events:
             append(bulk(event.id) + bulk(event.event) + bulk(event.body) + bulk(event.emitted_at))
         for entry in history:
-            c, a, h = entry.correlation_id.encode(), repr(entry.at).encode(), encode_history(entry)
+            c, a, h = entry.correlation_id.encode(), reprs[entry.at], encode_history(entry)
             append(_HISTORY % (len(c), c, len(a), a, len(h), h))
         count += 4 * len(states) + 2 * len(cancels) + 6 * len(jobs) + 4 * len(events) + 3 * len(history)
     return Packed(count, b"".join(parts))
