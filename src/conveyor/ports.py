@@ -294,6 +294,25 @@ class TransactionalOutbox(Protocol):
 
 
 @runtime_checkable
+class CommitAndLease(Protocol):
+    """A backend that leases in the same round trip as a commit.
+
+    A worker's commit then brings back the jobs that replace the ones it settles, and a job the
+    commit itself enqueued for this worker starts without waiting for a wake-up and a lease.
+    """
+
+    async def commit_and_lease(
+        self, commits: Sequence[Commit], now: float, queues: Mapping[str, float], limit: int
+    ) -> tuple[list[CommitResult], list[LeasedJob]]:
+        """:meth:`Backend.commit`, then :meth:`QueueStore.lease` seeing its writes.
+
+        When the call raises, the commits are in doubt as for ``commit``; a job the lease may have
+        taken is not lost, it becomes available again when its lease expires.
+        """
+        ...
+
+
+@runtime_checkable
 class Backend(QueueStore, TopicStore, StateStore, HistoryStore, Protocol):
     """A backend serving every role, committing settlements and effects atomically."""
 

@@ -243,6 +243,12 @@ class MemoryBackend:
         self._wakeup.set()
         return results
 
+    async def commit_and_lease(
+        self, commits: Sequence[Commit], now: float, queues: Mapping[str, float], limit: int
+    ) -> tuple[list[CommitResult], list[LeasedJob]]:
+        """:meth:`commit`, then :meth:`lease`: the reference for the backends that do it in one call."""
+        return await self.commit(commits, now), await self.lease(queues, limit, now)
+
     def _key_holder(self, queue: str, key: str, now: float) -> str | None:
         held = self._keys.get((queue, key))
         if held is None:

@@ -81,10 +81,14 @@ class Worker:
         self.runtime = runtime
         self.config = config
         self.queues = {definition.name: definition for definition in queues}
-        self._lease_map = {name: d.lifecycle.lease_seconds for name, d in self.queues.items()}
+        self.lease_map = {name: d.lifecycle.lease_seconds for name, d in self.queues.items()}
         self._loggers = {name: logging.getLogger(f"conveyor.handler.{name}") for name in self.queues}
-        self._committer = Committer(runtime.backend, runtime.clock, max_batch=config.commit_batch)
+        self._committer = Committer(
+            runtime.backend, runtime.clock, max_batch=config.commit_batch, refill=self
+        )
         self._inflight: set[asyncio.Task[None]] = set()
+        self._reserved = 0
+        """slots claimed by a lease call on its way (the lease loop's or one riding on a commit)"""
         self._running: set[asyncio.Task[None]] = set()
         self._slot_free = asyncio.Event()
         self._stop = asyncio.Event()
@@ -120,15 +124,16 @@ class Worker:
         backend, clock, config = self.runtime.backend, self.runtime.clock, self.config
         backoff = 0.0
         while not self._stop.is_set():
-            free = config.concurrency - len(self._inflight)
+            free = self.reserve(0)
             if free <= 0:
                 self._slot_free.clear()
                 await self._first(self._slot_free.wait(), self._stop.wait())
                 continue
             try:
-                jobs = await backend.lease(self._lease_map, free, clock.now())
+                jobs = await backend.lease(self.lease_map, free, clock.now())
                 self.lease_rounds += 1
             except Exception as exc:
+                self._reserved -= free
                 backoff = min(max(backoff * 2, 0.1), 5.0)
                 if isinstance(exc, BackendError):
                     logger.warning("lease failed (%s); retrying in %.1fs", exc, backoff)
@@ -139,15 +144,7 @@ class Worker:
             if backoff:
                 logger.info("backend reachable again; leasing resumed")
                 backoff = 0.0
-            if self.runtime.metrics.enabled:
-                for leased in jobs:
-                    self.runtime.metrics.started.add(1, {QUEUE: leased.queue})
-            for leased in jobs:
-                task = asyncio.create_task(
-                    self._work(leased), name=f"conveyor job {leased.id} of {leased.queue}"
-                )
-                self._inflight.add(task)
-                task.add_done_callback(self._finished)
+            self._start(jobs, free)
             if len(jobs) < free:
                 idle = config.poll_interval
                 if self._next_retry is not None:
@@ -160,6 +157,32 @@ class Worker:
                     self._stop.wait(),
                     self._nudge.wait(),
                 )
+
+    def reserve(self, settling: int) -> int:
+        """Claim every free slot for one lease call, counting the ``settling`` jobs' slots as free
+        (a lease riding on their commit, see :class:`~conveyor.runtime.committer.Refill`)."""
+        if self._stop.is_set():
+            return 0
+        free = max(0, self.config.concurrency - len(self._inflight) - self._reserved + settling)
+        self._reserved += free
+        return free
+
+    def _start(self, jobs: Sequence[LeasedJob], reserved: int) -> None:
+        """Run the ``jobs`` one lease call brought, giving back the slots it had claimed."""
+        self._reserved -= reserved
+        if self.runtime.metrics.enabled:
+            for leased in jobs:
+                self.runtime.metrics.started.add(1, {QUEUE: leased.queue})
+        for leased in jobs:
+            task = asyncio.create_task(self._work(leased), name=f"conveyor job {leased.id} of {leased.queue}")
+            self._inflight.add(task)
+            task.add_done_callback(self._finished)
+
+    def leased(self, jobs: list[LeasedJob], reserved: int) -> None:
+        """:class:`Refill`: start the jobs a commit brought back."""
+        if jobs:
+            self.lease_rounds += 1
+        self._start(jobs, reserved)
 
     @staticmethod
     async def _first(*waits: Awaitable[Any]) -> None:

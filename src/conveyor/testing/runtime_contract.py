@@ -657,6 +657,30 @@ class RuntimeContract:
 
     # shutdown
 
+    async def test_no_more_jobs_run_at_once_than_the_concurrency(self, make_app: Callable[..., App]) -> None:
+        # Chains keep the worker's commits bringing new jobs back with them (where the backend
+        # leases in the commit's round trip) while the lease loop takes the rest.
+        svc = Service("svc")
+        running_now, most, done = 0, 0, 0
+
+        @svc.queue_worker("chain", payload=Item)
+        async def chain(ctx: Context, job: Item) -> None:
+            nonlocal running_now, most, done
+            running_now += 1
+            most = max(most, running_now)
+            for _ in range(3):
+                await asyncio.sleep(0)
+            if job.n % 4:
+                await ctx.enqueue("chain", {"n": job.n - 1})
+            running_now -= 1
+            done += 1
+
+        app = make_app(svc, worker=WorkerConfig(concurrency=3, poll_interval=0.05, shutdown_grace=5))
+        async with running(app):
+            await app.enqueue_many("chain", [{"n": 4 * k + 3} for k in range(10)])
+            await wait_until(lambda: done == 40, timeout=30)
+        assert most == 3
+
     async def test_graceful_shutdown_lets_running_jobs_finish(self, make_app: Callable[..., App]) -> None:
         svc, rec = Service("svc"), Recorder()
         started, gate = asyncio.Event(), asyncio.Event()

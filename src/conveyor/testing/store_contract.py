@@ -23,6 +23,7 @@ from conveyor.backends import open_backend
 from conveyor.ports import (
     Backend,
     Commit,
+    CommitAndLease,
     CommitStatus,
     Effects,
     ErrorInfo,
@@ -127,6 +128,43 @@ class StoreContract:
         assert result.status is CommitStatus.STALE
         [again] = await backend.lease({"q": 30.0}, 10, T0 + 31)
         assert again.id == "a"
+
+    async def test_commit_and_lease_leases_what_the_commit_enqueued(self, backend: Backend) -> None:
+        if not isinstance(backend, CommitAndLease):
+            pytest.skip("this backend leases in a call of its own")
+        await backend.commit([enqueue(job("a"), job("b"))], T0)
+        leased = await backend.lease({"q": 30.0}, 10, T0)
+        ack_a = Commit(
+            settle("a", leased[0].token, Outcome.ACK), Effects(jobs=[job("next", "q2", at=T0 + 1)])
+        )
+        ack_b = Commit(settle("b", leased[1].token, Outcome.ACK))
+        results, jobs = await backend.commit_and_lease([ack_a, ack_b], T0 + 1, {"q2": 30.0, "q": 30.0}, 5)
+        assert [r.status for r in results] == [CommitStatus.OK, CommitStatus.OK]
+        assert results[0].job_ids == ("next",)
+        assert [(j.id, j.queue, j.attempt) for j in jobs] == [("next", "q2", 1)]
+        assert jobs[0].lease_deadline == T0 + 31
+        [done] = await backend.commit([Commit(settle("next", jobs[0].token, Outcome.ACK))], T0 + 2)
+        assert done.status is CommitStatus.OK
+        assert await backend.lease({"q": 30.0, "q2": 30.0}, 10, T0 + 100) == []
+
+    async def test_commit_and_lease_takes_no_more_than_the_limit(self, backend: Backend) -> None:
+        if not isinstance(backend, CommitAndLease):
+            pytest.skip("this backend leases in a call of its own")
+        more = Effects(jobs=[job(f"j{i}", at=T0 + i / 100) for i in range(5)])
+        results, jobs = await backend.commit_and_lease([Commit(effects=more)], T0 + 1, {"q": 30.0}, 3)
+        assert results[0].status is CommitStatus.OK
+        assert [j.id for j in jobs] == ["j0", "j1", "j2"]
+        assert [j.id for j in await backend.lease({"q": 30.0}, 10, T0 + 1)] == ["j3", "j4"]
+
+    async def test_commit_and_lease_with_a_stale_commit_still_leases(self, backend: Backend) -> None:
+        if not isinstance(backend, CommitAndLease):
+            pytest.skip("this backend leases in a call of its own")
+        await backend.commit([enqueue(job("a"), job("b", at=T0 + 1))], T0)
+        [leased] = await backend.lease({"q": 30.0}, 1, T0)
+        stale = Commit(settle("a", leased.token + 1000, Outcome.ACK), Effects(jobs=[job("effect", "q")]))
+        [result], jobs = await backend.commit_and_lease([stale], T0 + 1, {"q": 30.0}, 5)
+        assert result.status is CommitStatus.STALE
+        assert [j.id for j in jobs] == ["b"]  # not the stale commit's effect, nor the leased "a"
 
     async def test_ack_deletes_the_job(self, backend: Backend) -> None:
         await backend.commit([enqueue(job("a"))], T0)

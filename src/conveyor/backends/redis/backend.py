@@ -181,12 +181,15 @@ class RedisBackend:
     async def lease(self, queues: Mapping[str, float], limit: int, now: float) -> list[LeasedJob]:
         if not queues or limit <= 0:
             return []
+        return codec.leased_jobs(await self._run("lease", self._lease_args(queues, limit, now)), queues, now)
+
+    def _lease_args(self, queues: Mapping[str, float], limit: int, now: float) -> list[Arg]:
         if self._notifier is not None:
             self._notifier.consume(queues)
         args: list[Arg] = [self.prefix, now, limit]
         for queue, seconds in queues.items():
             args += (queue, seconds)
-        return codec.leased_jobs(await self._run("lease", args), queues, now)
+        return args
 
     async def extend(self, job_id: str, token: int, until: float, now: float) -> bool:
         return bool(await self._run("extend", [self.prefix, job_id, token, until, now]))
@@ -308,10 +311,30 @@ class RedisBackend:
     async def commit(self, commits: Sequence[Commit], now: float) -> list[CommitResult]:
         if not commits:
             return []
-        args: list[Arg] = [self.prefix, now, self.idempotency_retention, len(commits)]
-        reply, woken = await self._run("commit", args, codec.commit_args(commits))
+        reply, woken = await self._run("commit", self._commit_args(commits, now), codec.commit_args(commits))
         self._signal(woken)
         return codec.commit_results(commits, reply)
+
+    async def commit_and_lease(
+        self, commits: Sequence[Commit], now: float, queues: Mapping[str, float], limit: int
+    ) -> tuple[list[CommitResult], list[LeasedJob]]:
+        """The two scripts back to back on one connection: one round trip."""
+        if not commits or not queues or limit <= 0:
+            return await self.commit(commits, now), await self.lease(queues, limit, now)
+        calls = [
+            ("commit", self._commit_args(commits, now), codec.commit_args(commits)),
+            ("lease", self._lease_args(queues, limit, now), NOTHING),
+        ]
+        with _translated():
+            (reply, woken), leased = await self._scripts.run_many(self._client, calls)
+        jobs = codec.leased_jobs(leased, queues, now)
+        if len(jobs) < limit:  # every due job of these queues is leased: no one here to wake for them
+            woken = [queue for queue in woken if queue.decode() not in queues]
+        self._signal(woken)
+        return codec.commit_results(commits, reply), jobs
+
+    def _commit_args(self, commits: Sequence[Commit], now: float) -> list[Arg]:
+        return [self.prefix, now, self.idempotency_retention, len(commits)]
 
     def _signal(self, queues: list[bytes]) -> None:
         # wake this instance's waiters at once, without the round trip through pub/sub

@@ -16,7 +16,7 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 NAMES = (
     "lease",
@@ -62,14 +62,22 @@ class Packed:
 NOTHING = Packed(0, b"")
 
 
-async def _round_trip(client: Redis, packed: bytes) -> Any:
+async def _round_trip(client: Redis, packed: bytes, replies: int = 1) -> list[Any]:
+    """Send ``packed`` (``replies`` commands) and read every reply; an error reply is returned as
+    its exception, in its place, so the connection stays in step."""
     # The pool checks a connection before lending it and drops it on any error but an error
     # reply, so a Redis restart costs no more than the calls made while it is down.
     pool = client.connection_pool
     connection = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
         await connection.send_packed_command(packed)
-        return await connection.read_response()
+        answers: list[Any] = []
+        for _ in range(replies):
+            try:
+                answers.append(await connection.read_response())
+            except ResponseError as exc:
+                answers.append(exc)
+        return answers
     finally:
         await pool.release(connection)
 
@@ -92,16 +100,28 @@ class Scripts:
             pipeline.execute_command("SCRIPT LOAD", source)
         await pipeline.execute()
 
-    async def run(self, client: Redis, name: str, args: Sequence[Arg], more: Packed = NOTHING) -> Any:
-        """Run script ``name`` with ``args`` then ``more`` as ARGV (no KEYS: the scripts build
-        their keys from the prefix)."""
+    def _pack(self, name: str, args: Sequence[Arg], more: Packed) -> bytes:
         head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n$1\r\n0\r\n" % (
             len(args) + more.count + 3,
             self._shas[name].encode(),
         )
-        packed = b"".join((head, *map(bulk, args), more.data))
-        try:
-            return await _round_trip(client, packed)
-        except NoScriptError:
-            await command(client, "SCRIPT LOAD", self._sources[name])
-            return await _round_trip(client, packed)
+        return b"".join((head, *map(bulk, args), more.data))
+
+    async def run(self, client: Redis, name: str, args: Sequence[Arg], more: Packed = NOTHING) -> Any:
+        """Run script ``name`` with ``args`` then ``more`` as ARGV (no KEYS: the scripts build
+        their keys from the prefix)."""
+        [reply] = await self.run_many(client, [(name, args, more)])
+        return reply
+
+    async def run_many(self, client: Redis, calls: Sequence[tuple[str, Sequence[Arg], Packed]]) -> list[Any]:
+        """Run several scripts in one round trip, in order, each atomic by itself (not together)."""
+        replies = await _round_trip(client, b"".join(self._pack(*call) for call in calls), len(calls))
+        for index, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                # it did not run: load it and run it now, after the calls that did
+                name, args, more = calls[index]
+                await command(client, "SCRIPT LOAD", self._sources[name])
+                [replies[index]] = await _round_trip(client, self._pack(name, args, more))
+            if isinstance(replies[index], ResponseError):
+                raise replies[index]
+        return replies
