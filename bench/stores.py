@@ -26,7 +26,15 @@ _SCAN_ROUNDS = 100_000
 
 
 _CONVEYOR_OPTIONS = frozenset(
-    {"prefix", "schema", "idempotency_retention", "pool_min_size", "pool_max_size", "pool_timeout"}
+    {
+        "prefix",
+        "schema",
+        "idempotency_retention",
+        "pool_min_size",
+        "pool_max_size",
+        "pool_timeout",
+        "vacuum_interval",
+    }
 )
 
 

@@ -7,9 +7,11 @@ Idle workers are woken by LISTEN/NOTIFY. Finished jobs are deleted, keeping the 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -61,11 +63,15 @@ PURGE_INTERVAL = 60.0
 PURGE_BATCH = 1000
 PRUNE_BATCH = 5000
 COMMIT_RETRIES = 3
+DEFAULT_VACUUM_INTERVAL = 10.0
+"""Seconds between the backend's own ``VACUUM`` of the tables every job churns (see
+:meth:`PostgresBackend._vacuum`)."""
+VACUUMED_TABLES = ("jobs", "idempotency", "states")
 """Attempts of a commit batch that the server aborted for a deadlock or serialization failure."""
 
 # URL query keys that configure the backend itself; every other key goes to libpq untouched.
 _OWN_OPTIONS = frozenset(
-    {"schema", "idempotency_retention", "pool_min_size", "pool_max_size", "pool_timeout"}
+    {"schema", "idempotency_retention", "pool_min_size", "pool_max_size", "pool_timeout", "vacuum_interval"}
 )
 # SQLSTATEs meaning "the server is not there for us": connection exceptions (08), operator
 # intervention such as a shutdown or pg_terminate_backend (57P), too many connections.
@@ -92,13 +98,35 @@ def translate(exc: BaseException) -> BackendError:
     return BackendError(f"PostgreSQL error: {exc}")
 
 
+def _lease_params(queues: Mapping[str, float], limit: int, now: float) -> dict[str, Any]:
+    names = list(queues)
+    return {"queues": names, "seconds": [float(queues[name]) for name in names], "now": now, "limit": limit}
+
+
+def _leased(rows: Sequence[TupleRow]) -> list[LeasedJob]:
+    """The jobs of the ``lease`` query's rows."""
+    return [
+        LeasedJob(
+            id=row[0],
+            queue=row[1],
+            body=row[2],
+            attempt=row[3],
+            token=row[4],
+            lease_deadline=row[5],
+            enqueued_at=row[6],
+        )
+        for row in rows
+    ]
+
+
 class PostgresBackend:
     """Every role on PostgreSQL, with settlements and effects committed atomically.
 
     URL query options (keywords override them): ``schema`` (default ``conveyor``),
     ``idempotency_retention`` (seconds, default 24h), ``pool_min_size``, ``pool_max_size``,
-    ``pool_timeout`` (seconds to wait for a connection). Anything else goes to libpq
-    (``sslmode``, ``application_name``, ...).
+    ``pool_timeout`` (seconds to wait for a connection), ``vacuum_interval`` (seconds between the
+    backend's own vacuums of its hot tables, default 10, 0 = leave it to autovacuum). Anything else
+    goes to libpq (``sslmode``, ``application_name``, ...).
 
     Besides the ports it offers :meth:`commit_in` (the transactional outbox: commit jobs and events
     inside the caller's own transaction), :meth:`migrate` and :meth:`maintenance`.
@@ -113,6 +141,7 @@ class PostgresBackend:
         pool_min_size: int | None = None,
         pool_max_size: int | None = None,
         pool_timeout: float | None = None,
+        vacuum_interval: float | None = None,
     ) -> None:
         options = url_options(url)
 
@@ -130,6 +159,7 @@ class PostgresBackend:
                 int(option(pool_max_size, "pool_max_size", DEFAULT_POOL_MAX_SIZE)),
             )
             self._pool_timeout = option(pool_timeout, "pool_timeout", DEFAULT_POOL_TIMEOUT)
+            self.vacuum_interval = option(vacuum_interval, "vacuum_interval", DEFAULT_VACUUM_INTERVAL)
         except ValueError as exc:
             raise ConfigurationError(f"invalid option in PostgreSQL URL {url!r}: {exc}") from exc
         self.url = url
@@ -143,6 +173,10 @@ class PostgresBackend:
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._listener = Listener(self._conninfo, self.channel, self._connect_options)
         self._next_purge: float | None = None
+        self._next_vacuum = 0.0
+        self._vacuuming: asyncio.Task[None] | None = None
+        self.vacuums = 0
+        """vacuums this backend ran (tests and benchmarks read it)"""
 
     # lifecycle
 
@@ -224,6 +258,10 @@ class PostgresBackend:
             raise translate(exc) from exc
 
     async def close(self) -> None:
+        if self._vacuuming is not None:
+            self._vacuuming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._vacuuming
         await self._listener.close()
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -282,26 +320,7 @@ class PostgresBackend:
     async def lease(self, queues: Mapping[str, float], limit: int, now: float) -> list[LeasedJob]:
         if not queues or limit <= 0:
             return []
-        names = list(queues)
-        params = {
-            "queues": names,
-            "seconds": [float(queues[name]) for name in names],
-            "now": now,
-            "limit": limit,
-        }
-        rows = await self._fetch("lease", params, binary=True)
-        return [
-            LeasedJob(
-                id=row[0],
-                queue=row[1],
-                body=row[2],
-                attempt=row[3],
-                token=row[4],
-                lease_deadline=row[5],
-                enqueued_at=row[6],
-            )
-            for row in rows
-        ]
+        return _leased(await self._fetch("lease", _lease_params(queues, limit, now), binary=True))
 
     async def extend(self, job_id: str, token: int, until: float, now: float) -> bool:
         params = {"id": job_id, "token": token, "until": until, "now": now}
@@ -413,23 +432,43 @@ class PostgresBackend:
     async def commit(self, commits: Sequence[Commit], now: float) -> list[CommitResult]:
         if not commits:
             return []
+        results, _ = await self._commit(commits, now, None)
+        return results
+
+    async def commit_and_lease(
+        self, commits: Sequence[Commit], now: float, queues: Mapping[str, float], limit: int
+    ) -> tuple[list[CommitResult], list[LeasedJob]]:
+        """The commit and the lease in one transaction, sent as one pipeline: one round trip and
+        one WAL flush for both."""
+        if not commits or not queues or limit <= 0:
+            return await self.commit(commits, now), await self.lease(queues, limit, now)
+        return await self._commit(commits, now, (queues, limit))
+
+    async def _commit(
+        self, commits: Sequence[Commit], now: float, lease: tuple[Mapping[str, float], int] | None
+    ) -> tuple[list[CommitResult], list[LeasedJob]]:
         groups = plan_groups(commits)
         batches = [flatten(commits, group) for group in groups]
         purge = self._purge_due(now)
+        lease_params = None if lease is None else _lease_params(*lease, now)
         for attempt in range(1, COMMIT_RETRIES + 1):
             try:
                 async with self._connection() as conn:
-                    answers = await self._apply(conn, batches, now, purge)
+                    answers, rows = await self._apply(conn, batches, now, purge, lease_params)
                 break
             except BackendError as exc:
                 # A deadlock or serialization failure rolled the whole batch back: try again.
                 transient = pg_errors.DeadlockDetected | pg_errors.SerializationFailure
                 if attempt == COMMIT_RETRIES or not isinstance(exc.__cause__, transient):
                     raise
+        self._vacuum_if_due()
+        jobs = _leased(rows)
         woken = {queue for answer in answers for queue in answer.woken}
+        if lease is not None and len(jobs) < lease[1]:
+            woken.difference_update(lease[0])  # every due job of those queues is leased already
         if woken:
             self._listener.wake(woken)
-        return results(commits, groups, answers)
+        return results(commits, groups, answers), jobs
 
     async def commit_in(
         self, conn: psycopg.AsyncConnection[Any], commits: Sequence[Commit], now: float
@@ -453,30 +492,72 @@ class PostgresBackend:
         batches = [flatten(commits, group) for group in groups]
         arrays.register(conn)  # only adds dumpers for conveyor's own marker types
         try:
-            answers = await self._apply(conn, batches, now, 0)
+            answers, _ = await self._apply(conn, batches, now, 0)
         except psycopg.Error as exc:
             raise translate(exc) from exc
         return results(commits, groups, answers)
 
     async def _apply(
-        self, conn: psycopg.AsyncConnection[Any], batches: Sequence[Arrays], now: float, purge: int
-    ) -> list[GroupResult]:
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        batches: Sequence[Arrays],
+        now: float,
+        purge: int,
+        lease: Mapping[str, Any] | None = None,
+    ) -> tuple[list[GroupResult], list[TupleRow]]:
+        """Run the commit groups, then the lease if asked, and read the answers.
+
+        One group is one statement, atomic by itself; several, or a lease after them, need a
+        transaction around them (a savepoint if the caller already has one open). With a lease
+        everything goes as one pipeline, answers read at the end: one round trip.
+        """
         query = self._queries["commit"]
-        cursor = conn.cursor(row_factory=tuple_row)
-        answers: list[GroupResult] = []
-        # One group is one statement, atomic by itself; several need a transaction around them
-        # (a savepoint if the caller already has one open).
-        block = conn.transaction() if len(batches) > 1 else contextlib.nullcontext()
-        async with block:
-            for index, group in enumerate(batches):
-                params = group.params(
-                    now, self.idempotency_retention, purge if index == 0 else 0, self.channel
-                )
-                await cursor.execute(query, params)
+        cursors: list[psycopg.AsyncCursor[TupleRow]] = []
+        lease_cursor = conn.cursor(binary=True)
+        pipeline = conn.pipeline() if lease is not None else contextlib.nullcontext()
+        block = conn.transaction() if len(batches) > 1 or lease is not None else contextlib.nullcontext()
+        async with pipeline:
+            async with block:
+                for index, group in enumerate(batches):
+                    params = group.params(
+                        now, self.idempotency_retention, purge if index == 0 else 0, self.channel
+                    )
+                    cursor = conn.cursor(row_factory=tuple_row)
+                    await cursor.execute(query, params)
+                    cursors.append(cursor)
+                if lease is not None:
+                    await lease_cursor.execute(self._queries["lease"], lease)
+            answers = []
+            for cursor in cursors:
                 row = await cursor.fetchone()
                 assert row is not None
                 answers.append(parse_row(row))
-        return answers
+            rows = await lease_cursor.fetchall() if lease is not None else []
+        return answers, rows
+
+    def _vacuum_if_due(self) -> None:
+        if not self.vacuum_interval or time.monotonic() < self._next_vacuum:
+            return
+        if self._vacuuming is None or self._vacuuming.done():
+            self._next_vacuum = time.monotonic() + self.vacuum_interval
+            self._vacuuming = asyncio.create_task(self._vacuum(), name=f"conveyor vacuum of {self.schema}")
+
+    async def _vacuum(self) -> None:
+        """``VACUUM`` the tables every job inserts into, updates and deletes from.
+
+        A job leaves two dead row versions behind (its lease and its ack). Only a vacuum makes their
+        space reusable; without it the jobs table and its indexes grow with every job ever run and
+        each lease scans more dead entries. Autovacuum may be off, or wake up only once a minute,
+        so the committing processes vacuum on their own clock: a plain VACUUM does not block
+        reads or writes, and ``SKIP_LOCKED`` skips a table another process is vacuuming already.
+        """
+        tables = ", ".join(f'"{self.schema}".{table}' for table in VACUUMED_TABLES)
+        try:
+            async with self._connection() as conn:
+                await conn.execute(f"VACUUM (SKIP_LOCKED) {tables}")
+            self.vacuums += 1
+        except BackendError as exc:
+            logger.warning("vacuum of PostgreSQL schema %r failed: %s", self.schema, exc)
 
     def _purge_due(self, now: float) -> int:
         if self._next_purge is not None and now < self._next_purge:
