@@ -54,9 +54,13 @@ def instrument(backend: Any, calls: list[Call]) -> None:
         "lease": lambda args, result: len(result),
         "commit": lambda args, result: len(args[0]),
         "wait_for_jobs": lambda args, result: 0,
+        # the jobs it leased (the commits it carried are args[0])
+        "commit_and_lease": lambda args, result: len(result[1]),
     }
     for name, size in sizes.items():
-        original: Callable[..., Awaitable[Any]] = getattr(backend, name)
+        original: Callable[..., Awaitable[Any]] | None = getattr(backend, name, None)
+        if original is None:
+            continue
 
         def wrapper(
             *args: Any,
@@ -83,7 +87,7 @@ def ms(values: list[float], q: float) -> str:
 
 def report_calls(calls: list[Call], jobs: int) -> None:
     """Per method: count, per job, mean/max batch, p50/p99 duration, total seconds."""
-    for name in ("lease", "commit", "wait_for_jobs"):
+    for name in ("lease", "commit", "commit_and_lease", "wait_for_jobs"):
         mine = [c for c in calls if c.name == name]
         if not mine:
             continue
@@ -148,8 +152,9 @@ async def hops(count: int, rate: float) -> None:
     workload.app.stop()
     await serving
     report_calls(calls, len(records.records))
-    commit_ends = sorted(c.end for c in calls if c.name == "commit")
-    leases = sorted((c.end, c.start) for c in calls if c.name == "lease" and c.size)
+    # a commit_and_lease is both: the commit of one step and the lease of the next
+    commit_ends = sorted(c.end for c in calls if c.name in ("commit", "commit_and_lease"))
+    leases = sorted((c.end, c.start) for c in calls if c.name in ("lease", "commit_and_lease") and c.size)
     lease_ends = [end for end, _ in leases]
     parts: dict[str, list[float]] = {
         "enqueue->commit end": [],

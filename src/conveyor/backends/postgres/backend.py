@@ -507,15 +507,18 @@ class PostgresBackend:
     ) -> tuple[list[GroupResult], list[TupleRow]]:
         """Run the commit groups, then the lease if asked, and read the answers.
 
-        One group is one statement, atomic by itself; several, or a lease after them, need a
-        transaction around them (a savepoint if the caller already has one open). With a lease
-        everything goes as one pipeline, answers read at the end: one round trip.
+        One group is one statement, atomic by itself; several need a transaction around them (a
+        savepoint if the caller already has one open). With a lease, everything goes as one
+        pipeline on a pooled (autocommit) connection: the statements up to the pipeline's sync
+        form one implicit transaction, so the commits and the lease apply together or not at
+        all, in one round trip and one WAL flush. (An explicit BEGIN/COMMIT inside a pipeline
+        makes psycopg sync around each: 1.4 ms instead of 0.65 ms here.)
         """
         query = self._queries["commit"]
         cursors: list[psycopg.AsyncCursor[TupleRow]] = []
         lease_cursor = conn.cursor(binary=True)
         pipeline = conn.pipeline() if lease is not None else contextlib.nullcontext()
-        block = conn.transaction() if len(batches) > 1 or lease is not None else contextlib.nullcontext()
+        block = conn.transaction() if len(batches) > 1 and lease is None else contextlib.nullcontext()
         async with pipeline:
             async with block:
                 for index, group in enumerate(batches):
