@@ -529,7 +529,7 @@ class PostgresBackend:
                     await cursor.execute(query, params)
                     cursors.append(cursor)
                 if lease is not None:
-                    await lease_cursor.execute(self._queries["lease"], lease)
+                    await lease_cursor.execute(self._queries["lease_with_commit"], lease)
             answers = []
             for cursor in cursors:
                 row = await cursor.fetchone()

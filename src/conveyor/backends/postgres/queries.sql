@@ -1,6 +1,18 @@
 -- The PostgreSQL backend's queries, one per "-- name:" section; {schema} is the quoted schema.
 
 -- name: lease
+-- A lease on its own commits without waiting for its WAL flush (synchronous_commit off for this
+-- transaction only): the ack that follows flushes it, and a lease lost in a server crash only
+-- makes the job run again, as an expired lease would. The commit and its lease in one
+-- transaction (lease_with_commit) stays synchronous.
+SELECT l.*
+FROM set_config('synchronous_commit', 'off', true) AS s,
+    LATERAL {schema}.lease(
+        %(queues)s::text[], %(seconds)s::double precision[], %(now)s::double precision,
+        %(limit)s::integer
+    ) AS l
+
+-- name: lease_with_commit
 SELECT * FROM {schema}.lease(
     %(queues)s::text[], %(seconds)s::double precision[], %(now)s::double precision,
     %(limit)s::integer
