@@ -63,7 +63,7 @@ MAINTENANCE_INTERVAL = 3600.0
 ENQUEUE_BATCH = 250
 """Jobs per commit in :meth:`App.enqueue_many`. Small enough that the next batch is encoded while
 the backend stores the previous one; big enough that a round trip carries plenty of jobs."""
-ENQUEUE_IN_FLIGHT = 8
+ENQUEUE_IN_FLIGHT = 4
 """Batches of one :meth:`App.enqueue_many` call being stored at once."""
 
 
