@@ -170,6 +170,9 @@ class PostgresBackend:
             {} if "application_name" in options else {"application_name": "conveyor"}
         )
         self._queries = pg_schema.load_queries(self.schema)
+        self._queries["commit_and_lease"] = self._queries["commit_and_lease"].replace(
+            "{commit}", self._queries["commit"]
+        )
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._listener = Listener(self._conninfo, self.channel, self._connect_options)
         self._next_purge: float | None = None
@@ -508,12 +511,20 @@ class PostgresBackend:
         """Run the commit groups, then the lease if asked, and read the answers.
 
         One group is one statement, atomic by itself; several need a transaction around them (a
-        savepoint if the caller already has one open). With a lease, everything goes as one
+        savepoint if the caller already has one open). One group with a lease is one statement
+        too (``commit_and_lease`` in ``queries.sql``). Several groups with a lease go as one
         pipeline on a pooled (autocommit) connection: the statements up to the pipeline's sync
         form one implicit transaction, so the commits and the lease apply together or not at
         all, in one round trip and one WAL flush. (An explicit BEGIN/COMMIT inside a pipeline
         makes psycopg sync around each: 1.4 ms instead of 0.65 ms here.)
         """
+        if lease is not None and len(batches) == 1:  # the usual case: one statement
+            params = batches[0].params(now, self.idempotency_retention, purge, self.channel)
+            lease_params = (lease["queues"], lease["seconds"], lease["now"], lease["limit"])
+            cursor = conn.cursor(binary=True)
+            await cursor.execute(self._queries["commit_and_lease"], (*params, *lease_params))
+            rows = await cursor.fetchall()
+            return [parse_row(rows[0][:5])], [row[5:] for row in rows if row[5] is not None]
         query = self._queries["commit"]
         cursors: list[psycopg.AsyncCursor[TupleRow]] = []
         lease_cursor = conn.cursor(binary=True)

@@ -18,6 +18,20 @@ SELECT * FROM {schema}.lease(
     %(limit)s::integer
 )
 
+-- name: commit_and_lease
+-- One statement: the commit query (put in by the backend), then the lease, in the
+-- statement's own transaction (synchronous, as the commit's). The LATERAL call refers to c, so it
+-- runs after the commit; lease() is VOLATILE, so its query sees what commit_batch() wrote. One row
+-- per leased job, the commit's answer repeated; one row with NULL lease columns when none.
+SELECT c.failed_commits, c.failed_statuses, c.job_ids, c.deliveries, c.woken,
+       l.id, l.queue, l.body, l.attempts, l.token, l.lease_deadline, l.enqueued_at
+FROM ({commit}) AS c
+LEFT JOIN LATERAL {schema}.lease(
+    %b::text[], %b::double precision[], %b::double precision,
+    %b::integer + 0 * cardinality(c.failed_commits)
+) AS l ON true
+ORDER BY l.was_available_at
+
 -- name: extend
 UPDATE {schema}.jobs
 SET available_at = greatest(available_at, %(until)s)
