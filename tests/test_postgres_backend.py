@@ -153,6 +153,26 @@ async def test_own_commit_wakes_a_waiter_of_the_same_instance(backend: PostgresB
     assert time.monotonic() - started < 5.0
 
 
+async def test_own_notifications_are_not_heard_twice(backend: PostgresBackend, pg_url: str) -> None:
+    # A commit whose lease took every due job wakes nobody here, and its NOTIFY, from one of this
+    # instance's own connections, is ignored; another instance's NOTIFY still wakes.
+    await _listening(backend)
+    await backend.wait_for_jobs(["q"], 0)
+    _, jobs = await backend.commit_and_lease([Commit(effects=Effects(jobs=[job("a")]))], T0, {"q": 30.0}, 5)
+    assert [j.id for j in jobs] == ["a"]
+    producer = PostgresBackend(pg_url)
+    await producer.connect()
+    try:
+        await producer.commit([Commit(effects=Effects(jobs=[job("b", "marker")]))], T0)
+        async with asyncio.timeout(10):
+            while backend._listener._generation.get("marker", 0) == 0:  # noqa: ASYNC110 (private state)
+                await asyncio.sleep(0.01)
+        # notifications arrive in commit order: the own one came first and left no trace
+        assert backend._listener._generation.get("q", 0) == 0
+    finally:
+        await producer.close()
+
+
 async def test_notification_during_lease_is_not_slept_through(backend: PostgresBackend, pg_url: str) -> None:
     await _listening(backend)
     await backend.wait_for_jobs(["q"], 0)

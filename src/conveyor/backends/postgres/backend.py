@@ -222,6 +222,7 @@ class PostgresBackend:
         stale, so every statement runs but matches no row; the transaction is rolled back anyway.
         """
         arrays.register(conn)
+        self._listener.own(conn.info.backend_pid)
         tag = f"conveyor-warm-up:{conn.info.backend_pid}"
         warm_up = Commit(
             Settlement(tag, 0, Outcome.ACK),
@@ -347,6 +348,8 @@ class PostgresBackend:
             count, queues = row
             if queues:
                 await self._notify(conn, queues)
+        if queues:
+            self._listener.wake(queues)  # this process's waiters do not hear their own notifications
         return int(count)
 
     async def _notify(self, conn: Connection, queues: Sequence[str]) -> None:

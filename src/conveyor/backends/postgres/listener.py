@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,9 @@ SEPARATOR = "\n"
 DOWN_WAIT = 0.5
 """Longest wait while the LISTEN connection is down: notifications may be missed meanwhile."""
 RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+OWN_PID_MEMORY = 3600.0 + 300.0
+"""Seconds a pooled connection's server pid is remembered: the pool's ``max_lifetime`` (psycopg's
+default, one hour) and some slack. A pid can only be reused after its connection closed."""
 
 
 @dataclass(eq=False, slots=True)
@@ -48,12 +52,28 @@ class Listener:
         self._generation: dict[str, int] = {}
         self._all_generation = 0
         self._seen: dict[frozenset[str], tuple[int, ...]] = {}
+        self._own: dict[int, float] = {}
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
         """Set while the LISTEN connection is up."""
 
     def _marker(self, queues: frozenset[str]) -> tuple[int, ...]:
         return (self._all_generation, *(self._generation.get(q, 0) for q in sorted(queues)))
+
+    def own(self, pid: int) -> None:
+        """Ignore notifications from the server process ``pid``: one of this backend's pooled
+        connections, whose commits wake this process's waiters directly (or, when their own lease
+        took every due job, need not wake them). Without this, each commit that enqueues would wake
+        the lease loop a second time, for a lease that finds nothing.
+
+        Should a forgotten connection's pid be reused by another client's connection within
+        :data:`OWN_PID_MEMORY`, that client's notifications are missed here: a worker then finds
+        its jobs at its next poll instead, nothing is lost.
+        """
+        now = time.monotonic()
+        for stale in [p for p, since in self._own.items() if now - since > OWN_PID_MEMORY]:
+            del self._own[stale]
+        self._own[pid] = now
 
     def wake(self, queues: Iterable[str] | None) -> None:
         """Jobs may have arrived in ``queues`` (all queues if None)."""
@@ -122,6 +142,8 @@ class Listener:
                 # Anything committed while nobody listened went unnoticed: let every waiter look.
                 self.wake(None)
                 async for notify in conn.notifies():
+                    if notify.pid in self._own:
+                        continue
                     payload = notify.payload
                     self.wake(None if payload == ALL_QUEUES else payload.split(SEPARATOR))
             except (psycopg.Error, OSError) as exc:
