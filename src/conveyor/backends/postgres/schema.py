@@ -79,6 +79,9 @@ async def migrate(conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str
         await conn.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"conveyor.migrate:{schema}",)
         )
+        # as pg_dump does: the function bodies are checked when first called (the pool's warm-up
+        # calls both at once), not parsed twice here; a quarter of a fresh schema's set-up time
+        await conn.execute("SET LOCAL check_function_bodies = off")
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {quoted}.schema_version ("
