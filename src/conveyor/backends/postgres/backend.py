@@ -444,8 +444,8 @@ class PostgresBackend:
     async def commit_and_lease(
         self, commits: Sequence[Commit], now: float, queues: Mapping[str, float], limit: int
     ) -> tuple[list[CommitResult], list[LeasedJob]]:
-        """The commit and the lease in one transaction, sent as one pipeline: one round trip and
-        one WAL flush for both."""
+        """The commit and the lease in one transaction (one statement, see :meth:`_apply`): one
+        round trip and one WAL flush for both."""
         if not commits or not queues or limit <= 0:
             return await self.commit(commits, now), await self.lease(queues, limit, now)
         return await self._commit(commits, now, (queues, limit))
