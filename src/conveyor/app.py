@@ -298,8 +298,9 @@ class App:
                     if connection is not None:
                         ids.extend((await self._commit(effects, connection)).job_ids)
                         continue
-                    if len(batches) >= ENQUEUE_IN_FLIGHT:
-                        await asyncio.wait(batches[-ENQUEUE_IN_FLIGHT:], return_when=asyncio.FIRST_COMPLETED)
+                    on_the_way = [batch for batch in batches if not batch.done()]
+                    if len(on_the_way) >= ENQUEUE_IN_FLIGHT:
+                        await asyncio.wait(on_the_way, return_when=asyncio.FIRST_COMPLETED)
                     batches.append(asyncio.ensure_future(self._commit(effects)))
                     await asyncio.sleep(0)  # let the batch go out while the next one is encoded
             except Exception as exc:
