@@ -305,12 +305,40 @@ async def test_array_encoding_round_trips_nulls_unicode_and_empty(pg_url: str) -
         (arrays.BigIntArray([2**62, None]), "bigint[]"),
         (arrays.BoolArray([True, False, None]), "boolean[]"),
         (arrays.TextArray([]), "text[]"),
+        # one value throughout (a batch's queue name, timestamps, NULLs) has a path of its own
+        (arrays.TextArray(["q"] * 3), "text[]"),
+        (arrays.TextArray([None] * 3), "text[]"),
+        (arrays.BytesArray([b"x"] * 2), "bytea[]"),
+        (arrays.FloatArray([2.5] * 4), "double precision[]"),
+        (arrays.FloatArray([2.5, 3.5, 2.5]), "double precision[]"),
+        (arrays.IntArray([None] * 2), "integer[]"),
+        (arrays.BigIntArray([7] * 3), "bigint[]"),
+        (arrays.BoolArray([False] * 2), "boolean[]"),
     ]
     async with await psycopg.AsyncConnection.connect(admin_url(pg_url), autocommit=True) as conn:
         arrays.register(conn)
         for values, sql_type in cases:
             cursor = await conn.execute(f"SELECT %b::{sql_type}", [values])
             assert await cursor.fetchone() == (list(values),), sql_type
+
+
+async def test_connections_are_warmed_up_once_workers_lease(pg_url: str) -> None:
+    # Compiling lease() and commit_batch() costs a new connection ~15 ms of server time: paid
+    # before the first lease (so never inside a worker's lease), not by a producer that only
+    # enqueues and so calls neither.
+    store = PostgresBackend(pg_url, pool_min_size=2)
+    await store.connect()
+    try:
+        [result] = await store.commit([Commit(effects=Effects(jobs=[job("a")]))], T0)
+        assert result.status is CommitStatus.OK
+        assert store._warmed == set()
+        await asyncio.gather(store.lease({"q": 30.0}, 10, T0), store.lease({"q": 30.0}, 10, T0))
+        assert len(store._warmed) >= 2
+        async with store._connection() as c1, store._connection() as c2, store._connection() as c3:
+            # at least one of them is new, made after the first lease: warmed up as it was made
+            assert {c.info.backend_pid for c in (c1, c2, c3)} <= store._warmed
+    finally:
+        await store.close()
 
 
 async def test_committing_instances_vacuum_the_hot_tables_themselves(pg_url: str) -> None:

@@ -360,6 +360,20 @@ class StoreContract:
         assert [r.status for r in results] == [CommitStatus.STALE, CommitStatus.OK]
         assert [j.id for j in await backend.lease({"out": 30.0}, 10, T0 + 1)] == ["y"]
 
+    async def test_enqueueing_an_existing_id_leaves_that_job_and_stores_the_others(
+        self, backend: Backend
+    ) -> None:
+        # Met by a plain enqueue (no settlement, no key), an id already stored keeps its job as it
+        # was (body and schedule), and the rest of the commit is stored all the same.
+        await backend.commit([enqueue(job("a"))], T0)
+        again = NewJob("a", "q", b'{"n": "again"}', T0 + 50, T0 + 50)
+        [result] = await backend.commit([enqueue(again, job("b"))], T0)
+        assert result.status is CommitStatus.OK
+        assert result.job_ids == ("a", "b")
+        leased = {j.id: j for j in await backend.lease({"q": 30.0}, 10, T0)}
+        assert sorted(leased) == ["a", "b"]
+        assert leased["a"].body == b'{"n": "a"}'
+
     async def test_enqueueing_an_existing_id_stays_a_no_op_when_the_batch_then_deletes_the_job(
         self, backend: Backend
     ) -> None:

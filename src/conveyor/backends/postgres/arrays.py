@@ -8,6 +8,7 @@ wrapped in the marker classes below so nothing else a connection dumps is affect
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -56,17 +57,24 @@ class BoolArray(list[bool | None]):
 
 def _encoder(element_oid: int, encode: Callable[[Any], bytes]) -> Callable[[list[Any]], bytes]:
     def dump(values: list[Any]) -> bytes:
-        if not values:
+        count = len(values)
+        if not count:
             return _HEADER.pack(1, 0, element_oid, 0, 1)
         pack_length = _LENGTH.pack
+        first = values[0]
+        if values.count(first) == count:  # one value throughout: a batch's queue, kind, NULLs
+            if first is None:
+                return _HEADER.pack(1, 1, element_oid, count, 1) + _NULL * count
+            item = encode(first)
+            return _HEADER.pack(1, 0, element_oid, count, 1) + (pack_length(len(item)) + item) * count
         if None not in values:
             data = [encode(value) for value in values]
             lengths = [pack_length(len(item)) for item in data]
-            parts = [b""] * (2 * len(data))
+            parts = [b""] * (2 * count)
             parts[::2] = lengths
             parts[1::2] = data
-            return _HEADER.pack(1, 0, element_oid, len(values), 1) + b"".join(parts)
-        out = [_HEADER.pack(1, 1, element_oid, len(values), 1)]
+            return _HEADER.pack(1, 0, element_oid, count, 1) + b"".join(parts)
+        out = [_HEADER.pack(1, 1, element_oid, count, 1)]
         append = out.append
         for value in values:
             if value is None:
@@ -82,14 +90,22 @@ def _encoder(element_oid: int, encode: Callable[[Any], bytes]) -> Callable[[list
 
 def _fixed(element_oid: int, code: str, size: int) -> Callable[[list[Any]], bytes]:
     """Fixed-width elements without NULLs go through one struct call for the whole array."""
-    element = struct.Struct(">" + code)
-    general = _encoder(element_oid, element.pack)
+    element = struct.Struct(">i" + code)
+    general = _encoder(element_oid, struct.Struct(">" + code).pack)
+
+    @functools.lru_cache(maxsize=32)
+    def layout(count: int) -> struct.Struct:
+        return struct.Struct(">" + ("i" + code) * count)
 
     def dump(values: list[Any]) -> bytes:
-        if None in values:
+        count = len(values)
+        if not count or None in values:
             return general(values)
-        body = struct.pack(">" + ("i" + code) * len(values), *_interleave(size, values))
-        return _HEADER.pack(1, 0, element_oid, len(values), 1) + body
+        header = _HEADER.pack(1, 0, element_oid, count, 1)
+        first = values[0]
+        if values.count(first) == count:  # one value throughout: a batch's timestamps
+            return header + element.pack(size, first) * count
+        return header + layout(count).pack(*_interleave(size, values))
 
     return dump
 

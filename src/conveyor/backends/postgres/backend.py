@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -32,7 +33,7 @@ from conveyor.backends.postgres.batch import (
     plan_groups,
     results,
 )
-from conveyor.backends.postgres.listener import Listener
+from conveyor.backends.postgres.listener import Listener, notification
 from conveyor.model.errors import BackendError, BackendUnavailableError, ConfigurationError
 from conveyor.ports import (
     Commit,
@@ -178,6 +179,10 @@ class PostgresBackend:
         self._next_purge: float | None = None
         self._next_vacuum = 0.0
         self._vacuuming: asyncio.Task[None] | None = None
+        self._serving: asyncio.Future[None] | None = None
+        """Set by the first lease: from then on pooled connections are warmed up."""
+        self._warmed: set[int] = set()
+        """Server pids of the connections warmed up."""
         self.vacuums = 0
         """vacuums this backend ran (tests and benchmarks read it)"""
 
@@ -197,7 +202,7 @@ class PostgresBackend:
             min_size=self._pool_min_size,
             max_size=self._pool_max_size,
             kwargs={"autocommit": True, **self._connect_options},
-            configure=self._warm_up,
+            configure=self._configure,
             # No check at checkout (it would double the round trips): a connection found dead
             # makes the pool check all its idle ones (see _connection).
             timeout=self._pool_timeout,
@@ -213,16 +218,42 @@ class PostgresBackend:
             raise
         self._pool = pool
 
+    async def _configure(self, conn: Connection) -> None:
+        """Set up a new pooled connection (warmed up too once workers lease here)."""
+        arrays.register(conn)
+        self._listener.own(conn.info.backend_pid)
+        if self._serving is not None:
+            await self._warm_up(conn)
+
+    async def _serve(self) -> None:
+        """Workers lease here: warm up the pooled connections (see :meth:`_warm_up`) before the
+        first lease, and every connection the pool makes from now on as it is made."""
+        pool = self._pool
+        if pool is None:
+            return
+
+        async def warm_one() -> None:
+            async with pool.connection() as conn:
+                if conn.info.backend_pid not in self._warmed:
+                    await self._warm_up(conn)
+
+        try:
+            # checked out at once, so these are distinct connections: the pool's minimum
+            await asyncio.gather(*(warm_one() for _ in range(self._pool_min_size)))
+        except Exception as exc:  # only saves time: a lease that cannot connect says so itself
+            logger.warning("warming up the PostgreSQL connections failed (%s); they work unwarmed", exc)
+
     async def _warm_up(self, conn: Connection) -> None:
-        """Run lease() and commit_batch() once on a new pooled connection, writing nothing.
+        """Run lease() and commit_batch() once on a pooled connection, writing nothing.
 
         The first call of a plpgsql function in a session compiles it and plans every statement it
         reaches: tens of milliseconds that would otherwise land on a worker's first commits (and,
-        with a fast clock, could make them arrive after their lease ended). The dummy commit is
-        stale, so every statement runs but matches no row; the transaction is rolled back anyway.
+        with a fast clock, could make them arrive after their lease ended). Only a process whose
+        workers lease pays for it (see :meth:`_serve`): a producer's plain enqueue
+        (``insert_jobs``) calls neither function. The dummy commit is stale, so every statement
+        runs but matches no row; the transaction is rolled back anyway.
         """
-        arrays.register(conn)
-        self._listener.own(conn.info.backend_pid)
+        self._warmed.add(conn.info.backend_pid)
         tag = f"conveyor-warm-up:{conn.info.backend_pid}"
         warm_up = Commit(
             Settlement(tag, 0, Outcome.ACK),
@@ -266,6 +297,12 @@ class PostgresBackend:
             self._vacuuming.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._vacuuming
+        if self._serving is not None:
+            self._serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._serving
+            self._serving = None
+        self._warmed.clear()
         await self._listener.close()
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -324,6 +361,10 @@ class PostgresBackend:
     async def lease(self, queues: Mapping[str, float], limit: int, now: float) -> list[LeasedJob]:
         if not queues or limit <= 0:
             return []
+        if self._serving is None:
+            self._serving = asyncio.ensure_future(self._serve())
+        if not self._serving.done():
+            await asyncio.shield(self._serving)  # several workers may be starting at once
         return _leased(await self._fetch("lease", _lease_params(queues, limit, now), binary=True))
 
     async def extend(self, job_id: str, token: int, until: float, now: float) -> bool:
@@ -353,10 +394,8 @@ class PostgresBackend:
         return int(count)
 
     async def _notify(self, conn: Connection, queues: Sequence[str]) -> None:
-        payload = "\n".join(sorted(queues))
         await conn.execute(
-            self._queries["notify"],
-            {"channel": self.channel, "payload": payload if len(payload) <= 7000 else "*"},
+            self._queries["notify"], {"channel": self.channel, "payload": notification(queues)}
         )
 
     async def purge(self, ids: Sequence[str] | None, queue: str | None = None) -> int:
@@ -521,6 +560,25 @@ class PostgresBackend:
         all, in one round trip and one WAL flush. (An explicit BEGIN/COMMIT inside a pipeline
         makes psycopg sync around each: 1.4 ms instead of 0.65 ms here.)
         """
+        if (
+            lease is None
+            and purge == 0
+            and len(batches) == 1
+            and batches[0].inserts_only()
+            and conn.info.transaction_status is TransactionStatus.IDLE  # no caller's transaction
+        ):
+            # A plain enqueue: one plain INSERT. A job id that exists already fails it whole (as
+            # if not run), and commit_batch() below, which skips such a job, does the commit.
+            due = batches[0].due_queues(now)
+            try:
+                await conn.execute(
+                    self._queries["insert_jobs"],
+                    batches[0].insert_params(self.channel, notification(due)),
+                    binary=True,
+                )
+                return [GroupResult({}, [], [], due)], []
+            except pg_errors.UniqueViolation:
+                pass
         if lease is not None and len(batches) == 1:  # the usual case: one statement
             params = batches[0].params(now, self.idempotency_retention, purge, self.channel)
             lease_params = (lease["queues"], lease["seconds"], lease["now"], lease["limit"])

@@ -145,19 +145,47 @@ class Arrays:
     h_attempt: IntArray = field(default_factory=IntArray)
     h_detail: TextArray = field(default_factory=TextArray)
 
+    def due_queues(self, now: float) -> list[str]:
+        """The queues of new jobs that can run now, sorted: woken (at worst spuriously, if the
+        commit fails)."""
+        return sorted(
+            {
+                q
+                for q, at in zip(self.j_queue, self.j_available_at, strict=True)
+                if q is not None and at is not None and at <= now
+            }
+        )
+
     def params(self, now: float, retention: float, purge: int, channel: str) -> tuple[Any, ...]:
         """The positional parameters of the ``commit`` query, in the function's order."""
-        # Queues whose new jobs can run now: woken (at worst spuriously, if the commit fails).
-        wake = TextArray(
-            sorted(
-                {
-                    q
-                    for q, at in zip(self.j_queue, self.j_available_at, strict=True)
-                    if q is not None and at is not None and at <= now
-                }
-            )
-        )
+        wake = TextArray(self.due_queues(now))
         return (now, retention, purge, channel, wake, *(getattr(self, f.name) for f in fields(self)))
+
+    def inserts_only(self) -> bool:
+        """Whether these commits only add jobs without an idempotency key (and history): the
+        ``insert_jobs`` query's case."""
+        return not (self.s_id or self.w_key or self.x_key or self.e_id) and all(
+            key is None for key in self.j_key
+        )
+
+    def insert_params(self, channel: str, payload: str) -> tuple[Any, ...]:
+        """The positional parameters of the ``insert_jobs`` query (``payload`` its notification)."""
+        return (
+            self.j_id,
+            self.j_queue,
+            self.j_body,
+            self.j_available_at,
+            self.j_enqueued_at,
+            self.h_correlation_id,
+            self.h_at,
+            self.h_kind,
+            self.h_name,
+            self.h_message_id,
+            self.h_attempt,
+            self.h_detail,
+            channel,
+            payload,
+        )
 
 
 def flatten(commits: Sequence[Commit], group: Sequence[int]) -> Arrays:

@@ -24,12 +24,20 @@ logger = logging.getLogger("conveyor.backends.postgres")
 ALL_QUEUES = "*"
 """Payload meaning "any queue may have jobs" (too many queues for one notification)."""
 SEPARATOR = "\n"
+MAX_PAYLOAD = 7000
+"""Bytes of queue names one notification carries (PostgreSQL allows 8000); more become ``*``."""
 DOWN_WAIT = 0.5
 """Longest wait while the LISTEN connection is down: notifications may be missed meanwhile."""
 RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 OWN_PID_MEMORY = 3600.0 + 300.0
 """Seconds a pooled connection's server pid is remembered: the pool's ``max_lifetime`` (psycopg's
 default, one hour) and some slack. A pid can only be reused after its connection closed."""
+
+
+def notification(queues: Iterable[str]) -> str:
+    """The payload that wakes the waiters of ``queues`` ('' for none)."""
+    payload = SEPARATOR.join(sorted(queues))
+    return payload if len(payload.encode()) <= MAX_PAYLOAD else ALL_QUEUES
 
 
 @dataclass(eq=False, slots=True)

@@ -52,6 +52,29 @@ FROM {schema}.commit_batch(
     %b::text[], %b::text[], %b::integer[], %b::text[]
 )
 
+-- name: insert_jobs
+-- The commit of new jobs only (no settlement, state, cancel, event or idempotency key: a plain
+-- enqueue) as one plain statement, without commit_batch()'s generality per row. Without ON
+-- CONFLICT either (a quarter of the insert's cost): such jobs have fresh random ids, and should
+-- one already exist the statement fails whole and the backend runs commit_batch() instead, which
+-- skips it. The data-modifying CTEs run whether or not the final SELECT reads them; it notifies
+-- the queues whose jobs are due now (the client composes the payload, '' for none).
+WITH added AS (
+    INSERT INTO {schema}.jobs (id, queue, body, available_at, enqueued_at)
+    SELECT * FROM unnest(
+        %b::text[], %b::text[], %b::bytea[], %b::double precision[], %b::double precision[]
+    )
+), logged AS (
+    INSERT INTO {schema}.history (correlation_id, at, kind, name, message_id, attempt, detail)
+    SELECT * FROM unnest(
+        %b::text[], %b::double precision[], %b::text[], %b::text[], %b::text[], %b::integer[],
+        %b::text[]
+    )
+)
+SELECT count(pg_notify(n.channel, n.payload))::integer
+FROM (VALUES (%b::text, %b::text)) AS n(channel, payload)
+WHERE n.payload <> ''
+
 -- name: dead_letters
 SELECT id, queue, body, error_type, error_message, error_traceback, attempts, enqueued_at, failed_at
 FROM {schema}.dead_letters
