@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.backends import open_backend
-from conveyor.backends.sqlite import SQLiteBackend
+from conveyor.backends.sqlite import SQLiteBackend, wakeup
 from conveyor.backends.sqlite.backend import database_path
 from conveyor.model.errors import (
     BackendError,
@@ -65,7 +65,7 @@ async def backend(url: str) -> AsyncIterator[SQLiteBackend]:
 WORKER_SCRIPT = textwrap.dedent(
     """
     import asyncio, json, sys
-    from conveyor.backends.sqlite import SQLiteBackend
+    from conveyor.backends.sqlite import SQLiteBackend, wakeup
     from conveyor.ports import Commit, Outcome, Settlement
 
     async def main(url, limit):
@@ -216,6 +216,35 @@ async def test_waiting_instance_wakes_after_another_instance_commits(url: str) -
         await asyncio.wait_for(waiting.wait(), 10)
         await producer.commit([Commit(effects=Effects(jobs=new_jobs(1)))], T0)
         assert await asyncio.wait_for(consumer, 10) == "job-00000"
+    finally:
+        await asyncio.gather(waiter.close(), producer.close())
+
+
+def test_polling_slows_down_after_a_quiet_second() -> None:
+    assert wakeup.poll_interval(0.0, 0.001, 0.05) == 0.001
+    assert wakeup.poll_interval(wakeup.QUIET_AFTER - 0.01, 0.001, 0.05) == 0.001
+    assert wakeup.poll_interval(wakeup.QUIET_AFTER, 0.001, 0.05) == 0.05
+    assert wakeup.poll_interval(60.0, 0.1, 0.05) == 0.1  # never faster than asked for
+
+
+async def test_a_quiet_waiter_polls_at_the_idle_pace_and_still_wakes(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wakeup, "QUIET_AFTER", 0.0)  # quiet from the start
+    waiter = SQLiteBackend(url, wakeup_interval=0.001, wakeup_idle_interval=0.1)
+    producer = SQLiteBackend(url)
+    await asyncio.gather(waiter.connect(), producer.connect())
+    try:
+        assert await waiter.lease(LEASE, 10, T0) == []
+        watcher = waiter._watcher
+        assert watcher is not None
+        before = watcher.polls
+        await waiter.wait_for_jobs(["q"], timeout=0.5)  # nothing comes: it times out
+        assert watcher.polls - before <= 10, "0.5 s at 0.1 s a poll (1 ms would be ~500)"
+        waiting = asyncio.create_task(waiter.wait_for_jobs(["q"], timeout=60))
+        await producer.commit([Commit(effects=Effects(jobs=new_jobs(1)))], T0)
+        await asyncio.wait_for(waiting, 10)
+        assert [j.id for j in await waiter.lease(LEASE, 10, T0)] == ["job-00000"]
     finally:
         await asyncio.gather(waiter.close(), producer.close())
 

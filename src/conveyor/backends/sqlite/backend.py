@@ -33,6 +33,7 @@ T = TypeVar("T")
 
 DEFAULT_BUSY_TIMEOUT = 10.0
 DEFAULT_WAKEUP_INTERVAL = 0.001
+DEFAULT_WAKEUP_IDLE_INTERVAL = 0.05
 
 
 def database_path(url: str) -> str:
@@ -80,7 +81,9 @@ class SQLiteBackend:
     * ``busy_timeout``: the longest, in seconds, an operation waits for another process's write
       lock before it fails with :class:`~conveyor.model.errors.BackendError` (default 10);
     * ``wakeup_interval``: how often idle workers look for commits of other processes (default
-      0.001 s; only while some worker is idle).
+      0.001 s; only while some worker is idle);
+    * ``wakeup_idle_interval``: how often once nothing has happened for a second (default 0.05 s:
+      the longest a job another process enqueues after a quiet spell waits for an idle worker).
 
     >>> backend = SQLiteBackend("sqlite:///var/conveyor.db?busy_timeout=30")
     >>> backend.busy_timeout
@@ -94,6 +97,7 @@ class SQLiteBackend:
         idempotency_retention: float | None = None,
         busy_timeout: float | None = None,
         wakeup_interval: float | None = None,
+        wakeup_idle_interval: float | None = None,
     ) -> None:
         self.url = url
         self.path = database_path(url)
@@ -103,10 +107,18 @@ class SQLiteBackend:
         )
         self.busy_timeout = _option(busy_timeout, options, "busy_timeout", DEFAULT_BUSY_TIMEOUT)
         self.wakeup_interval = _option(wakeup_interval, options, "wakeup_interval", DEFAULT_WAKEUP_INTERVAL)
-        if self.busy_timeout < 0 or self.wakeup_interval <= 0 or self.idempotency_retention < 0:
+        self.wakeup_idle_interval = _option(
+            wakeup_idle_interval, options, "wakeup_idle_interval", DEFAULT_WAKEUP_IDLE_INTERVAL
+        )
+        if (
+            self.busy_timeout < 0
+            or self.wakeup_interval <= 0
+            or self.wakeup_idle_interval <= 0
+            or self.idempotency_retention < 0
+        ):
             raise ConfigurationError(
                 "busy_timeout and idempotency_retention must not be negative, "
-                "wakeup_interval must be positive"
+                "wakeup_interval and wakeup_idle_interval must be positive"
             )
         self._executor: ThreadPoolExecutor | None = None
         self._store: Store | None = None
@@ -132,7 +144,9 @@ class SQLiteBackend:
                 executor.shutdown(wait=False)
                 raise
             self._executor, self._store = executor, store
-            self._watcher = Watcher(self.path, interval=self.wakeup_interval)
+            self._watcher = Watcher(
+                self.path, interval=self.wakeup_interval, idle_interval=self.wakeup_idle_interval
+            )
 
     def _open_store(self) -> Store:
         return Store(

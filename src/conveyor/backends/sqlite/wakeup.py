@@ -4,6 +4,9 @@ SQLite has no notifications between processes, but ``PRAGMA data_version`` chang
 connection (of this process or any other) has committed, and reading it costs microseconds (it
 looks at the WAL index in shared memory). A watcher thread with its own connection polls it every
 ``interval`` seconds, only while some coroutine is waiting, and resolves the waiters' futures.
+Once nothing has changed for :data:`QUIET_AFTER` seconds it polls every ``idle_interval`` instead
+(see :func:`poll_interval`): a worker that stays idle then costs 20 polls a second, not 1,000,
+and the first job another process enqueues after a quiet spell waits at most that much longer.
 
 Missed wake-ups are ruled out by generations: every detected change (and every local commit that
 made jobs available) bumps ``generation``. A caller notes the generation before it looks for jobs
@@ -18,17 +21,30 @@ import sqlite3
 import threading
 import time
 
+QUIET_AFTER = 1.0
+"""Seconds without a change (or a busy spell: no waiter) before polling slows down."""
+
+
+def poll_interval(quiet_for: float, interval: float, idle_interval: float) -> float:
+    """Seconds until the next poll, after ``quiet_for`` seconds without any sign of work."""
+    return interval if quiet_for < QUIET_AFTER else max(interval, idle_interval)
+
 
 class Watcher:
     """Polls one database file's ``data_version`` for the waiters of one backend instance."""
 
-    def __init__(self, path: str, *, interval: float) -> None:
+    def __init__(self, path: str, *, interval: float, idle_interval: float) -> None:
         self._path = path
         self._interval = interval
+        self._idle_interval = idle_interval
         self._lock = threading.Condition()
         self._generation = 0
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._closed = False
+        self._active = False
+        """Set by a local commit: counts as activity for the polling pace (read by the thread)."""
+        self.polls = 0
+        """``data_version`` reads so far (tests read it)."""
         self._thread = threading.Thread(target=self._run, name=f"conveyor-sqlite-wakeup:{path}", daemon=True)
         self._thread.start()
 
@@ -40,6 +56,7 @@ class Watcher:
         """A change seen first-hand (this instance committed new jobs): wake the waiters now."""
         with self._lock:
             self._bump()
+            self._active = True
 
     def _bump(self) -> None:
         # Called with the lock held.
@@ -83,18 +100,26 @@ class Watcher:
             return  # the backend's own connection reports the problem; waits just time out
         try:
             last = self._data_version(db)
+            active_at = time.monotonic()
             while True:
                 with self._lock:
-                    while not self._waiters and not self._closed:
-                        self._lock.wait()
+                    if not self._waiters and not self._closed:
+                        while not self._waiters and not self._closed:
+                            self._lock.wait()
+                        active_at = time.monotonic()  # the workers were busy until now
                     if self._closed:
                         return
+                    if self._active:
+                        self._active = False
+                        active_at = time.monotonic()
                 version = self._data_version(db)
+                self.polls += 1
+                now = time.monotonic()
                 if version != last:
-                    last = version
+                    last, active_at = version, now
                     with self._lock:
                         self._bump()
-                time.sleep(self._interval)
+                time.sleep(poll_interval(now - active_at, self._interval, self._idle_interval))
         finally:
             db.close()
 
