@@ -229,6 +229,27 @@ async def test_wait_returns_at_once_after_this_instance_enqueues(backend: RedisB
     await asyncio.wait_for(waiting, 1.0)
 
 
+async def test_own_notifications_are_not_heard_twice(url: str) -> None:
+    # A commit whose lease took every due job wakes nobody here, and its PUBLISH, tagged with this
+    # instance's sender id, is ignored; another instance's still wakes.
+    backend, producer = RedisBackend(url), RedisBackend(url)
+    await asyncio.gather(backend.connect(), producer.connect())
+    try:
+        await backend.wait_for_jobs(["q", "marker"], 5.0)  # the first wait subscribes
+        _, jobs = await backend.commit_and_lease(enqueue(*new_jobs(1)), T0, LEASE, 5)
+        assert [j.id for j in jobs] == ["job-00000"]
+        await producer.commit(enqueue(NewJob("m", "marker", b"{}", T0, T0)), T0)
+        notifier = backend._notifier
+        assert notifier is not None
+        async with asyncio.timeout(10):
+            while "marker" not in notifier._pending:  # noqa: ASYNC110 (private state)
+                await asyncio.sleep(0.01)
+        # messages arrive in publish order: the own one came first and left no mark
+        assert "q" not in notifier._pending
+    finally:
+        await asyncio.gather(backend.close(), producer.close())
+
+
 async def test_wait_without_news_times_out(backend: RedisBackend) -> None:
     await backend.wait_for_jobs(["q"], 5.0)
     await asyncio.wait_for(backend.wait_for_jobs(["q"], 0.2), 5.0)

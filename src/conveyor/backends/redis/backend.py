@@ -6,6 +6,7 @@ The key layout, the Cluster caveat and the durability notes are in the package d
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -113,6 +114,8 @@ class RedisBackend:
         self._scripts = Scripts()
         self._redis: Redis | None = None
         self._notifier: Notifier | None = None
+        self._sender = os.urandom(8).hex()
+        """This instance's tag on the wake-ups its commits publish (its notifier ignores them)."""
 
     # lifecycle
 
@@ -151,7 +154,7 @@ class RedisBackend:
                 f"(ZADD LT); {self._shown_url!r} runs {info.get('redis_version')}"
             )
         self._redis = client
-        self._notifier = Notifier(client, lambda queue: self._key(queue, "notify"))
+        self._notifier = Notifier(client, lambda queue: self._key(queue, "notify"), self._sender)
 
     async def close(self) -> None:
         """Stop the wake-up listener and close every connection."""
@@ -334,7 +337,7 @@ class RedisBackend:
         return codec.commit_results(commits, reply), jobs
 
     def _commit_args(self, commits: Sequence[Commit], now: float) -> list[Arg]:
-        return [self.prefix, now, self.idempotency_retention, len(commits)]
+        return [self.prefix, now, self.idempotency_retention, len(commits), self._sender]
 
     def _signal(self, queues: list[bytes]) -> None:
         # wake this instance's waiters at once, without the round trip through pub/sub

@@ -1,7 +1,8 @@
 -- Apply a batch of commits, each atomically and independently (the whole script is atomic;
 -- a commit is checked completely before any of its writes, so a rejected one writes nothing).
 --
--- ARGV: prefix, now, idempotency retention (seconds), number of commits, then per commit:
+-- ARGV: prefix, now, idempotency retention (seconds), number of commits, the sender's tag (the
+-- payload of the wake-up it publishes, so its own notifier can ignore it), then per commit:
 --   head            outcome: "-" (no settlement), "a" ack, "r" retry, "d" dead, "l" release,
 --                   then, if there are effects, the counts of states, cancels, jobs, events
 --                   and history entries as five big-endian uint32 (struct ">I4I4I4I4I4")
@@ -22,6 +23,7 @@
 local prefix, now_s = ARGV[1], ARGV[2]
 local now, retention = tonumber(now_s), tonumber(ARGV[3])
 local commit_count = tonumber(ARGV[4])
+local sender = ARGV[5]
 local job_prefix, history_prefix = prefix .. ":job:", prefix .. ":history:"
 local NONE, ACK, RETRY, DEAD, RELEASE = string.byte("-ardl", 1, 5)
 
@@ -173,7 +175,7 @@ local function settle(outcome, id, queue, key, fields)
 end
 
 local results = {}
-local i = 5
+local i = 6
 for _ = 1, commit_count do
   local head = ARGV[i]
   local outcome = string.byte(head, 1)
@@ -300,7 +302,7 @@ for queue, ids in pairs(unleased) do
 end
 local woken = {}
 for queue in pairs(due_queues) do
-  redis.call("PUBLISH", queue_key(queue, "notify"), "")
+  redis.call("PUBLISH", queue_key(queue, "notify"), sender)
   woken[#woken + 1] = queue
 end
 return { results, woken }

@@ -1,11 +1,13 @@
 """Wake-ups for ``wait_for_jobs``: Redis pub/sub, one channel per queue.
 
 Scripts that make jobs due (``commit.lua``, ``redrive.lua``) publish on
-``<prefix>:{<queue>}:notify``. One background task reads the subscription and marks the queue
-*pending*; a waiter returns as soon as one of its queues is pending. ``lease`` clears the pending
-mark of the queues it leases from *before* it reads them, so a notification can never fall
-between a lease that found nothing and the wait that follows it: at worst the wait returns at
-once and the next lease is empty.
+``<prefix>:{<queue>}:notify``, with the committing backend instance's tag as the message: an
+instance ignores its own (its commits wake its waiters directly, or need not wake them when the
+lease riding on the commit took every due job). One background task reads the subscription and
+marks the queue *pending*; a waiter returns as soon as one of its queues is pending. ``lease``
+clears the pending mark of the queues it leases from *before* it reads them, so a notification
+can never fall between a lease that found nothing and the wait that follows it: at worst the
+wait returns at once and the next lease is empty.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ _MAX_BACKOFF = 1.0
 class Notifier:
     """Pending queues and the tasks waiting for them."""
 
-    def __init__(self, client: Redis, channel: Callable[[str], str]) -> None:
+    def __init__(self, client: Redis, channel: Callable[[str], str], sender: str) -> None:
         self._client = client
         self._channel = channel
+        self._own = sender.encode()
         self._queue_of: dict[bytes, str] = {}
         self._pending: set[str] = set()
         self._waiters: dict[asyncio.Future[None], frozenset[str]] = {}
@@ -114,7 +117,7 @@ class Notifier:
                 # back after an outage: whatever was published meanwhile is lost, so wake everyone
                 backoff = 0.0
                 self.signal(self._queue_of.values())
-            if message is not None and message["type"] == "message":
+            if message is not None and message["type"] == "message" and message["data"] != self._own:
                 queue = self._queue_of.get(message["channel"])
                 if queue is not None:
                     self.signal((queue,))
