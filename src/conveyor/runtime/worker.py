@@ -248,6 +248,12 @@ class Worker:
                 exc,
             )
             return
+        if result.status is not CommitStatus.CONFLICT:  # (a conflict commits once more below)
+            # Settled: free the slot now, not when this task's done-callback runs a few loop turns
+            # later, or the next commit, which the jobs its lease brought make at once, would find
+            # every slot taken and go without a lease of its own.
+            self._inflight.discard(task)
+            self._slot_free.set()
         settlement = commit.settlement
         if settlement is None or settlement.outcome is not Outcome.RELEASE:
             self.processed += 1

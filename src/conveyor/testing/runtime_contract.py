@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from conveyor import App, Context, Lifecycle, PermanentError, RetryStrategy, Service, WorkerConfig
 from conveyor.backends import open_backend
 from conveyor.model.errors import PayloadTooLargeError, PayloadValidationError, UndeclaredEmitError
-from conveyor.ports import Backend, Commit, Effects, NewJob
+from conveyor.ports import Backend, Commit, CommitAndLease, Effects, NewJob
 from conveyor.testing import FakeClock, running, wait_until
 
 NO_JITTER = RetryStrategy(initial_delay=10, max_delay=100, multiplier=2, jitter=0)
@@ -680,6 +680,49 @@ class RuntimeContract:
             await app.enqueue_many("chain", [{"n": 4 * k + 3} for k in range(10)])
             await wait_until(lambda: done == 40, timeout=30)
         assert most == 3
+
+    async def test_a_drain_gets_its_next_jobs_from_its_commits(self, make_app: Callable[..., App]) -> None:
+        # Where the backend leases in the commit's round trip, a worker working through a backlog
+        # gets its next jobs with each commit: its lease loop only leases to start (and at the
+        # end). A settled job's slot must be free for the commit that the jobs leased with it
+        # make next, or every other commit goes without a lease, and a lease call follows it.
+        svc = Service("svc")
+        done = 0
+
+        @svc.queue_worker("work")
+        async def work(ctx: Context, job: dict[str, Any]) -> None:
+            nonlocal done
+            done += 1
+
+        app = make_app(svc, worker=WorkerConfig(concurrency=5, poll_interval=0.05, shutdown_grace=5))
+        if not isinstance(app.backend, CommitAndLease):
+            pytest.skip("this backend leases in a call of its own")
+        backend = app.backend
+        calls = {"lease": 0, "commit_and_lease": 0}
+        lease, commit_and_lease = backend.lease, backend.commit_and_lease
+        inside = 0  # the in-memory reference's commit_and_lease calls its own lease
+
+        async def counted_lease(*args: Any, **kwargs: Any) -> Any:
+            calls["lease"] += not inside
+            return await lease(*args, **kwargs)
+
+        async def counted_commit_and_lease(*args: Any, **kwargs: Any) -> Any:
+            nonlocal inside
+            calls["commit_and_lease"] += 1
+            inside += 1
+            try:
+                return await commit_and_lease(*args, **kwargs)
+            finally:
+                inside -= 1
+
+        async with app:
+            await app.enqueue_many("work", [{}] * 200)
+            backend.lease = counted_lease  # type: ignore[method-assign]
+            backend.commit_and_lease = counted_commit_and_lease  # type: ignore[method-assign]
+            async with running(app):
+                await wait_until(lambda: done == 200, timeout=30)
+        assert calls["commit_and_lease"] >= 200 // 5
+        assert calls["lease"] <= 5, calls
 
     async def test_graceful_shutdown_lets_running_jobs_finish(self, make_app: Callable[..., App]) -> None:
         svc, rec = Service("svc"), Recorder()
