@@ -22,7 +22,8 @@ import threading
 import time
 
 QUIET_AFTER = 1.0
-"""Seconds without a change (or a busy spell: no waiter) before polling slows down."""
+"""Seconds without a change before polling slows down. Any commit counts, this process's too:
+the watcher's connection sees every other connection's commits, its own backend's included."""
 
 
 def poll_interval(quiet_for: float, interval: float, idle_interval: float) -> float:
@@ -41,8 +42,6 @@ class Watcher:
         self._generation = 0
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._closed = False
-        self._active = False
-        """Set by a local commit: counts as activity for the polling pace (read by the thread)."""
         self.polls = 0
         """``data_version`` reads so far (tests read it)."""
         self._thread = threading.Thread(target=self._run, name=f"conveyor-sqlite-wakeup:{path}", daemon=True)
@@ -56,7 +55,6 @@ class Watcher:
         """A change seen first-hand (this instance committed new jobs): wake the waiters now."""
         with self._lock:
             self._bump()
-            self._active = True
 
     def _bump(self) -> None:
         # Called with the lock held.
@@ -103,15 +101,10 @@ class Watcher:
             active_at = time.monotonic()
             while True:
                 with self._lock:
-                    if not self._waiters and not self._closed:
-                        while not self._waiters and not self._closed:
-                            self._lock.wait()
-                        active_at = time.monotonic()  # the workers were busy until now
+                    while not self._waiters and not self._closed:
+                        self._lock.wait()
                     if self._closed:
                         return
-                    if self._active:
-                        self._active = False
-                        active_at = time.monotonic()
                 version = self._data_version(db)
                 self.polls += 1
                 now = time.monotonic()
