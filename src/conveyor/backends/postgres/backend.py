@@ -552,7 +552,11 @@ class PostgresBackend:
     ) -> tuple[list[GroupResult], list[TupleRow]]:
         """Run the commit groups, then the lease if asked, and read the answers.
 
-        One group is one statement, atomic by itself; several need a transaction around them (a
+        A commit of new jobs only (no settlement, state, cancel, event or idempotency key: what
+        ``enqueue`` and ``enqueue_many`` make) is one plain INSERT (``insert_jobs``) outside a
+        caller's transaction, where a failed statement would break that transaction.
+
+        Otherwise one group is one statement, atomic by itself; several need a transaction around them (a
         savepoint if the caller already has one open). One group with a lease is one statement
         too (``commit_and_lease`` in ``queries.sql``). Several groups with a lease go as one
         pipeline on a pooled (autocommit) connection: the statements up to the pipeline's sync
