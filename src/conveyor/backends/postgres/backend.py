@@ -189,14 +189,13 @@ class PostgresBackend:
     # lifecycle
 
     async def connect(self) -> None:
-        """Bring the schema up to date (see :meth:`migrate`), then open the connection pool.
+        """Bring the schema up to date (see :meth:`migrate`) and open the connection pool.
 
-        The first connection is made directly so that a wrong URL, a missing database or a refused
-        login fails at once with the server's message instead of after the pool's timeout.
+        The migration's connection is made directly so that a wrong URL, a missing database or a
+        refused login fails at once with the server's message instead of after the pool's timeout.
         """
         if self._pool is not None:
             return
-        await self.migrate()
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             self._conninfo,
             min_size=self._pool_min_size,
@@ -209,9 +208,16 @@ class PostgresBackend:
             name=f"conveyor-{self.schema}",
             open=False,
         )
+        # The pool's connections are made while the schema is brought up to date: they do not
+        # touch it until connect() returns, and a fresh database makes each take ~10 ms.
+        opening = asyncio.ensure_future(pool.open(wait=True, timeout=self._pool_timeout))
         try:
-            await pool.open(wait=True, timeout=self._pool_timeout)
+            await self.migrate()
+            await opening
         except BaseException as exc:
+            opening.cancel()
+            with contextlib.suppress(BaseException):
+                await opening
             await pool.close()
             if isinstance(exc, PoolTimeout):
                 raise translate(exc) from exc
