@@ -221,6 +221,19 @@ async def test_outbox_commits_jobs_with_the_callers_transaction(
     assert again.job_ids == ("ship-o1b",)
 
 
+async def test_outbox_enqueue_meeting_an_existing_id_keeps_the_callers_transaction(
+    backend: PostgresBackend, pg_url: str
+) -> None:
+    # The caller's connection is not in autocommit mode and commit_in is its transaction's first
+    # statement: the plain-INSERT path must not be tried (a failed statement would break it).
+    await backend.commit([Commit(effects=Effects(jobs=[job("a")]))], T0)
+    async with await psycopg.AsyncConnection.connect(admin_url(pg_url)) as conn:
+        [result] = await backend.commit_in(conn, [Commit(effects=Effects(jobs=[job("a"), job("b")]))], T0)
+        assert result.status is CommitStatus.OK
+        await conn.commit()
+    assert sorted(j.id for j in await backend.lease({"q": 30.0}, 10, T0)) == ["a", "b"]
+
+
 async def _terminate_connections(pg_url: str) -> int:
     application = pg_url.rsplit("application_name=", 1)[1]
     async with await psycopg.AsyncConnection.connect(admin_url(pg_url), autocommit=True) as admin:

@@ -559,8 +559,9 @@ class PostgresBackend:
         """Run the commit groups, then the lease if asked, and read the answers.
 
         A commit of new jobs only (no settlement, state, cancel, event or idempotency key: what
-        ``enqueue`` and ``enqueue_many`` make) is one plain INSERT (``insert_jobs``) outside a
-        caller's transaction, where a failed statement would break that transaction.
+        ``enqueue`` and ``enqueue_many`` make) is one plain INSERT (``insert_jobs``) on an
+        autocommit connection outside a transaction: in a caller's transaction a failed statement
+        would break it.
 
         Otherwise one group is one statement, atomic by itself; several need a transaction around them (a
         savepoint if the caller already has one open). One group with a lease is one statement
@@ -575,7 +576,9 @@ class PostgresBackend:
             and purge == 0
             and len(batches) == 1
             and batches[0].inserts_only()
-            and conn.info.transaction_status is TransactionStatus.IDLE  # no caller's transaction
+            # not in a transaction, nor starting one (a caller's non-autocommit connection)
+            and conn.autocommit
+            and conn.info.transaction_status is TransactionStatus.IDLE
         ):
             # A plain enqueue: one plain INSERT. A job id that exists already fails it whole (as
             # if not run), and commit_batch() below, which skips such a job, does the commit.
