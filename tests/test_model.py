@@ -60,6 +60,23 @@ def test_envelope_round_trips_through_json() -> None:
     assert Envelope.decode(envelope.encode()) == envelope
 
 
+def test_unset_optional_fields_are_not_stored_and_read_back_as_none() -> None:
+    envelope = Envelope(id="j1", kind="job", name="q", payload={}, correlation_id="j1", created_at=2.0)
+    body = envelope.encode()
+    assert (
+        body
+        == b'{"v":1,"id":"j1","kind":"job","name":"q","payload":{},"correlation_id":"j1","created_at":2.0}'
+    )
+    assert Envelope.decode(body) == envelope
+    # what earlier versions wrote, every field present, still reads the same
+    spelled_out = (
+        b'{"v":1,"id":"j1","kind":"job","name":"q","payload":{},"correlation_id":"j1",'
+        b'"causation_id":null,"idempotency_key":null,"trace":null,"created_at":2.0,'
+        b'"service":null,"service_version":null}'
+    )
+    assert Envelope.decode(spelled_out) == envelope
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

@@ -27,6 +27,10 @@ def new_ids(count: int) -> list[str]:
     return [stamp + noise[at : at + 16] for at in range(0, 16 * count, 16)]
 
 
+OPTIONAL_FIELDS = ("causation_id", "idempotency_key", "trace", "service", "service_version", "saga")
+"""Envelope fields stored only when set."""
+
+
 @dataclass(slots=True)
 class Envelope:
     """One message: a job for a queue or an event for a topic.
@@ -56,22 +60,22 @@ class Envelope:
         return orjson.dumps(self.as_dict())
 
     def as_dict(self) -> dict[str, Any]:
-        """The stored form's fields, in the order :meth:`encode` writes them."""
-        return {
+        """The stored form's fields, in the order :meth:`encode` writes them. Optional fields that
+        are None are left out (a third of a plain job's bytes); :meth:`decode` reads them as None."""
+        fields: dict[str, Any] = {
             "v": 1,
             "id": self.id,
             "kind": self.kind,
             "name": self.name,
             "payload": self.payload,
             "correlation_id": self.correlation_id,
-            "causation_id": self.causation_id,
-            "idempotency_key": self.idempotency_key,
-            "trace": self.trace,
             "created_at": self.created_at,
-            "service": self.service,
-            "service_version": self.service_version,
-            **({"saga": self.saga} if self.saga is not None else {}),
         }
+        for name in OPTIONAL_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                fields[name] = value
+        return fields
 
     @classmethod
     def decode(cls, body: bytes | str) -> Envelope:

@@ -200,10 +200,11 @@ class MessageFactory:
         jobs, history = effects.jobs, effects.history
         ids = new_ids(len(payloads))
         for job_id, data, key in zip(ids, payloads, idempotency_keys, strict=True):
-            fields = template.copy()  # keeps the key order: only values change
+            fields = template.copy()
             correlation = shared_correlation or job_id
-            fields["id"], fields["payload"] = job_id, data
-            fields["correlation_id"], fields["idempotency_key"] = correlation, key
+            fields["id"], fields["payload"], fields["correlation_id"] = job_id, data, correlation
+            if key is not None:
+                fields["idempotency_key"] = key
             jobs.append(NewJob(job_id, queue, self._encode("job", queue, fields), when, now, key))
             if self.history:
                 history.append(HistoryEntry(correlation, now, "enqueued", queue, job_id, None, detail))
