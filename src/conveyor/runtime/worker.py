@@ -393,7 +393,7 @@ class Worker:
                     error,
                 )
                 return Commit(
-                    settlement, self._history(envelope, leased, "retried", started, error)
+                    settlement, Effects(history=self._history(envelope, leased, "retried", started, error))
                 ), "retried"
         self._record_duration(definition.name, started)
         effects = context.buffer.effects
@@ -401,7 +401,7 @@ class Worker:
             step = saga.completed_step(definition, envelope)
             extra = {saga.SAGA_STEP: step} if step else None
             # the step's own entry first, so a timeline reads "step, then what it emitted"
-            effects.history[:0] = self._history(envelope, leased, "succeeded", started, None, extra).history
+            effects.history[:0] = self._history(envelope, leased, "succeeded", started, None, extra)
             saga.advance(runtime, envelope, effects)
         return Commit(Settlement(leased.id, leased.token, Outcome.ACK), effects), ""
 
@@ -476,8 +476,8 @@ class Worker:
         started: float,
         error: BaseException | None,
         extra: dict[str, Any] | None = None,
-    ) -> Effects:
-        effects = Effects()
+    ) -> list[HistoryEntry]:
+        """The attempt's history entry (none when history is off)."""
         runtime = self.runtime
         if runtime.history_enabled:
             now = runtime.clock.now()
@@ -486,7 +486,7 @@ class Worker:
                 detail.update(extra)
             if error is not None:
                 detail["error"] = f"{type(error).__name__}: {error}"
-            effects.history.append(
+            return [
                 HistoryEntry(
                     envelope.correlation_id,
                     now,
@@ -496,8 +496,8 @@ class Worker:
                     leased.attempt,
                     orjson.dumps(detail).decode(),
                 )
-            )
-        return effects
+            ]
+        return []
 
     async def _dead(
         self,
@@ -509,7 +509,7 @@ class Worker:
     ) -> Commit:
         info = error_info(error)
         if envelope is not None:
-            effects.history[:0] = self._history(envelope, leased, "dead_lettered", started, error).history
+            effects.history[:0] = self._history(envelope, leased, "dead_lettered", started, error)
             if self.runtime.history_enabled:
                 await saga.start(self.runtime, envelope, effects)
         return Commit(Settlement(leased.id, leased.token, Outcome.DEAD, None, info), effects)
