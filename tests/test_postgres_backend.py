@@ -386,6 +386,29 @@ async def test_committing_instances_vacuum_the_hot_tables_themselves(pg_url: str
         await store.close()
 
 
+async def test_an_idle_workers_lease_vacuums_what_the_last_busy_interval_left(pg_url: str) -> None:
+    # Traffic stops right after the first vacuum: the dead rows of the last interval are not left
+    # for the next commit (which may never come) but vacuumed by the next lease once it is due.
+    store = PostgresBackend(pg_url, vacuum_interval=1.0)
+    await store.connect()
+    try:
+        await store.commit([Commit(effects=Effects(jobs=[job("a"), job("b")]))], T0)  # vacuum 1
+        leased = await store.lease({"q": 30.0}, 10, T0)
+        await store.commit([Commit(Settlement(j.id, j.token, Outcome.ACK)) for j in leased], T0)
+        await wait_until(lambda: store.vacuums == 1, timeout=10)
+
+        async def vacuumed_while_idle() -> bool:
+            assert await store.lease({"q": 30.0}, 10, T0) == []
+            return store.vacuums == 2
+
+        await wait_until(vacuumed_while_idle, timeout=10)
+        # and once nothing changed since, idle leases vacuum no more
+        await asyncio.sleep(0)
+        assert not store._dirty
+    finally:
+        await store.close()
+
+
 async def test_vacuum_interval_zero_leaves_vacuuming_to_autovacuum(pg_url: str) -> None:
     store = PostgresBackend(pg_url + "&vacuum_interval=0")
     await store.connect()

@@ -178,6 +178,7 @@ class PostgresBackend:
         self._listener = Listener(self._conninfo, self.channel, self._connect_options)
         self._next_purge: float | None = None
         self._next_vacuum = 0.0
+        self._dirty = False
         self._vacuuming: asyncio.Task[None] | None = None
         self._serving: asyncio.Future[None] | None = None
         """Set by the first lease: from then on pooled connections are warmed up."""
@@ -371,7 +372,9 @@ class PostgresBackend:
             self._serving = asyncio.ensure_future(self._serve())
         if not self._serving.done():
             await asyncio.shield(self._serving)  # several workers may be starting at once
-        return _leased(await self._fetch("lease", _lease_params(queues, limit, now), binary=True))
+        jobs = _leased(await self._fetch("lease", _lease_params(queues, limit, now), binary=True))
+        self._vacuum_if_due(dirtied=bool(jobs))
+        return jobs
 
     async def extend(self, job_id: str, token: int, until: float, now: float) -> bool:
         params = {"id": job_id, "token": token, "until": until, "now": now}
@@ -512,7 +515,7 @@ class PostgresBackend:
                 transient = pg_errors.DeadlockDetected | pg_errors.SerializationFailure
                 if attempt == COMMIT_RETRIES or not isinstance(exc.__cause__, transient):
                     raise
-        self._vacuum_if_due()
+        self._vacuum_if_due(dirtied=True)
         jobs = _leased(rows)
         woken = {queue for answer in answers for queue in answer.woken}
         if lease is not None and len(jobs) < lease[1]:
@@ -623,10 +626,18 @@ class PostgresBackend:
             rows = await lease_cursor.fetchall() if lease is not None else []
         return answers, rows
 
-    def _vacuum_if_due(self) -> None:
-        if not self.vacuum_interval or time.monotonic() < self._next_vacuum:
+    def _vacuum_if_due(self, *, dirtied: bool) -> None:
+        """Start a vacuum if one is due and this process left dead rows since the last one.
+
+        Called after every commit and every lease (``dirtied`` says whether the call changed
+        rows), so the rows of the last busy interval are vacuumed by an idle worker's next lease
+        instead of waiting for the next commit.
+        """
+        self._dirty = self._dirty or dirtied
+        if not self.vacuum_interval or not self._dirty or time.monotonic() < self._next_vacuum:
             return
         if self._vacuuming is None or self._vacuuming.done():
+            self._dirty = False
             self._next_vacuum = time.monotonic() + self.vacuum_interval
             self._vacuuming = asyncio.create_task(self._vacuum(), name=f"conveyor vacuum of {self.schema}")
 
