@@ -324,6 +324,8 @@ async def test_array_encoding_round_trips_nulls_unicode_and_empty(pg_url: str) -
         (arrays.BytesArray([b"x"] * 2), "bytea[]"),
         (arrays.FloatArray([2.5] * 4), "double precision[]"),
         (arrays.FloatArray([2.5, 3.5, 2.5]), "double precision[]"),
+        (arrays.FloatArray([0.0, -0.0]), "double precision[]"),
+        (arrays.IntArray([0, 0]), "integer[]"),
         (arrays.IntArray([None] * 2), "integer[]"),
         (arrays.BigIntArray([7] * 3), "bigint[]"),
         (arrays.BoolArray([False] * 2), "boolean[]"),
@@ -333,6 +335,9 @@ async def test_array_encoding_round_trips_nulls_unicode_and_empty(pg_url: str) -
         for values, sql_type in cases:
             cursor = await conn.execute(f"SELECT %b::{sql_type}", [values])
             assert await cursor.fetchone() == (list(values),), sql_type
+        cursor = await conn.execute("SELECT %b::float8[]", [arrays.FloatArray([0.0, -0.0])])
+        row = await cursor.fetchone()
+        assert row is not None and [repr(x) for x in row[0]] == ["0.0", "-0.0"]  # 0.0 == -0.0
 
 
 async def test_connections_are_warmed_up_once_workers_lease(pg_url: str) -> None:

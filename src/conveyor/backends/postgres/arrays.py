@@ -103,7 +103,8 @@ def _fixed(element_oid: int, code: str, size: int) -> Callable[[list[Any]], byte
             return general(values)
         header = _HEADER.pack(1, 0, element_oid, count, 1)
         first = values[0]
-        if values.count(first) == count:  # one value throughout: a batch's timestamps
+        # one value throughout (a batch's timestamps); not zero, which equals minus zero
+        if first and values.count(first) == count:
             return header + element.pack(size, first) * count
         return header + layout(count).pack(*_interleave(size, values))
 
