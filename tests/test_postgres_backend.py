@@ -397,8 +397,8 @@ async def test_an_idle_workers_lease_vacuums_what_the_last_busy_interval_left(pg
     store = PostgresBackend(pg_url, vacuum_interval=1.0)
     await store.connect()
     try:
-        await store.commit([Commit(effects=Effects(jobs=[job("a"), job("b")]))], T0)  # vacuum 1
-        leased = await store.lease({"q": 30.0}, 10, T0)
+        await store.commit([Commit(effects=Effects(jobs=[job("a"), job("b")]))], T0)
+        leased = await store.lease({"q": 30.0}, 10, T0)  # vacuum 1 (the enqueue left no dead rows)
         await store.commit([Commit(Settlement(j.id, j.token, Outcome.ACK)) for j in leased], T0)
         await wait_until(lambda: store.vacuums == 1, timeout=10)
 
@@ -410,6 +410,19 @@ async def test_an_idle_workers_lease_vacuums_what_the_last_busy_interval_left(pg
         # and once nothing changed since, idle leases vacuum no more
         await asyncio.sleep(0)
         assert not store._dirty
+    finally:
+        await store.close()
+
+
+async def test_a_producer_that_only_enqueues_does_not_vacuum(pg_url: str) -> None:
+    # A first vacuum is due at once (a worker's first ack starts one), so any commit that
+    # counted as leaving dead rows would start one here.
+    store = PostgresBackend(pg_url, vacuum_interval=0.01)
+    await store.connect()
+    try:
+        for n in range(5):
+            await store.commit([Commit(effects=Effects(jobs=[job(f"p{n}")]))], T0)
+        assert store._vacuuming is None and store.vacuums == 0
     finally:
         await store.close()
 

@@ -515,7 +515,12 @@ class PostgresBackend:
                 transient = pg_errors.DeadlockDetected | pg_errors.SerializationFailure
                 if attempt == COMMIT_RETRIES or not isinstance(exc.__cause__, transient):
                     raise
-        self._vacuum_if_due(dirtied=True)
+        # Dead rows come from settlements, state writes and cancels (and the lease): a producer
+        # that only enqueues leaves none, and does not vacuum.
+        self._vacuum_if_due(
+            dirtied=lease is not None
+            or any(c.settlement is not None or c.effects.states or c.effects.cancels for c in commits)
+        )
         jobs = _leased(rows)
         woken = {queue for answer in answers for queue in answer.woken}
         if lease is not None and len(jobs) < lease[1]:
