@@ -7,9 +7,11 @@ runs on PostgreSQL from ``test_store_contract.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,6 +62,17 @@ def pg_url(tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 async def backend(pg_url: str) -> AsyncIterator[PostgresBackend]:
     store = PostgresBackend(pg_url)
+    await store.connect()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def connected(pg_url: str, **options: Any) -> AsyncIterator[PostgresBackend]:
+    """A backend of ``pg_url`` with keyword ``options``, connected for the block."""
+    store = PostgresBackend(pg_url, **options)
     await store.connect()
     try:
         yield store
@@ -344,9 +357,7 @@ async def test_connections_are_warmed_up_once_workers_lease(pg_url: str) -> None
     # Compiling lease() and commit_batch() costs a new connection ~15 ms of server time: paid
     # before the first lease (so never inside a worker's lease), not by a producer that only
     # enqueues and so calls neither.
-    store = PostgresBackend(pg_url, pool_min_size=2)
-    await store.connect()
-    try:
+    async with connected(pg_url, pool_min_size=2) as store:
         [result] = await store.commit([Commit(effects=Effects(jobs=[job("a")]))], T0)
         assert result.status is CommitStatus.OK
         assert store._warmed == set()
@@ -355,8 +366,6 @@ async def test_connections_are_warmed_up_once_workers_lease(pg_url: str) -> None
         async with store._connection() as c1, store._connection() as c2, store._connection() as c3:
             # at least one of them is new, made after the first lease: warmed up as it was made
             assert {c.info.backend_pid for c in (c1, c2, c3)} <= store._warmed
-    finally:
-        await store.close()
 
 
 async def test_committing_instances_vacuum_the_hot_tables_themselves(pg_url: str) -> None:
@@ -394,9 +403,7 @@ async def test_committing_instances_vacuum_the_hot_tables_themselves(pg_url: str
 async def test_an_idle_workers_lease_vacuums_what_the_last_busy_interval_left(pg_url: str) -> None:
     # Traffic stops right after the first vacuum: the dead rows of the last interval are not left
     # for the next commit (which may never come) but vacuumed by the next lease once it is due.
-    store = PostgresBackend(pg_url, vacuum_interval=1.0)
-    await store.connect()
-    try:
+    async with connected(pg_url, vacuum_interval=1.0) as store:
         await store.commit([Commit(effects=Effects(jobs=[job("a"), job("b")]))], T0)
         leased = await store.lease({"q": 30.0}, 10, T0)  # vacuum 1 (the enqueue left no dead rows)
         await store.commit([Commit(Settlement(j.id, j.token, Outcome.ACK)) for j in leased], T0)
@@ -407,24 +414,16 @@ async def test_an_idle_workers_lease_vacuums_what_the_last_busy_interval_left(pg
             return store.vacuums == 2
 
         await wait_until(vacuumed_while_idle, timeout=10)
-        # and once nothing changed since, idle leases vacuum no more
-        await asyncio.sleep(0)
-        assert not store._dirty
-    finally:
-        await store.close()
+        assert not store._dirty  # nothing changed since: idle leases vacuum no more
 
 
 async def test_a_producer_that_only_enqueues_does_not_vacuum(pg_url: str) -> None:
     # A first vacuum is due at once (a worker's first ack starts one), so any commit that
     # counted as leaving dead rows would start one here.
-    store = PostgresBackend(pg_url, vacuum_interval=0.01)
-    await store.connect()
-    try:
+    async with connected(pg_url, vacuum_interval=0.01) as store:
         for n in range(5):
             await store.commit([Commit(effects=Effects(jobs=[job(f"p{n}")]))], T0)
         assert store._vacuuming is None and store.vacuums == 0
-    finally:
-        await store.close()
 
 
 async def test_vacuum_interval_zero_leaves_vacuuming_to_autovacuum(pg_url: str) -> None:
