@@ -40,6 +40,7 @@ from typing import IO, Any
 
 import psycopg
 from run import REC_DIR, Worker, conveyor_source
+from stats import new_lines
 from stores import DEFAULT_URLS, _driver_url, backend_kind, fresh_store
 
 REPORTED = ("jobs", "history", "idempotency")
@@ -100,17 +101,9 @@ class Progress:
 
     def poll(self) -> int:
         """Read what was appended since the last call; the number of jobs processed so far."""
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                chunk = f.read()
-        except FileNotFoundError:
+        lines, self._offset = new_lines(self.path, self._offset)
+        if not lines:
             return self.processed
-        complete = chunk[: chunk.rfind(b"\n") + 1]
-        if not complete:
-            return self.processed
-        self._offset += len(complete)
-        lines = complete.splitlines()
         self.processed += len(lines)
         # a record line: kind wf step t_enq t_start t_end cpu
         if self.first_start is None:

@@ -24,6 +24,19 @@ class Record(NamedTuple):
     cpu: float
 
 
+def new_lines(path: str, offset: int) -> tuple[list[bytes], int]:
+    """The complete lines appended to ``path`` after byte ``offset``, and the offset after them
+    (a line still being written is left for the next call; a missing file has none yet)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+    except FileNotFoundError:
+        return [], offset
+    complete = chunk[: chunk.rfind(b"\n") + 1]
+    return complete.splitlines(), offset + len(complete)
+
+
 class RecordFile:
     """Reads a growing record file incrementally (only complete lines, each byte once)."""
 
@@ -34,15 +47,8 @@ class RecordFile:
 
     def poll(self) -> list[Record]:
         """Read what was appended since the last call; return every record so far."""
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return self.records
-        complete = chunk[: chunk.rfind(b"\n") + 1]
-        self._offset += len(complete)
-        for line in complete.splitlines():
+        lines, self._offset = new_lines(self.path, self._offset)
+        for line in lines:
             kind, wf, step, *times = line.split()
             self.records.append(Record(int(kind), int(wf), int(step), *map(float, times)))
         return self.records
