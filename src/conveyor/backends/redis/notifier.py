@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -25,6 +26,13 @@ logger = logging.getLogger("conveyor.backends.redis")
 
 _READ_TIMEOUT = 1.0
 _MAX_BACKOFF = 1.0
+
+
+class _Closable(Protocol):
+    """``PubSub.aclose`` as typed here: redis-py types it from 8.2 on and left it untyped before,
+    so neither a call nor a ``type: ignore`` would be clean on both sides."""
+
+    async def aclose(self) -> None: ...
 
 
 class Notifier:
@@ -88,7 +96,7 @@ class Notifier:
             self._reader = None
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                await cast(_Closable, self._pubsub).aclose()
             self._pubsub = None
         for waiter in self._waiters:
             waiter.cancel()
