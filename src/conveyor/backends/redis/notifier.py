@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol, cast
+from typing import Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -95,8 +95,9 @@ class Notifier:
             await asyncio.wait([self._reader], timeout=_READ_TIMEOUT * 3)
             self._reader = None
         if self._pubsub is not None:
+            pubsub: _Closable = self._pubsub
             with contextlib.suppress(RedisError, OSError):
-                await cast(_Closable, self._pubsub).aclose()
+                await pubsub.aclose()
             self._pubsub = None
         for waiter in self._waiters:
             waiter.cancel()

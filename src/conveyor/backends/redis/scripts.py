@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
@@ -43,16 +43,19 @@ class _Executes(Protocol):
 
 class _LendsConnections(Protocol):
     async def get_connection(self) -> AbstractConnection: ...
+    async def release(self, connection: AbstractConnection) -> None: ...
 
 
 # redis-py leaves ``execute_command`` and ``ConnectionPool.get_connection`` untyped (it began typing
-# its asyncio API in 8.2, ``PubSub.aclose`` first): these casts give them the types used here, and
-# stay clean whichever of them a release types next, where a ``type: ignore`` would turn unused.
+# its asyncio API in 8.2, ``PubSub.aclose`` first): seen through these Protocols they have the types
+# used here, checked by mypy against redis-py's own, and stay clean whichever of them a release types
+# next, where a ``type: ignore`` would turn unused.
 
 
 async def command(client: Redis, *args: Any) -> Any:
     """Send one command."""
-    return await cast(_Executes, client).execute_command(*args)
+    executor: _Executes = client
+    return await executor.execute_command(*args)
 
 
 def bulk(arg: Arg) -> bytes:
@@ -81,8 +84,8 @@ async def _round_trip(client: Redis, packed: bytes, replies: int = 1) -> list[An
     its exception, in its place, so the connection stays in step."""
     # The pool checks a connection before lending it and drops it on any error but an error
     # reply, so a Redis restart costs no more than the calls made while it is down.
-    pool = client.connection_pool
-    connection = await cast(_LendsConnections, pool).get_connection()
+    pool: _LendsConnections = client.connection_pool
+    connection = await pool.get_connection()
     try:
         await connection.send_packed_command(packed)
         answers: list[Any] = []
