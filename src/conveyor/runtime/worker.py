@@ -22,6 +22,7 @@ from conveyor.model.errors import (
     Retry,
     UndecodableMessageError,
 )
+from conveyor.model.text import storable_text
 from conveyor.observability.metrics import QUEUE
 from conveyor.observability.tracing import record_failure
 from conveyor.ports import (
@@ -43,6 +44,10 @@ from conveyor.service import QueueWorker
 logger = logging.getLogger("conveyor.worker")
 
 MAX_TRACEBACK_CHARS = 16_000
+MAX_MESSAGE_CHARS = 4_000
+"""An error's message and traceback are cut to these lengths (the cut is marked) before they are
+stored with a retry or a dead letter: a handler that raises a 5 MB message must not write it
+into every retry and the dead-letter queue."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,16 +67,36 @@ class WorkerConfig:
 
 
 def error_info(error: BaseException) -> ErrorInfo:
+    """What is stored of ``error``: its type's name, its message and traceback, each cut to length
+    and made storable text on every backend (see :func:`storable_text`).
+
+    Never raises, even for an exception whose ``__str__`` does.
+    """
     kind = type(error)
     name = (
         kind.__qualname__
         if kind.__module__ in ("builtins", "__main__")
         else (f"{kind.__module__}.{kind.__qualname__}")
     )
-    text = "".join(traceback.format_exception(error))
-    if len(text) > MAX_TRACEBACK_CHARS:
-        text = "…" + text[-MAX_TRACEBACK_CHARS:]
-    return ErrorInfo(name, str(error) or kind.__name__, text)
+    try:
+        message = str(error) or kind.__name__
+    except Exception as exc:  # a broken __str__ must not cost the job its dead letter
+        message = f"<{kind.__name__} whose str() raised {type(exc).__name__}>"
+    try:
+        text = "".join(traceback.format_exception(error))
+    except Exception as exc:
+        text = f"<traceback could not be formatted: {type(exc).__name__}>"
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = f"{message[:MAX_MESSAGE_CHARS]}… [{len(message) - MAX_MESSAGE_CHARS:,} characters cut]"
+    if len(text) > MAX_TRACEBACK_CHARS:  # keep the outermost frames and the last line's end
+        half = MAX_TRACEBACK_CHARS // 2
+        text = f"{text[:half]}\n… [{len(text) - 2 * half:,} characters cut] …\n{text[-half:]}"
+    return ErrorInfo(storable_text(name), storable_text(message), storable_text(text))
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: message`` for a history entry or a log line, as cut and escaped as :func:`error_info`."""
+    return f"{type(error).__name__}: {error_info(error).message}"
 
 
 class Worker:
@@ -385,12 +410,11 @@ class Worker:
                     leased, definition, error, error_info(error), permanent=False
                 )
                 context.logger.warning(
-                    "attempt %d/%d failed, retrying at +%.2fs: %s: %s",
+                    "attempt %d/%d failed, retrying at +%.2fs: %s",
                     leased.attempt,
                     lifecycle.max_attempts,
                     (settlement.available_at or started) - runtime.clock.now(),
-                    type(error).__name__,
-                    error,
+                    describe_error(error),
                 )
                 return Commit(
                     settlement, Effects(history=self._history(envelope, leased, "retried", started, error))
@@ -485,7 +509,7 @@ class Worker:
             if extra:
                 detail.update(extra)
             if error is not None:
-                detail["error"] = f"{type(error).__name__}: {error}"
+                detail["error"] = describe_error(error)
             return [
                 HistoryEntry(
                     envelope.correlation_id,
@@ -526,14 +550,17 @@ class Worker:
         """Dead-letter the job; ``on_dead_letter``'s effects commit with the move."""
         hook = definition.dead_letter_handler
         effects = Effects()
+        info = error_info(error)
+        # the stored, capped traceback rather than exc_info: a 5 MB message must not reach the log whole
+        expected = isinstance(error, PermanentError | HandlerTimeoutError)
         logger.error(
-            "job %s of %r dead-lettered after attempt %d: %s: %s",
+            "job %s of %r dead-lettered after attempt %d: %s: %s%s",
             leased.id,
             leased.queue,
             leased.attempt,
             type(error).__name__,
-            error,
-            exc_info=error if not isinstance(error, PermanentError | HandlerTimeoutError) else None,
+            info.message,
+            "" if expected or not info.traceback else "\n" + info.traceback.rstrip(),
         )
         if hook is not None:
             if payload is None and definition.payload is not None:

@@ -43,8 +43,8 @@ class Recorder:
         return [attempt for name, _, attempt in self.calls if name == queue]
 
 
-class RuntimeContract:
-    """Every backend passes these unchanged."""
+class AppFixtures:
+    """The fixtures every runtime-level contract uses: a fake clock, backends, apps on them."""
 
     @pytest.fixture
     def clock(self) -> FakeClock:
@@ -72,6 +72,10 @@ class RuntimeContract:
             return App(list(services), backend=backends(), clock=clock, **kwargs)
 
         return make
+
+
+class RuntimeContract(AppFixtures):
+    """Every backend passes these unchanged."""
 
     # delivery and effects
 
