@@ -65,6 +65,8 @@ ENQUEUE_BATCH = 250
 the backend stores the previous one; big enough that a round trip carries plenty of jobs."""
 ENQUEUE_IN_FLIGHT = 4
 """Batches of one :meth:`App.enqueue_many` call being stored at once."""
+UNDECLARED_QUEUES_INTERVAL = 300.0
+"""How often a worker's metrics look for jobs in queues no service declares (seconds)."""
 
 
 class DeadLetters:
@@ -137,6 +139,8 @@ class App:
 
     ``backend`` is a URL (``memory://``, ``sqlite:///path``, ``redis://…``, ``postgresql://…``) or a
     backend object. ``clock`` is injectable for tests (see :class:`conveyor.testing.FakeClock`).
+    ``external_queues`` names the queues another app serves that this one enqueues to: any other
+    queue no service declares is refused with :class:`UnknownQueueError`.
     """
 
     def __init__(
@@ -158,8 +162,9 @@ class App:
         meter_provider: MeterProvider | None = None,
         worker: WorkerConfig | None = None,
         workflows: Iterable[Workflow] = (),
+        external_queues: Iterable[str] = (),
     ) -> None:
-        self.registry = Registry(services)
+        self.registry = Registry(services, external_queues)
         for role, url in (("events", events), ("queues", queues), ("states", states)):
             if url is not None and url != backend:
                 raise ConfigurationError(
@@ -232,11 +237,14 @@ class App:
         idempotency_key: str | None = None,
         correlation_id: str | None = None,
         connection: Any = None,
+        external: bool = False,
     ) -> str:
         """Store a job on ``queue`` and return its id (the first job's id on an idempotency-key hit).
 
         With ``connection`` (a psycopg ``AsyncConnection`` in a transaction, on the PostgreSQL
         backend) the job is written inside that transaction: the transactional outbox.
+        A queue no service of this app declares raises :class:`UnknownQueueError`, unless it is
+        in ``App(external_queues=...)`` or ``external=True`` says that another app serves it.
         """
         [job_id] = await self.enqueue_many(
             queue,
@@ -246,6 +254,7 @@ class App:
             idempotency_keys=[idempotency_key],
             correlation_id=correlation_id,
             connection=connection,
+            external=external,
         )
         return job_id
 
@@ -259,6 +268,7 @@ class App:
         idempotency_keys: Sequence[str | None] | None = None,
         correlation_id: str | None = None,
         connection: Any = None,
+        external: bool = False,
     ) -> list[str]:
         """Store many jobs on ``queue``; their ids, in order.
 
@@ -267,11 +277,12 @@ class App:
         at once. If one batch fails, :class:`EnqueueIncompleteError` says which jobs were stored
         (give the jobs idempotency keys to retry safely). With ``connection=`` the batches are
         written one after the other inside the caller's transaction, so all or none commit.
+        ``external`` is as for :meth:`enqueue`.
         """
         runtime = self.runtime
         now = self.clock.now()
         when = available_at(now, delay, run_at)
-        definition = self.registry.queues.get(queue)
+        definition = self.registry.destination(queue, external=external)
         model = definition.payload if definition is not None and definition.accepts_payload else None
         data = jsonable_many(list(payloads), model, f"queue {queue!r}")
         keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(data)
@@ -371,8 +382,19 @@ class App:
         return DeadLetters(self, queue)
 
     async def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
-        names = list(queues) if queues is not None else sorted(self.registry.queues)
+        """Counts of ``queues``; by default of every queue this app declares or names external,
+        and of every other queue holding jobs (see :meth:`undeclared_queues`)."""
+        names = list(queues) if queues is not None else await self._queues_to_report()
         return await self.backend.stats(names, self.clock.now())
+
+    async def undeclared_queues(self) -> list[str]:
+        """Queues holding jobs or dead letters that no service of this app declares and that are
+        not in ``external_queues``: nothing of this app will ever run their jobs."""
+        known = self.registry.known_queues
+        return [name for name in await self.backend.queue_names() if name not in known]
+
+    async def _queues_to_report(self) -> list[str]:
+        return sorted(self.registry.known_queues | set(await self.backend.queue_names()))
 
     async def health(self, thresholds: HealthThresholds | None = None) -> HealthReport:
         """ok, warn (dead letters, backlog, old ready jobs) or fail (backend unreachable)."""
@@ -432,11 +454,20 @@ class App:
             await self.clock.sleep(MAINTENANCE_INTERVAL)
 
     async def _refresh_queue_metrics(self, names: list[str], every: float = 15.0) -> None:
-        """Feed the queue gauges (depth, oldest age, dead letters) from a periodic stats query."""
+        """Feed the queue gauges (depth, oldest age, dead letters) from a periodic stats query.
+
+        The served queues, and the undeclared ones holding jobs, looked for every
+        :data:`UNDECLARED_QUEUES_INTERVAL` (on Redis that look is a SCAN of the keyspace).
+        """
+        undeclared: list[str] = []
+        looked_at: float | None = None
         while True:
             try:
+                now = self.clock.now()
+                if looked_at is None or now - looked_at >= UNDECLARED_QUEUES_INTERVAL:
+                    undeclared, looked_at = await self.undeclared_queues(), now
                 self.runtime.metrics.record_stats(
-                    await self.backend.stats(names, self.clock.now()), self.clock.now()
+                    await self.backend.stats(names + undeclared, now), self.clock.now()
                 )
             except ConveyorError as exc:
                 logger.warning("queue metrics not refreshed: %s", exc)

@@ -246,6 +246,14 @@ class QueueStore(Protocol):
 
     async def stats(self, queues: Sequence[str], now: float) -> list[QueueStats]: ...
 
+    async def queue_names(self) -> list[str]:
+        """The queues that hold jobs (ready, scheduled or leased) or dead letters, sorted.
+
+        Cheap enough for a health check: an index walk per queue name, never a scan of the jobs.
+        It finds jobs in queues no service declares, which nothing would ever run.
+        """
+        ...
+
 
 @runtime_checkable
 class TopicStore(Protocol):

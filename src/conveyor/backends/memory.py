@@ -192,6 +192,9 @@ class MemoryBackend:
             )
         return result
 
+    async def queue_names(self) -> list[str]:
+        return sorted({j.queue for j in self._jobs.values()} | {d.queue for d in self._dead.values()})
+
     # topic store
 
     async def register_subscriptions(self, routes: Sequence[tuple[str, str]]) -> None:

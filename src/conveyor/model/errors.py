@@ -9,6 +9,9 @@ Two families, kept apart on purpose:
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable, Sequence
+
 
 class PermanentError(Exception):
     """Raised by a handler when retrying cannot help: the job goes straight to the dead-letter queue."""
@@ -38,7 +41,29 @@ class UndeclaredEmitError(ConveyorError):
 
 
 class UnknownQueueError(ConveyorError):
-    """A queue, command or schedule name that no service of the app defines."""
+    """A queue, command or schedule name that no service of the app defines.
+
+    ``name`` is the unknown name and ``suggestions`` the closest declared ones (maybe none), which
+    the message names too: ``queue 'proces_payment' ...; did you mean 'process_payment'?``.
+    """
+
+    def __init__(self, message: str, *, name: str | None = None, suggestions: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.name = name
+        self.suggestions = list(suggestions)
+
+    @classmethod
+    def among(cls, kind: str, name: str, declared: Iterable[str], hint: str = "") -> UnknownQueueError:
+        """The error for ``kind`` ``name`` missing from ``declared``, with the closest names."""
+        known = sorted(declared)
+        close = difflib.get_close_matches(name, known, n=3)
+        message = f"no service of this app declares {kind} {name!r}"
+        if close:
+            message += "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+        elif known:
+            shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
+            message += f" (declared: {shown})"
+        return cls(message + hint, name=name, suggestions=close)
 
 
 class PayloadValidationError(ConveyorError):

@@ -1,4 +1,5 @@
-"""Health: ok, warn (dead letters, backlog, old jobs) or fail (backend unreachable)."""
+"""Health: ok, warn (dead letters, backlog, old jobs, jobs in undeclared queues) or fail (backend
+unreachable)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ class HealthReport:
     status: Level
     problems: list[str] = field(default_factory=list)
     queues: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
+    undeclared_queues: list[str] = field(default_factory=list)
+    """Queues holding jobs or dead letters that no service of the app declares (nor names external)."""
 
     @property
     def exit_code(self) -> int:
@@ -38,8 +41,9 @@ class HealthReport:
 
 async def check_health(app: App, thresholds: HealthThresholds | None = None) -> HealthReport:
     limits = thresholds or HealthThresholds()
-    names = sorted(app.registry.queues)
+    known = app.registry.known_queues
     try:
+        names = sorted(known | set(await app.backend.queue_names()))
         stats = await app.backend.stats(names, app.clock.now())
     except (BackendError, OSError) as exc:
         return HealthReport("fail", [f"backend unreachable: {exc}"])
@@ -47,6 +51,7 @@ async def check_health(app: App, thresholds: HealthThresholds | None = None) -> 
     status: Level = "ok"
     problems: list[str] = []
     queues: dict[str, dict[str, float | int | None]] = {}
+    undeclared: list[str] = []
     for s in stats:
         age = None if s.oldest_ready_at is None else max(0.0, now - s.oldest_ready_at)
         queues[s.queue] = {
@@ -58,10 +63,19 @@ async def check_health(app: App, thresholds: HealthThresholds | None = None) -> 
         }
         if s.dead and limits.dead_letters_warn:
             problems.append(f"{s.queue}: {s.dead} dead letter(s)")
+        if s.queue not in known:
+            undeclared.append(s.queue)
+            if waiting := s.ready + s.scheduled + s.leased:
+                problems.append(
+                    f"{s.queue}: {waiting} job(s) in a queue no service of this app declares; nothing "
+                    "here will run them (declare the queue, or name it in App(external_queues=[...]) "
+                    "if another app serves it)"
+                )
+            continue  # the thresholds below are for the queues this app knows
         if s.ready > limits.max_backlog:
             problems.append(f"{s.queue}: backlog of {s.ready} ready jobs (over {limits.max_backlog})")
         if age is not None and age > limits.max_age:
             problems.append(f"{s.queue}: oldest ready job waited {age:.0f}s (over {limits.max_age:g}s)")
     if problems:
         status = "warn"
-    return HealthReport(status, problems, queues)
+    return HealthReport(status, problems, queues, undeclared)

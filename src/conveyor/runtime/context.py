@@ -268,11 +268,12 @@ class Context:
         """Enqueue a job on ``queue``; it is stored when this job commits.
 
         Returns the new job's id (with an ``idempotency_key`` that is already taken, the stored job
-        keeps its own id).
+        keeps its own id). A queue that no service declares, and that is not in
+        ``App(external_queues=...)``, raises :class:`UnknownQueueError`.
         """
         runtime = self.runtime
         now = runtime.clock.now()
-        definition = runtime.registry.queues.get(queue)
+        definition = runtime.registry.destination(queue)
         data = jsonable(payload, definition.payload if definition else None, f"queue {queue!r}")
         new = runtime.messages.add_job(
             self.buffer.effects,

@@ -6,15 +6,25 @@ from collections.abc import Iterable
 from typing import Any
 
 from conveyor.model.errors import ConfigurationError, UnknownQueueError
-from conveyor.service import Command, QueueWorker, Route, Service
+from conveyor.service import Command, QueueWorker, Route, Service, check_name
 from conveyor.workflows.approval import ApprovalGate
+
+EXTERNAL_HINT = (
+    " (a queue another app serves: name it in App(external_queues=[...]), "
+    "or pass external=True to app.enqueue)"
+)
 
 
 class Registry:
-    """Queues (workers, subscriptions, schedules), commands and routes of a set of services."""
+    """Queues (workers, subscriptions, schedules), commands and routes of a set of services.
 
-    def __init__(self, services: Iterable[Service]) -> None:
+    ``external_queues`` are queues no service here declares that this app may still enqueue to,
+    because another app serves them.
+    """
+
+    def __init__(self, services: Iterable[Service], external_queues: Iterable[str] = ()) -> None:
         self.services = list(services)
+        self.external_queues = frozenset(check_name("queue", name) for name in external_queues)
         self.queues: dict[str, QueueWorker[Any]] = {}
         self.commands: dict[str, Command] = {}
         self.routes: list[Route] = []
@@ -42,24 +52,45 @@ class Registry:
             for route in service.routes:
                 if route not in self.routes:
                     self.routes.append(route)
+        if both := sorted(self.external_queues & self.queues.keys()):
+            raise ConfigurationError(
+                f"external_queues names {', '.join(map(repr, both))}, which a service of this app declares"
+            )
+
+    @property
+    def known_queues(self) -> set[str]:
+        """Every queue this app knows of: its own and the external ones."""
+        return self.queues.keys() | self.external_queues
+
+    def destination(self, name: str, *, external: bool = False) -> QueueWorker[Any] | None:
+        """The definition of queue ``name`` that a job is enqueued to; None for an external one.
+
+        Raises :class:`UnknownQueueError` (with the closest declared names) for a queue that no
+        service declares and that is not external (nor ``external=True`` for this one call): the
+        job would be stored where nothing of this app ever runs it.
+        """
+        definition = self.queues.get(name)
+        if definition is None and not external and name not in self.external_queues:
+            raise UnknownQueueError.among("queue", name, self.known_queues, EXTERNAL_HINT)
+        return definition
 
     def queue(self, name: str) -> QueueWorker[Any]:
         try:
             return self.queues[name]
         except KeyError:
-            raise UnknownQueueError(f"no service of this app defines queue {name!r}") from None
+            raise UnknownQueueError.among("queue", name, self.queues) from None
 
     def command(self, name: str) -> Command:
         try:
             return self.commands[name]
         except KeyError:
-            raise UnknownQueueError(f"no service of this app defines command {name!r}") from None
+            raise UnknownQueueError.among("command", name, self.commands) from None
 
     def gate(self, name: str) -> ApprovalGate:
         try:
             return self.gates[name]
         except KeyError:
-            raise UnknownQueueError(f"no service of this app declares approval gate {name!r}") from None
+            raise UnknownQueueError.among("approval gate", name, self.gates) from None
 
     @property
     def schedules(self) -> list[QueueWorker[Any]]:

@@ -199,6 +199,7 @@ async def observe(store: Backend, now: float) -> dict[str, object]:
         "dead letters": await store.dead_letters(None, 1000),
         "a page of q1's dead letters": await store.dead_letters("q1", 2, 1),
         "stats": await store.stats(QUEUES, now),
+        "queue names": await store.queue_names(),
         "history": [await store.history(workflow) for workflow in WORKFLOWS],
         "instances": await store.instances(),
         "recent instances": await store.instances(started_after=now - 60.0, limit=2),

@@ -468,6 +468,22 @@ class StoreContract:
         assert (stats.ready, stats.scheduled, stats.leased, stats.dead) == (1, 1, 1, 1)
         assert stats.oldest_ready_at == pytest.approx(T0)
 
+    async def test_queue_names_lists_every_queue_holding_jobs_or_dead_letters(self, backend: Backend) -> None:
+        assert await backend.queue_names() == []
+        jobs = [job("r", "ready"), job("s", "billing.later", at=T0 + 50), job("l", "leased")]
+        await backend.commit([enqueue(*jobs, job("d", "dead"), job("g", "gone"))], T0)
+        leased = await backend.lease({"leased": 30.0, "dead": 30.0, "gone": 30.0}, 10, T0)
+        by_queue = {j.queue: j for j in leased}
+        dead, gone = by_queue["dead"], by_queue["gone"]
+        await backend.commit(
+            [
+                Commit(settle(dead.id, dead.token, Outcome.DEAD, error=ERR)),
+                Commit(settle(gone.id, gone.token, Outcome.ACK)),
+            ],
+            T0,
+        )
+        assert await backend.queue_names() == ["billing.later", "dead", "leased", "ready"]
+
     async def test_two_instances_leasing_at_once_never_get_the_same_job(self, backend_url: str) -> None:
         first = open_backend(backend_url)
         # memory:// is one process: its "second instance" is the same store

@@ -428,6 +428,9 @@ class PostgresBackend:
             for queue in queues
         ]
 
+    async def queue_names(self) -> list[str]:
+        return [row[0] for row in await self._fetch("queue_names", {})]
+
     # topic store
 
     async def register_subscriptions(self, routes: Sequence[tuple[str, str]]) -> None:

@@ -117,6 +117,28 @@ FROM unnest(%(queues)s::text[]) AS queue(name)
 LEFT JOIN {schema}.jobs AS j ON j.queue = queue.name
 GROUP BY queue.name
 
+-- name: queue_names
+-- The queues holding jobs or dead letters. A loose index scan (PostgreSQL has no skip scan): each
+-- step seeks the first name after the previous one in the queue index, so the cost grows with the
+-- number of queues, not of jobs, where SELECT DISTINCT would read every index entry.
+WITH RECURSIVE
+    job_queue(name) AS (
+        SELECT min(queue) FROM {schema}.jobs
+        UNION ALL
+        SELECT (SELECT min(j.queue) FROM {schema}.jobs AS j WHERE j.queue > job_queue.name)
+        FROM job_queue WHERE job_queue.name IS NOT NULL
+    ),
+    dead_queue(name) AS (
+        SELECT min(queue) FROM {schema}.dead_letters
+        UNION ALL
+        SELECT (SELECT min(d.queue) FROM {schema}.dead_letters AS d WHERE d.queue > dead_queue.name)
+        FROM dead_queue WHERE dead_queue.name IS NOT NULL
+    )
+SELECT name FROM job_queue WHERE name IS NOT NULL
+UNION
+SELECT name FROM dead_queue WHERE name IS NOT NULL
+ORDER BY name
+
 -- name: register_subscriptions
 INSERT INTO {schema}.subscriptions (event, queue)
 SELECT * FROM unnest(%(events)s::text[], %(queues)s::text[])

@@ -46,6 +46,12 @@ MIN_REDIS_VERSION = (6, 2)
 _OWN_OPTIONS = ("prefix", "idempotency_retention")
 _PURGE_BATCH = 1000
 _PRUNE_BATCH = 100
+_SCAN_COUNT = 1000
+
+
+def _glob_escaped(text: str) -> str:
+    """``text`` matched literally by a SCAN ``MATCH`` pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 _TRANSIENT_REPLIES = ("BUSY", "MASTERDOWN")
@@ -239,6 +245,26 @@ class RedisBackend:
             )
             for queue, (ready, scheduled, leased, dead, oldest) in zip(queues, reply, strict=True)
         ]
+
+    async def queue_names(self) -> list[str]:
+        # No set of queue names is kept (every commit would pay for it). A queue's sorted sets
+        # (P:{queue}:jobs, :leased, :dead) exist exactly while they hold a member, since Redis
+        # deletes an empty one, so the queues holding something are the names in those keys. SCAN
+        # walks the keyspace in steps of _SCAN_COUNT slots, never blocking Redis for long.
+        client, found = self._client, set()
+        pattern = _glob_escaped(self.prefix) + ":{*}:*"
+        start = len(self.prefix) + 2
+        cursor: bytes | int = 0
+        with _translated():
+            while True:
+                cursor, keys = await command(
+                    client, "SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT, "TYPE", "zset"
+                )
+                for key in keys:
+                    found.add(key[start : key.rindex(b"}")].decode())
+                if int(cursor) == 0:
+                    break
+        return sorted(found)
 
     # topic store
 

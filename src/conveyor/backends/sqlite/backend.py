@@ -215,6 +215,9 @@ class SQLiteBackend:
     async def stats(self, queues: Sequence[str], now: float) -> list[QueueStats]:
         return await self._run(self._store_or_raise().stats, list(queues), now)
 
+    async def queue_names(self) -> list[str]:
+        return await self._run(self._store_or_raise().queue_names)
+
     # topic store
 
     async def register_subscriptions(self, routes: Sequence[tuple[str, str]]) -> None:

@@ -146,6 +146,10 @@ class Store:
 
         return self.connection.read(count)
 
+    def queue_names(self) -> list[str]:
+        rows = self.connection.read(lambda db: db.execute(Q["queue_names"]).fetchall())
+        return [name for (name,) in rows]
+
     # topic store
 
     def register_subscriptions(self, routes: Sequence[tuple[str, str]]) -> None:
