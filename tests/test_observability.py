@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,8 +132,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.slow
-def test_worker_serves_prometheus_metrics(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _worker_serving_metrics(tmp_path: Path, *options: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """A ``conveyor worker --metrics-port P`` process (with ``options``) after two jobs were enqueued."""
     db = tmp_path / "metrics.db"
     (tmp_path / "metrics_app.py").write_text(
         "from typing import Any\n"
@@ -144,6 +147,7 @@ def test_worker_serves_prometheus_metrics(tmp_path: Path) -> None:
     )
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("CONVEYOR_METRICS_HOST", None)
     enqueue = [sys.executable, "-m", "conveyor.cli", "enqueue", "metrics_app:app", "tick", "{}"]
     for _ in range(2):
         subprocess.run(enqueue, env=env, cwd=tmp_path, check=True, capture_output=True, timeout=60)
@@ -156,27 +160,15 @@ def test_worker_serves_prometheus_metrics(tmp_path: Path) -> None:
             "metrics_app:app",
             "--metrics-port",
             str(port),
-            "--metrics-host",
-            "127.0.0.1",
+            *options,
         ],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    succeeded = re.compile(r'conveyor_jobs_succeeded_total\{messaging_destination_name="tick"[^}]*\} 2\.0')
     try:
-        text, deadline = "", time.monotonic() + 60
-        while not succeeded.search(text) and time.monotonic() < deadline:
-            assert worker.poll() is None, (worker.stderr.read() if worker.stderr else b"").decode()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as response:
-                    text = response.read().decode()
-            except OSError:
-                text = ""
-            time.sleep(0.1)  # polling interval of the scrape loop, bounded by the deadline
-        assert succeeded.search(text), text[-2000:]
-        assert "conveyor_job_duration_seconds_bucket" in text
+        yield port, worker
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -185,3 +177,70 @@ def test_worker_serves_prometheus_metrics(tmp_path: Path) -> None:
             worker.kill()
             if worker.stderr is not None:
                 worker.stderr.close()
+
+
+def _scrape_until(worker: subprocess.Popen[bytes], url: str, wanted: re.Pattern[str]) -> str:
+    """The endpoint's text once it matches ``wanted`` (60 s at most)."""
+    text, deadline = "", time.monotonic() + 60
+    while not wanted.search(text) and time.monotonic() < deadline:
+        assert worker.poll() is None, (worker.stderr.read() if worker.stderr else b"").decode()
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                text = response.read().decode()
+        except OSError:
+            text = ""
+        time.sleep(0.1)  # polling interval of the scrape loop, bounded by the deadline
+    return text
+
+
+def _non_loopback_address() -> str | None:
+    """An IPv4 address of this machine that is not loopback, if it has one."""
+    found = set()
+    with contextlib.suppress(OSError):
+        found.update(
+            str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+        )
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # a UDP connect sends nothing: it only picks the local address
+        found.add(str(probe.getsockname()[0]))
+    return next((a for a in sorted(found) if not a.startswith("127.") and a != "0.0.0.0"), None)
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The IPv4 addresses a socket listens on at ``port`` (Linux's /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, local_port = local.split(":")
+        if state == "0A" and int(local_port, 16) == port:  # 0A: LISTEN
+            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+@pytest.mark.slow
+def test_worker_serves_prometheus_metrics_on_loopback_only_by_default(tmp_path: Path) -> None:
+    succeeded = re.compile(r'conveyor_jobs_succeeded_total\{messaging_destination_name="tick"[^}]*\} 2\.0')
+    with _worker_serving_metrics(tmp_path) as (port, worker):
+        text = _scrape_until(worker, f"http://127.0.0.1:{port}/metrics", succeeded)
+        assert succeeded.search(text), text[-2000:]
+        assert "conveyor_job_duration_seconds_bucket" in text
+        outside = _non_loopback_address()
+        if outside is not None:  # queue names and depths are not served to the network
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((outside, port), timeout=5).close()
+        else:
+            assert _listening_addresses(port) == {"127.0.0.1"}
+
+
+@pytest.mark.slow
+def test_metrics_host_chooses_the_address_of_the_endpoint(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.2", 0))
+        except OSError:
+            pytest.skip("127.0.0.2 is not a loopback address here (it is on Linux)")
+    with _worker_serving_metrics(tmp_path, "--metrics-host", "127.0.0.2") as (port, worker):
+        text = _scrape_until(worker, f"http://127.0.0.2:{port}/metrics", re.compile("conveyor_"))
+        assert "conveyor_" in text
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()

@@ -78,8 +78,23 @@ def main(log_level: str, json_logs: bool) -> None:
 @click.argument("app_spec", metavar="APP")
 @click.option("--concurrency", "-c", type=int, default=None, help="jobs run at once")
 @click.option("--queues", "-q", default=None, help="comma-separated queues to work (default: all)")
-@click.option("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
-@click.option("--metrics-host", default="0.0.0.0", show_default=True, help="address of the metrics endpoint")
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    envvar="CONVEYOR_METRICS_PORT",
+    show_envvar=True,
+    help="serve Prometheus metrics on this port",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="CONVEYOR_METRICS_HOST",
+    show_envvar=True,
+    help="address of the metrics endpoint (0.0.0.0: every interface, so anyone who reaches the "
+    "host reads queue names and depths)",
+)
 def worker(
     app_spec: str, concurrency: int | None, queues: str | None, metrics_port: int | None, metrics_host: str
 ) -> None:
@@ -350,7 +365,10 @@ def serve_prometheus(host: str, port: int) -> None:
             "--metrics-port needs the OpenTelemetry SDK and its Prometheus exporter: "
             f"pip install 'conveyor[otel]' ({exc})"
         ) from exc
-    start_http_server(port, addr=host)
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        raise click.ClickException(f"cannot serve metrics on {host}:{port}: {exc}") from exc
     metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
     click.echo(f"metrics: http://{host}:{port}/metrics", err=True)
 
