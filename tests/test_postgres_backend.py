@@ -30,7 +30,7 @@ from conveyor.ports import (
     Settlement,
 )
 from conveyor.testing import wait_until
-from tests.conftest import fresh_url
+from tests.conftest import fresh_url, require_server
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -131,6 +131,41 @@ async def test_unreachable_server_raises_backend_unavailable() -> None:
     store = PostgresBackend("postgresql://root@127.0.0.1:1/nothing", pool_timeout=2)
     with pytest.raises(BackendUnavailableError):
         await store.connect()
+
+
+@pytest.mark.parametrize(
+    ("path", "refused"),
+    [
+        (
+            "root@127.0.0.1:5432/conveyor_no_such_database",
+            'database "conveyor_no_such_database" does not exist',
+        ),
+        ("conveyor_no_such_role@127.0.0.1:5432/conveyor_test", 'role "conveyor_no_such_role" does not exist'),
+    ],
+)
+async def test_a_missing_database_or_role_is_a_configuration_error_not_unavailable(
+    path: str, refused: str
+) -> None:
+    require_server("PostgreSQL", "127.0.0.1", 5432)
+    store = PostgresBackend(f"postgresql://{path}", pool_timeout=2)
+    with pytest.raises(ConfigurationError, match=refused) as caught:
+        await store.connect()
+    assert not isinstance(caught.value, BackendUnavailableError)
+    assert isinstance(caught.value.__cause__, psycopg.OperationalError)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://root@127.0.0.1:99999/db", "postgresql://root:secret@127.0.0.1/db?no_such_option=1"],
+)
+def test_a_url_libpq_cannot_use_is_refused_when_the_backend_is_made(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="invalid PostgreSQL URL") as caught:
+        PostgresBackend(url)
+    assert "secret" not in str(caught.value)
+
+
+def test_a_url_naming_several_hosts_is_accepted() -> None:
+    assert PostgresBackend("postgresql://root@127.0.0.1:5432,127.0.0.2:5433/db").schema == "conveyor"
 
 
 async def _listening(store: PostgresBackend) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -34,7 +36,7 @@ from conveyor.backends.postgres.batch import (
     results,
 )
 from conveyor.backends.postgres.listener import Listener, notification
-from conveyor.model.errors import BackendError, BackendUnavailableError, ConfigurationError
+from conveyor.model.errors import BackendError, BackendUnavailableError, ConfigurationError, ConveyorError
 from conveyor.ports import (
     Commit,
     CommitResult,
@@ -88,15 +90,71 @@ def _libpq_url(url: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
 
 
-def translate(exc: BaseException) -> BackendError:
-    """conveyor's error for a psycopg (or pool) exception; the caller chains ``exc``."""
+# The server's refusals of a login. libpq gives no SQLSTATE for an error while connecting (3D000
+# invalid_catalog_name, 28000 invalid_authorization_specification, 28P01 invalid_password), only
+# the server's message, in English unless the server's lc_messages says otherwise.
+_MISSING = re.compile(r'\b(database|role) "([^"]*)" does not exist')
+_LOGIN_REFUSED = re.compile(
+    r'password authentication failed for user "([^"]*)"|no pg_hba\.conf entry|'
+    r"password authentication failed|(?:Peer|Ident) authentication failed"
+)
+_CONFIGURATION_STATES = ("3D000", "28000", "28P01")
+
+
+def _refused_login(exc: psycopg.OperationalError) -> ConfigurationError | None:
+    """The configuration error for a login the server refused: retrying cannot fix it."""
+    text = str(exc)
+    if missing := _MISSING.search(text):
+        kind, name = missing.groups()
+        if kind == "database":
+            advice = f'create it (CREATE DATABASE "{name}") or name an existing database in the URL'
+        else:
+            advice = f'create it (CREATE ROLE "{name}" LOGIN) or name an existing role in the URL'
+        return ConfigurationError(f'PostgreSQL {kind} "{name}" does not exist: {advice}')
+    if _LOGIN_REFUSED.search(text) or exc.sqlstate in _CONFIGURATION_STATES:
+        detail = text.rsplit("FATAL:", 1)[-1].strip()
+        return ConfigurationError(
+            f"PostgreSQL refused the login ({detail}): check the user and password in the URL "
+            "and the server's pg_hba.conf"
+        )
+    return None
+
+
+def translate(exc: BaseException) -> ConveyorError:
+    """conveyor's error for a psycopg (or pool) exception; the caller chains ``exc``.
+
+    A database or role that does not exist, or a refused password, is a
+    :class:`ConfigurationError` (fix the URL or the server); a server that cannot be reached or
+    dropped the connection is :class:`BackendUnavailableError` (retry later).
+    """
     if isinstance(exc, PoolTimeout | psycopg.InterfaceError | OSError):
         return BackendUnavailableError(f"PostgreSQL is unreachable: {exc}")
     if isinstance(exc, psycopg.OperationalError):
+        if refused := _refused_login(exc):
+            return refused
         state = exc.sqlstate
         if state is None or state.startswith(_UNAVAILABLE_STATES):
             return BackendUnavailableError(f"PostgreSQL connection lost: {exc}")
     return BackendError(f"PostgreSQL error: {exc}")
+
+
+def _shown(url: str) -> str:
+    """``url`` as error messages show it: without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
+def _check_conninfo(conninfo: str, url: str) -> None:
+    """Refuse a URL libpq cannot use now, rather than as "connection lost" at connect()."""
+    try:
+        ports = conninfo_to_dict(conninfo).get("port")
+    except psycopg.ProgrammingError as exc:
+        raise ConfigurationError(f"invalid PostgreSQL URL {_shown(url)!r}: {exc}") from exc
+    for port in str(ports or "").split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigurationError(f"invalid PostgreSQL URL {_shown(url)!r}: port {port!r} is not 1-65535")
 
 
 def _lease_params(queues: Mapping[str, float], limit: int, now: float) -> dict[str, Any]:
@@ -162,11 +220,12 @@ class PostgresBackend:
             self._pool_timeout = option(pool_timeout, "pool_timeout", DEFAULT_POOL_TIMEOUT)
             self.vacuum_interval = option(vacuum_interval, "vacuum_interval", DEFAULT_VACUUM_INTERVAL)
         except ValueError as exc:
-            raise ConfigurationError(f"invalid option in PostgreSQL URL {url!r}: {exc}") from exc
+            raise ConfigurationError(f"invalid option in PostgreSQL URL {_shown(url)!r}: {exc}") from exc
         self.url = url
         self.channel = f"conveyor:{self.schema}"
         """This schema's NOTIFY channel; a payload is newline-separated queue names or ``*``."""
         self._conninfo = _libpq_url(url)
+        _check_conninfo(self._conninfo, url)
         self._connect_options: dict[str, Any] = (
             {} if "application_name" in options else {"application_name": "conveyor"}
         )
@@ -192,11 +251,13 @@ class PostgresBackend:
     async def connect(self) -> None:
         """Bring the schema up to date (see :meth:`migrate`) and open the connection pool.
 
-        The migration's connection is made directly so that a wrong URL, a missing database or a
-        refused login fails at once with the server's message instead of after the pool's timeout.
+        The migration's connection is made first, directly, so that a wrong URL, a missing
+        database or a refused login fails at once with the server's message, before the pool
+        tries (and logs) the same login once per connection.
         """
         if self._pool is not None:
             return
+        conn = await self._connect_directly()
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             self._conninfo,
             min_size=self._pool_min_size,
@@ -213,7 +274,8 @@ class PostgresBackend:
         # touch it until connect() returns, and a fresh database makes each take ~10 ms.
         opening = asyncio.ensure_future(pool.open(wait=True, timeout=self._pool_timeout))
         try:
-            await self.migrate()
+            async with conn:
+                await self._migrate_on(conn)
             await opening
         except BaseException as exc:
             opening.cancel()
@@ -288,14 +350,23 @@ class PostgresBackend:
         Raises :class:`~conveyor.model.errors.SchemaVersionError` (changing nothing) if the schema
         was written by a newer conveyor.
         """
+        async with await self._connect_directly() as conn:
+            await self._migrate_on(conn)
+
+    async def _connect_directly(self) -> Connection:
         try:
-            async with await psycopg.AsyncConnection.connect(
+            return await psycopg.AsyncConnection.connect(
                 self._conninfo,
                 autocommit=True,
                 connect_timeout=max(1, round(self._pool_timeout)),
                 **self._connect_options,
-            ) as conn:
-                await pg_schema.migrate(conn, self.schema)
+            )
+        except (psycopg.Error, OSError) as exc:
+            raise translate(exc) from exc
+
+    async def _migrate_on(self, conn: Connection) -> None:
+        try:
+            await pg_schema.migrate(conn, self.schema)
         except (psycopg.Error, OSError) as exc:
             raise translate(exc) from exc
 
