@@ -1,12 +1,19 @@
-"""The ``conveyor`` command. APP is ``module:attribute`` naming an :class:`~conveyor.App`."""
+"""The ``conveyor`` command. APP is ``module:attribute`` naming an :class:`~conveyor.App`.
+
+A conveyor error ends a command with one line on stderr, exit code 2 for a misuse (configuration,
+an unknown queue or command, an invalid payload) and 1 for a failure (the backend is unreachable);
+``--traceback`` (or ``--log-level DEBUG``) prints the traceback too.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import importlib
 import os
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,13 +22,22 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import click
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from conveyor.app import App
-from conveyor.model.errors import ConveyorError
+from conveyor.model.errors import (
+    ConfigurationError,
+    ConveyorError,
+    PayloadTooLargeError,
+    PayloadValidationError,
+    UndeclaredEmitError,
+    UnknownQueueError,
+)
 from conveyor.observability.logging import configure_logging
 
 if TYPE_CHECKING:
+    from conveyor.ports import DeadLetter
     from conveyor.workflows.status import State
 
 console = Console()
@@ -55,21 +71,74 @@ def load_app(spec: str) -> App:
     return app
 
 
+MISUSE = (
+    ConfigurationError,
+    UnknownQueueError,
+    PayloadValidationError,
+    PayloadTooLargeError,
+    UndeclaredEmitError,
+)
+"""Errors that say the command or the app is wrong, not the system: exit code 2, like bad usage."""
+
+
+class ConveyorFailed(click.ClickException):
+    """A conveyor error as the command's one line (``Error: BackendUnavailableError: ...``), exit 1."""
+
+    def __init__(self, exc: ConveyorError) -> None:
+        super().__init__(f"{type(exc).__name__}: {exc}")
+
+
+class ConveyorMisused(ConveyorFailed):
+    """A conveyor error that says the command or the app is wrong: exit 2, as for bad usage."""
+
+    exit_code = 2
+
+
+def print_traceback_if_asked(exc: BaseException) -> None:
+    """Print ``exc``'s traceback to stderr under ``--traceback`` or ``--log-level DEBUG``."""
+    context = click.get_current_context(silent=True)
+    root = context.find_root().params if context is not None else {}
+    if root.get("show_traceback") or str(root.get("log_level", "")).upper() == "DEBUG":
+        traceback.print_exception(exc, file=sys.stderr)
+
+
+def failed(exc: ConveyorError) -> ConveyorFailed:
+    """The command's end for ``exc``, after its traceback if asked for."""
+    print_traceback_if_asked(exc)
+    return ConveyorMisused(exc) if isinstance(exc, MISUSE) else ConveyorFailed(exc)
+
+
+class ConveyorGroup(click.Group):
+    """The ``conveyor`` group: a conveyor error in any command ends it with :func:`failed`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConveyorError as exc:
+            raise failed(exc) from exc
+
+
 def run(coro: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    try:
-        return asyncio.run(coro())
-    except ConveyorError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    return asyncio.run(coro())
 
 
 def when(ts: float | None) -> str:
     return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-@click.group()
-@click.option("--log-level", default="WARNING", show_default=True, help="conveyor's log level")
+@click.group(cls=ConveyorGroup)
+@click.option(
+    "--log-level",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+    help="conveyor's log level (DEBUG also prints the traceback of an error)",
+)
 @click.option("--json-logs", is_flag=True, help="one JSON object per log record")
-def main(log_level: str, json_logs: bool) -> None:
+@click.option(
+    "--traceback", "show_traceback", is_flag=True, help="print the traceback of an error, not just its line"
+)
+def main(log_level: str, json_logs: bool, show_traceback: bool) -> None:
     """conveyor: event-driven services and long-running workflows."""
     configure_logging(log_level, json=json_logs)
 
@@ -110,7 +179,7 @@ def worker(
     try:
         app.run(queues=names, concurrency=concurrency)
     except ConveyorError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        raise failed(exc) from exc
 
 
 @main.command()
@@ -120,6 +189,11 @@ def worker(
 @click.option("--delay", type=float, default=None, help="seconds before the job is available")
 @click.option("--key", "idempotency_key", default=None, help="idempotency key")
 @click.option("--correlation-id", default=None, help="workflow instance id")
+@click.option(
+    "--external",
+    is_flag=True,
+    help="QUEUE is served by another app: enqueue although APP does not declare it",
+)
 def enqueue(
     app_spec: str,
     queue: str,
@@ -127,8 +201,13 @@ def enqueue(
     delay: float | None,
     idempotency_key: str | None,
     correlation_id: str | None,
+    external: bool,
 ) -> None:
-    """Enqueue one job: conveyor enqueue APP QUEUE '{"order_id": "42"}'."""
+    """Enqueue one job: conveyor enqueue APP QUEUE '{"order_id": "42"}'.
+
+    QUEUE must be declared by a service of APP or named in its external_queues; --external
+    enqueues into a queue another app serves.
+    """
     app = load_app(app_spec)
     data = _json(payload)
 
@@ -140,6 +219,7 @@ def enqueue(
                 delay=delay,
                 idempotency_key=idempotency_key,
                 correlation_id=correlation_id,
+                external=external,
             )
 
     click.echo(run(go))
@@ -194,39 +274,44 @@ def dlq(
             else:
                 entries = await letters.list(limit=limit)
                 if as_json:
-                    click.echo(
-                        orjson.dumps(
-                            [
-                                {
-                                    "id": e.id,
-                                    "queue": e.queue,
-                                    "attempts": e.attempts,
-                                    "error_type": e.error.type,
-                                    "error": e.error.message,
-                                    "failed_at": e.failed_at,
-                                    "enqueued_at": e.enqueued_at,
-                                    "message": orjson.loads(e.body)
-                                    if e.body[:1] == b"{"
-                                    else e.body.decode("latin-1"),
-                                }
-                                for e in entries
-                            ],
-                            option=orjson.OPT_INDENT_2,
-                        ).decode()
-                    )
+                    listed = [dead_letter_json(e) for e in entries]
+                    click.echo(orjson.dumps(listed, option=orjson.OPT_INDENT_2).decode())
                     return
                 table = Table("id", "queue", "attempts", "failed at (UTC)", "error")
                 for e in entries:
-                    table.add_row(
-                        e.id,
-                        e.queue,
+                    table.add_row(  # stored text is shown as it is, never read as rich markup
+                        escape(e.id),
+                        escape(e.queue),
                         str(e.attempts),
                         when(e.failed_at),
-                        f"{e.error.type}: {e.error.message}",
+                        escape(f"{e.error.type}: {e.error.message}"),
                     )
                 console.print(table if entries else "no dead letters")
 
     run(go)
+
+
+def dead_letter_json(entry: DeadLetter) -> dict[str, Any]:
+    """A dead letter for ``dlq list --json``. Its stored body is shown losslessly under one key:
+    ``message`` (the envelope, when the body is JSON), ``body_text`` (the text, when it is UTF-8
+    but not JSON) or ``body_base64`` (any other bytes)."""
+    shown: dict[str, Any] = {
+        "id": entry.id,
+        "queue": entry.queue,
+        "attempts": entry.attempts,
+        "error_type": entry.error.type,
+        "error": entry.error.message,
+        "failed_at": entry.failed_at,
+        "enqueued_at": entry.enqueued_at,
+    }
+    try:
+        shown["message"] = orjson.loads(entry.body)
+    except orjson.JSONDecodeError:
+        try:
+            shown["body_text"] = entry.body.decode()
+        except UnicodeDecodeError:
+            shown["body_base64"] = base64.b64encode(entry.body).decode()
+    return shown
 
 
 @main.command()
@@ -246,25 +331,29 @@ def status(app_spec: str, instance_id: str, as_json: bool) -> None:
             return
         style = STATE_STYLE.get(result.state, "")
         console.print(
-            f"[bold]{instance_id}[/]  [{style}]{result.state}[/]"
+            f"[bold]{escape(instance_id)}[/]  [{style}]{result.state}[/]"
             + (f"  ({result.workflow})" if result.workflow else "")
         )
         if result.state == "unknown":
             console.print("no history recorded for this id")
             return
-        console.print("path: " + " → ".join(result.path))
+        console.print("path: " + " → ".join(result.path), markup=False)
         if result.current:
-            console.print("waiting on: " + ", ".join(result.current))
+            console.print("waiting on: " + ", ".join(result.current), markup=False)
         if result.compensations:
-            console.print("compensations: " + ", ".join(result.compensations))
+            console.print("compensations: " + ", ".join(result.compensations), markup=False)
         if result.last_error:
-            console.print(f"[red]last error:[/] {result.last_error}")
+            console.print(f"[red]last error:[/] {escape(result.last_error)}")
         if state is not None:
-            console.print(f"state: {orjson.dumps(state).decode()}")
+            console.print(f"state: {orjson.dumps(state).decode()}", markup=False)
         table = Table("time (UTC)", "what", "name", "attempt", "detail")
         for entry in result.history:
             table.add_row(
-                when(entry.at), entry.kind, entry.name, str(entry.attempt or ""), entry.detail or ""
+                when(entry.at),
+                entry.kind,
+                escape(entry.name),
+                str(entry.attempt or ""),
+                escape(entry.detail or ""),
             )
         console.print(table)
 
@@ -305,7 +394,9 @@ def workflows(
     for s in found:
         style = STATE_STYLE.get(s.state, "")
         detail = ", ".join(s.current) or (s.last_error or "")
-        table.add_row(s.id, s.workflow or "-", f"[{style}]{s.state}[/]", when(s.started_at), detail)
+        table.add_row(
+            escape(s.id), s.workflow or "-", f"[{style}]{s.state}[/]", when(s.started_at), escape(detail)
+        )
     console.print(table if found else "no workflow instances")
 
 
@@ -382,51 +473,69 @@ def serve_prometheus(host: str, port: int) -> None:
 @click.option("--ignore-dead-letters", is_flag=True, help="do not warn about dead letters")
 @click.option("--json", "as_json", is_flag=True)
 def health(app_spec: str, max_backlog: int, max_age: float, ignore_dead_letters: bool, as_json: bool) -> None:
-    """ok / warn / fail; exit code 0 / 1 / 2 (warn: dead letters, backlog, old jobs; fail: backend down)."""
+    """ok / warn / fail; exit code 0 / 1 / 2.
+
+    warn: dead letters, backlog, old jobs, jobs in queues APP does not declare; fail: the backend
+    is unreachable or misconfigured.
+    """
     from conveyor.observability.health import HealthReport, HealthThresholds
 
-    app = load_app(app_spec)
     thresholds = HealthThresholds(max_backlog, max_age, not ignore_dead_letters)
 
-    async def go() -> HealthReport:
+    def failure(exc: ConveyorError | OSError) -> HealthReport:
+        print_traceback_if_asked(exc)
+        what = "configuration error" if isinstance(exc, MISUSE) else "backend unreachable"
+        return HealthReport("fail", [f"{what}: {type(exc).__name__}: {exc}"])
+
+    async def go(app: App) -> HealthReport:
         try:
             await app.connect()
         except (ConveyorError, OSError) as exc:
-            return HealthReport("fail", [f"backend unreachable: {exc}"])
+            return failure(exc)
         try:
             return await app.health(thresholds)
         finally:
             await app.close()
 
-    report = asyncio.run(go())
+    try:
+        app = load_app(app_spec)
+    except ConveyorError as exc:  # raised while APP was imported: an unknown URL scheme, a missing extra
+        report = failure(exc)
+    else:
+        report = asyncio.run(go(app))
     if as_json:
+        shown = {"status": report.status, "problems": report.problems, "queues": report.queues}
         click.echo(
             orjson.dumps(
-                {"status": report.status, "problems": report.problems, "queues": report.queues},
-                option=orjson.OPT_INDENT_2,
+                {**shown, "undeclared_queues": report.undeclared_queues}, option=orjson.OPT_INDENT_2
             ).decode()
         )
     else:
         style = {"ok": "green", "warn": "yellow", "fail": "red"}[report.status]
         console.print(f"[{style}]{report.status}[/]")
         for problem in report.problems:
-            console.print(f"  - {problem}")
+            console.print(f"  - {problem}", markup=False)
     sys.exit(report.exit_code)
 
 
 @main.command()
 @click.argument("app_spec", metavar="APP")
 def stats(app_spec: str) -> None:
-    """Jobs per queue: ready, scheduled, running, dead."""
+    """Jobs per queue: ready, scheduled, running, dead.
+
+    Every queue APP declares or names external, and any other queue holding jobs, marked
+    "(undeclared)": nothing of APP runs those.
+    """
     app = load_app(app_spec)
 
     async def go() -> None:
         async with app:
             rows = await app.stats()
+        known = app.registry.known_queues
         table = Table("queue", "ready", "scheduled", "leased", "dead", "oldest ready (UTC)")
         for s in rows:
             table.add_row(
-                s.queue,
+                escape(s.queue) if s.queue in known else f"{escape(s.queue)} [yellow](undeclared)[/]",
                 str(s.ready),
                 str(s.scheduled),
                 str(s.leased),

@@ -49,8 +49,9 @@ def open_backend(url: str, **options: Any) -> Backend:
     except ModuleNotFoundError as exc:
         if extra is None or (exc.name or "").startswith("conveyor"):
             raise
+        package = (exc.name or "").split(".")[0]  # the distribution to install, not its submodule
         raise ConfigurationError(
-            f"the {scheme}:// backend needs the {exc.name!r} package: pip install 'conveyor[{extra}]'"
+            f"the {scheme}:// backend needs the {package!r} package: pip install 'conveyor[{extra}]'"
         ) from exc
     backend_class = getattr(module, class_name)
     backend: Backend = backend_class(url, **options)
