@@ -6,6 +6,7 @@ schedules; a state store; effects that commit with the job's acknowledgement.
 
 from conveyor.app import App, DeadLetters
 from conveyor.model.errors import (
+    CommitRejectedError,
     ConfigurationError,
     ConveyorError,
     EnqueueIncompleteError,
@@ -14,6 +15,7 @@ from conveyor.model.errors import (
     PermanentError,
     Retry,
     UndeclaredEmitError,
+    UnstorableTextError,
 )
 from conveyor.model.lifecycle import Lifecycle, RetryStrategy
 from conveyor.runtime.context import Context
@@ -23,6 +25,7 @@ from conveyor.workflows.status import Workflow, WorkflowStatus
 
 __all__ = [
     "App",
+    "CommitRejectedError",
     "ConfigurationError",
     "Context",
     "ConveyorError",
@@ -36,6 +39,7 @@ __all__ = [
     "RetryStrategy",
     "Service",
     "UndeclaredEmitError",
+    "UnstorableTextError",
     "WorkerConfig",
     "Workflow",
     "WorkflowStatus",

@@ -23,6 +23,7 @@ from conveyor.model.errors import (
     StateConflictError,
 )
 from conveyor.model.lifecycle import Seconds, seconds
+from conveyor.model.text import require_storable
 from conveyor.observability.health import HealthReport, HealthThresholds, check_health
 from conveyor.observability.metrics import QUEUE, Metrics
 from conveyor.observability.tracing import Tracing
@@ -39,12 +40,14 @@ from conveyor.ports import (
     TransactionalOutbox,
 )
 from conveyor.runtime.clock import Clock, SystemClock
+from conveyor.runtime.committer import rejection
 from conveyor.runtime.context import encode_state
 from conveyor.runtime.messages import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     MessageFactory,
     Origin,
     available_at,
+    check_names,
     jsonable,
     jsonable_many,
 )
@@ -106,10 +109,12 @@ class AppStates:
         self._app = app
 
     async def get(self, key: str, default: Any = None) -> Any:
+        require_storable(key, "state key")
         record = (await self._app.backend.get_states([key])).get(key)
         return default if record is None else orjson.loads(record.value)
 
     async def get_versioned(self, key: str) -> tuple[Any, int]:
+        require_storable(key, "state key")
         record = (await self._app.backend.get_states([key])).get(key)
         return (None, 0) if record is None else (orjson.loads(record.value), record.version)
 
@@ -117,17 +122,24 @@ class AppStates:
         [result] = await self._app.backend.commit(
             [Commit(effects=Effects(states=[write]))], self._app.clock.now()
         )
+        if result.status is CommitStatus.REJECTED:
+            raise rejection(result)
         return result.status is CommitStatus.OK
 
     async def set(self, key: str, value: Any) -> None:
-        await self._write(StateWrite(key, StateOp.SET, encode_state(value)))
+        """Write ``value`` (JSON: no NaN, ±Infinity or lone surrogate) at ``key`` (no NUL, no lone
+        surrogate); both are checked here, before anything is written."""
+        await self._write(StateWrite(key, StateOp.SET, encode_state(value, key)))
 
     async def delete(self, key: str) -> None:
+        require_storable(key, "state key")
         await self._write(StateWrite(key, StateOp.DELETE))
 
     async def compare_and_set(self, key: str, value: Any, version: int) -> bool:
         """Write if the stored version is ``version`` (0: absent). False when another writer won."""
-        return await self._write(StateWrite(key, StateOp.SET, encode_state(value), expected_version=version))
+        return await self._write(
+            StateWrite(key, StateOp.SET, encode_state(value, key), expected_version=version)
+        )
 
 
 class App:
@@ -272,7 +284,9 @@ class App:
     ) -> list[str]:
         """Store many jobs on ``queue``; their ids, in order.
 
-        Every payload is validated first, so an invalid one raises before anything is stored. The
+        Every payload is checked first (against the queue's model, and for what JSON cannot carry:
+        NaN, ±Infinity, lone surrogates), with the idempotency keys and the correlation id (no NUL,
+        no lone surrogate), so an invalid one raises before anything is stored. The
         jobs then go in batches of :data:`ENQUEUE_BATCH`, each stored atomically, several on the way
         at once. If one batch fails, :class:`EnqueueIncompleteError` says which jobs were stored
         (give the jobs idempotency keys to retry safely). With ``connection=`` the batches are
@@ -288,6 +302,7 @@ class App:
         keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(data)
         if len(keys) != len(data):
             raise ConfigurationError("idempotency_keys must have one entry per payload")
+        check_names("queue name", queue, correlation_id, keys)  # all of them before any batch is stored
         ids: list[str] = []
         with runtime.tracer.produce("enqueue", queue):
             origin = Origin(trace=runtime.tracer.inject())
@@ -367,6 +382,8 @@ class App:
                 f"{type(self.backend).__name__} cannot write inside your transaction (connection=); "
                 "the PostgreSQL backend can"
             )
+        if result.status is CommitStatus.REJECTED:
+            raise rejection(result)
         if result.status is not CommitStatus.OK:
             raise StateConflictError(f"commit failed: {result.status.value}")
         return result

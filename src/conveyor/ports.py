@@ -14,6 +14,27 @@ retry, dead-letter, release) plus the :class:`Effects` its handler buffered. A b
 commit atomically: all of it or none of it. A batch of commits may share one round trip or one
 transaction, but the commits stay independent: one stale commit does not sink the others.
 
+A commit the backend cannot store must not sink the others either. The runtime refuses, at the
+call that produced it, every key, name and id with a NUL or a lone surrogate and every payload or
+state value JSON cannot carry (see :mod:`conveyor.model.text`), and checks each worker commit's text
+again before it joins a batch; what is left is what only one backend refuses (a key longer than its
+index takes, a corrupt record in the way). For such a commit a backend does one of two things:
+
+1. (best: one round trip) check every commit of the call before applying any of it, answer
+   :attr:`CommitStatus.REJECTED` with :attr:`CommitResult.error` saying why for each one it cannot
+   store, apply nothing of those and the others as usual;
+2. raise :class:`~conveyor.model.errors.CommitRejectedError` (the driver's error chained) having
+   applied nothing of the call: its transaction rolled back, or nothing sent.
+
+Either way never part of a call and then an exception, nor part of one commit. The worker's
+committer (``conveyor.runtime.committer``) splits a call that raised anything but
+:class:`~conveyor.model.errors.BackendUnavailableError` into halves and commits them again, down to
+single commits, so the others of the batch commit in the same pass and the culprit's job is
+dead-lettered with the reason on that attempt. A commit that fails alone with another error than
+``CommitRejectedError`` counts as rejected only if some other commit of its batch went through;
+otherwise the failure is taken for the backend's (every commit failed) and its jobs are leased
+again when their leases expire, as after any failed commit.
+
 The records built once or more per job (:class:`NewJob`, :class:`NewEvent`, :class:`LeasedJob`,
 :class:`StateWrite`, :class:`HistoryEntry`, :class:`Settlement`, :class:`CommitResult`) are plain
 slotted dataclasses, not frozen ones: a frozen dataclass's ``__init__`` sets each field through
@@ -169,6 +190,9 @@ class CommitStatus(enum.Enum):
     """The settlement's token is not the job's current lease, or the lease expired: nothing applied."""
     CONFLICT = "conflict"
     """A state write's ``expected_version`` did not match: nothing applied."""
+    REJECTED = "rejected"
+    """The backend cannot store what the commit holds (``CommitResult.error`` says why): nothing
+    applied. See "A commit the backend cannot store" above."""
 
 
 @dataclass(slots=True)
@@ -178,6 +202,8 @@ class CommitResult:
     """Ids of ``effects.jobs`` in order (an idempotency-key hit gives the existing job's id)."""
     deliveries: int = 0
     """How many subscription jobs ``effects.events`` fanned out into."""
+    error: str | None = None
+    """Why a ``REJECTED`` commit could not be stored."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -330,6 +356,11 @@ class Backend(QueueStore, TopicStore, StateStore, HistoryStore, Protocol):
 
     async def commit(self, commits: Sequence[Commit], now: float) -> list[CommitResult]:
         """Apply each commit atomically and independently; results in the same order.
+
+        A commit whose content this backend cannot store is answered ``REJECTED``, or the call
+        raises :class:`~conveyor.model.errors.CommitRejectedError` having applied nothing (see
+        the module's docstring); an unreachable backend raises
+        :class:`~conveyor.model.errors.BackendUnavailableError`, and the commits are in doubt.
 
         For a settlement: check the token (and that ``available_at >= now``, the lease is live),
         then ACK deletes the job, RETRY/RELEASE end the lease (RELEASE also gives the attempt back),

@@ -67,7 +67,16 @@ class UnknownQueueError(ConveyorError):
 
 
 class PayloadValidationError(ConveyorError):
-    """A payload did not validate against its pydantic model. Permanent for an incoming job."""
+    """A payload (or state value) did not validate against its pydantic model, or cannot be stored
+    as JSON: not serializable, or holding NaN, ±Infinity or a lone surrogate. Raised by the call
+    that was given it, before anything is stored. Permanent for an incoming job."""
+
+
+class UnstorableTextError(ConveyorError):
+    """A key, name or id given to conveyor holds a character no backend can store: a NUL
+    (PostgreSQL's ``text`` refuses it) or a lone surrogate (it has no UTF-8 form). Raised by the
+    call that was given it (``ctx.states.set``, ``enqueue(idempotency_key=...)``, ...), before
+    anything is stored."""
 
 
 class PayloadTooLargeError(ConveyorError):
@@ -100,6 +109,16 @@ class EnqueueIncompleteError(ConveyorError):
 
 class BackendError(ConveyorError):
     """A backend operation failed; the driver's own exception is chained as ``__cause__``."""
+
+
+class CommitRejectedError(BackendError):
+    """The backend cannot store what a commit holds (text it refuses, a key too long for its
+    index, ...); nothing of it was applied. The backend's own error, if any, is chained.
+
+    A backend raises it for a whole commit call it applied nothing of; the worker's committer
+    narrows that down to the one commit responsible and fails only that job's commit with it (the
+    job is then dead-lettered with this error). See :mod:`conveyor.ports`.
+    """
 
 
 class BackendUnavailableError(BackendError):

@@ -13,7 +13,9 @@ from pydantic import BaseModel
 
 from conveyor.model.envelope import Envelope
 from conveyor.model.errors import ConfigurationError, LeaseLostError, UndeclaredEmitError
+from conveyor.model.json_value import dump_json
 from conveyor.model.lifecycle import Seconds, seconds
+from conveyor.model.text import require_storable
 from conveyor.ports import Commit, Effects, HistoryEntry, LeasedJob, StateOp, StateWrite
 from conveyor.runtime.messages import Origin, available_at, child_id, jsonable
 from conveyor.workflows.approval import ApprovalGate
@@ -58,10 +60,14 @@ class Resources(Mapping[str, Any]):
         return len(self._resources)
 
 
-def encode_state(value: Any) -> bytes:
-    if isinstance(value, BaseModel):
-        return value.model_dump_json().encode()
-    return orjson.dumps(value)
+def encode_state(value: Any, key: str | None = None) -> bytes:
+    """A state value as stored: JSON bytes (a model as ``model_dump(mode="json")``), after the
+    checks of :func:`~conveyor.model.json_value.dump_json` (no NaN, ±Infinity or lone surrogate)
+    and, with ``key``, that the key is storable (:func:`~conveyor.model.text.require_storable`)."""
+    if key is not None:
+        require_storable(key, "state key")
+    data = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+    return dump_json(data, "value of state {!r}", key) if key is not None else dump_json(data, "state value")
 
 
 class EffectsBuffer:
@@ -96,12 +102,14 @@ class States:
         if key in self._written:
             raw = self._written[key]
             return default if raw is None else orjson.loads(raw)
+        require_storable(key, "state key")
         records = await self._context.runtime.backend.get_states([key])
         record = records.get(key)
         return default if record is None else orjson.loads(record.value)
 
     async def get_versioned(self, key: str) -> tuple[Any, int]:
         """The value and its version (``(None, 0)`` when absent), for ``compare_and_set``."""
+        require_storable(key, "state key")
         records = await self._context.runtime.backend.get_states([key])
         record = records.get(key)
         return (None, 0) if record is None else (orjson.loads(record.value), record.version)
@@ -113,14 +121,19 @@ class States:
         context.history("state_changed", write.key, detail=write.op.value)
 
     async def set(self, key: str, value: Any) -> None:
-        self._write(StateWrite(key, StateOp.SET, encode_state(value)))
+        """Write ``value`` at ``key`` when the job commits. Both are checked here: a key with a NUL
+        or a lone surrogate raises :class:`~conveyor.model.errors.UnstorableTextError`, a value
+        JSON cannot carry (NaN, ±Infinity, a lone surrogate, an unserializable object)
+        :class:`~conveyor.model.errors.PayloadValidationError`."""
+        self._write(StateWrite(key, StateOp.SET, encode_state(value, key)))
 
     async def delete(self, key: str) -> None:
+        require_storable(key, "state key")
         self._write(StateWrite(key, StateOp.DELETE))
 
     async def compare_and_set(self, key: str, value: Any, version: int) -> None:
         """Write ``value`` if the stored version is still ``version`` (0: the key must not exist)."""
-        self._write(StateWrite(key, StateOp.SET, encode_state(value), expected_version=version))
+        self._write(StateWrite(key, StateOp.SET, encode_state(value, key), expected_version=version))
 
 
 class Context:
@@ -325,6 +338,8 @@ class Context:
 
     async def cancel(self, queue: str, idempotency_key: str) -> None:
         """Delete the pending (not running) job of ``queue`` with ``idempotency_key``, at commit."""
+        require_storable(queue, "queue name")
+        require_storable(idempotency_key, "idempotency key")
         self.buffer.effects.cancels.append((queue, idempotency_key))
         self.history("cancelled", queue, detail=idempotency_key)
 

@@ -13,7 +13,9 @@ from pydantic import BaseModel, ValidationError
 
 from conveyor.model.envelope import Envelope, Kind, new_id, new_ids
 from conveyor.model.errors import ConfigurationError, PayloadTooLargeError, PayloadValidationError
+from conveyor.model.json_value import dump_json, has_non_finite, json_problem, null_in, unjsonable
 from conveyor.model.lifecycle import Seconds, seconds
+from conveyor.model.text import require_storable
 from conveyor.ports import Effects, HistoryEntry, NewEvent, NewJob
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
@@ -29,7 +31,11 @@ def child_id(parent_id: str, sequence: int) -> str:
 
 
 def jsonable(payload: Any, model: type[BaseModel] | None, what: str) -> Any:
-    """Validate ``payload`` against ``model`` (when known) and return its JSON-ready form."""
+    """Validate ``payload`` against ``model`` (when known) and return its JSON-ready form.
+
+    What JSON cannot carry (NaN, ±Infinity, lone surrogates) is found when the message is encoded
+    (:meth:`MessageFactory.add_job`, :meth:`~MessageFactory.add_event`), still inside the call.
+    """
     if payload is None:
         payload = {}
     if isinstance(payload, BaseModel):
@@ -42,20 +48,35 @@ def jsonable(payload: Any, model: type[BaseModel] | None, what: str) -> Any:
 
 
 def jsonable_many(payloads: Sequence[Any], model: type[BaseModel] | None, what: str) -> list[Any]:
-    """:func:`jsonable` for many payloads: plain values are validated without building the model."""
+    """:func:`jsonable` for many payloads: plain values are validated without building the model.
+
+    Everything JSON cannot carry is refused here too, before the first batch is stored: one
+    ``orjson.dumps`` of the whole list (about 10 ns a small payload) says whether any payload
+    needs a closer look.
+    """
     if model is None:
-        return [jsonable(payload, None, what) for payload in payloads]
-    validate_python = model.__pydantic_validator__.validate_python
-    ready = []
-    for payload in payloads:
-        if payload is None or isinstance(payload, BaseModel):
-            ready.append(jsonable(payload, model, what))
-            continue
-        try:
-            validate_python(payload)
-        except ValidationError as exc:
-            raise PayloadValidationError(f"{what}: payload does not match {model.__name__}: {exc}") from None
-        ready.append(payload)
+        ready = [jsonable(payload, None, what) for payload in payloads]
+    else:
+        validate_python = model.__pydantic_validator__.validate_python
+        ready = []
+        for payload in payloads:
+            if payload is None or isinstance(payload, BaseModel):
+                ready.append(jsonable(payload, model, what))
+                continue
+            try:
+                validate_python(payload)
+            except ValidationError as exc:
+                raise PayloadValidationError(
+                    f"{what}: payload does not match {model.__name__}: {exc}"
+                ) from None
+            ready.append(payload)
+    try:
+        suspect = null_in(orjson.dumps(ready)) is not None and has_non_finite(ready)
+    except TypeError:
+        suspect = True
+    if suspect:  # find which payload, and where
+        for index, payload in enumerate(ready):
+            dump_json(payload, f"payload {index} of {what}" if len(ready) > 1 else f"payload of {what}")
     return ready
 
 
@@ -64,6 +85,20 @@ def validate(model: type[BaseModel], payload: Any, what: str) -> BaseModel:
         return model.model_validate(payload)
     except ValidationError as exc:
         raise PayloadValidationError(f"{what}: payload does not match {model.__name__}: {exc}") from None
+
+
+def check_names(
+    what: str, name: str, correlation_id: str | None, idempotency_keys: Sequence[str | None] = ()
+) -> None:
+    """Refuse (:class:`~conveyor.model.errors.UnstorableTextError`) a queue or event name, a
+    correlation id or idempotency keys that some backend could not store: they go to text columns
+    (see :mod:`conveyor.model.text`). About 50 ns a name."""
+    require_storable(name, what)
+    if correlation_id is not None:
+        require_storable(correlation_id, "correlation id")
+    for key in idempotency_keys:
+        if key is not None:
+            require_storable(key, "idempotency key")
 
 
 @dataclass(slots=True, frozen=True)
@@ -112,13 +147,17 @@ class MessageFactory:
         )
         return envelope, self._encode(kind, name, envelope.as_dict())
 
-    def _encode(self, kind: Kind, name: str, fields: dict[str, Any]) -> bytes:
+    def _encode(self, kind: Kind, name: str, fields: dict[str, Any], *, checked: bool = False) -> bytes:
+        """The stored body; ``checked``: the payload went through :func:`jsonable_many` already."""
         try:
             body = orjson.dumps(fields)
         except TypeError as exc:
             raise PayloadValidationError(
-                f"{kind} {name!r}: payload is not JSON-serializable: {exc}"
+                f"{_payload_of(kind, name)}: {unjsonable(fields['payload'], exc)}"
             ) from None
+        # where orjson met NaN or ±Infinity it wrote null: only then is the payload searched
+        if not checked and null_in(body) is not None and has_non_finite(fields["payload"]):
+            raise PayloadValidationError(f"{_payload_of(kind, name)}: {json_problem(fields['payload'])}")
         if len(body) > self.max_payload_bytes:
             raise PayloadTooLargeError(
                 f"{kind} {name!r}: message is {len(body)} bytes, over the limit of "
@@ -141,6 +180,9 @@ class MessageFactory:
         saga: list[dict[str, Any]] | None = None,
     ) -> NewJob:
         """Build the job (and its "enqueued" history entry) into ``effects``; returns it."""
+        check_names("queue name", queue, correlation_id)
+        if idempotency_key is not None:
+            require_storable(idempotency_key, "idempotency key")
         envelope, body = self._envelope(
             "job", queue, message_id or new_id(), data, origin, correlation_id, idempotency_key, now, saga
         )
@@ -179,8 +221,9 @@ class MessageFactory:
         available_at: float | None = None,
         correlation_id: str | None = None,
     ) -> None:
-        """:meth:`add_job` for many new jobs of one queue (``payloads`` JSON-ready, one
-        idempotency key or None each), with what the jobs share worked out once."""
+        """:meth:`add_job` for many new jobs of one queue (``payloads`` from :func:`jsonable_many`,
+        one idempotency key or None each, checked with :func:`check_names`), with what the jobs
+        share worked out once."""
         parent = origin.parent
         shared_correlation = correlation_id or (parent.correlation_id if parent else None)
         template = Envelope(
@@ -205,7 +248,8 @@ class MessageFactory:
             fields["id"], fields["payload"], fields["correlation_id"] = job_id, data, correlation
             if key is not None:
                 fields["idempotency_key"] = key
-            jobs.append(NewJob(job_id, queue, self._encode("job", queue, fields), when, now, key))
+            body = self._encode("job", queue, fields, checked=True)
+            jobs.append(NewJob(job_id, queue, body, when, now, key))
             if self.history:
                 history.append(HistoryEntry(correlation, now, "enqueued", queue, job_id, None, detail))
 
@@ -221,6 +265,7 @@ class MessageFactory:
         correlation_id: str | None = None,
     ) -> NewEvent:
         """Build the event (and its "emitted" history entry) into ``effects``; returns it."""
+        check_names("event name", event, correlation_id)
         envelope, body = self._envelope(
             "event", event, message_id or new_id(), data, origin, correlation_id, None, now
         )
@@ -229,6 +274,10 @@ class MessageFactory:
         if self.history:
             effects.history.append(HistoryEntry(envelope.correlation_id, now, "emitted", event, envelope.id))
         return new
+
+
+def _payload_of(kind: Kind, name: str) -> str:
+    return f"payload of event {name!r}" if kind == "event" else f"payload of a job for queue {name!r}"
 
 
 def _enqueued_detail(now: float, available_at: float | None) -> str | None:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from conveyor.model.envelope import Envelope
 from conveyor.model.errors import (
     BackendError,
+    CommitRejectedError,
     HandlerTimeoutError,
     PayloadValidationError,
     PermanentError,
@@ -27,6 +28,7 @@ from conveyor.observability.metrics import QUEUE
 from conveyor.observability.tracing import record_failure
 from conveyor.ports import (
     Commit,
+    CommitResult,
     CommitStatus,
     Effects,
     ErrorInfo,
@@ -265,6 +267,11 @@ class Worker:
         self._running.discard(task)
         try:
             result = await self._committer.submit(commit)
+        except CommitRejectedError as rejected:
+            dead = await self._dead_letter_rejected(leased, commit, rejected)
+            if dead is None:
+                return
+            (commit, result), describe = dead, "dead-lettered: its commit could not be stored"
         except Exception as exc:
             logger.error(
                 "could not commit job %s of %r (%s); it runs again when its lease expires",
@@ -304,6 +311,63 @@ class Worker:
                 self._nudge.set()
             if describe:
                 logger.debug("job %s of %r: %s", leased.id, leased.queue, describe)
+
+    async def _dead_letter_rejected(
+        self, leased: LeasedJob, commit: Commit, rejected: CommitRejectedError
+    ) -> tuple[Commit, CommitResult] | None:
+        """Dead-letter ``leased`` on this attempt, without the effects that could not be stored:
+        with ``rejected`` as its error, through ``on_dead_letter`` and with its history entry (a
+        refused dead letter keeps its own error, noting the refusal, and gets its history entry
+        only); should that be refused too, bare. None (logged) if neither could be committed."""
+        started = self.runtime.clock.now()
+        settlement = commit.settlement
+        info = error_info(rejected)
+        refused_dead = settlement is not None and settlement.outcome is Outcome.DEAD
+        if refused_dead and settlement is not None and settlement.error is not None:
+            own = settlement.error
+            note = f"dead-lettered without its effects, which could not be stored: {info.message}"
+            info = ErrorInfo(own.type, f"{own.message} ({note})", own.traceback)
+        bare = Commit(Settlement(leased.id, leased.token, Outcome.DEAD, None, info))
+        try:
+            envelope = Envelope.decode(leased.body)
+        except UndecodableMessageError:
+            dead = bare
+        else:
+            envelope.attempt = leased.attempt
+            if refused_dead:  # on_dead_letter ran already: its effects may be what was refused
+                logger.error(
+                    "job %s of %r: its dead letter could not be stored with its effects; "
+                    "dead-lettered without them: %s",
+                    leased.id,
+                    leased.queue,
+                    describe_error(rejected),
+                )
+                history = self._history(envelope, leased, "dead_lettered", started, rejected)
+                dead = Commit(bare.settlement, Effects(history=history))
+            else:
+                definition = self.queues[leased.queue]
+                try:
+                    dead = await self._dead_with_hook(leased, definition, envelope, None, rejected, started)
+                except Exception as exc:  # e.g. a saga's history read refused the same text
+                    logger.error("job %s of %r: dead-lettering it bare: %s", leased.id, leased.queue, exc)
+                    dead = bare
+        failure: Exception = rejected
+        for candidate in [bare] if dead is bare else [dead, bare]:
+            try:
+                return candidate, await self._committer.submit(candidate)
+            except CommitRejectedError as again:
+                failure = again
+            except Exception as exc:
+                failure = exc
+                break
+        logger.error(
+            "job %s of %r: could not dead-letter it after its commit was refused (%s); "
+            "it runs again when its lease expires",
+            leased.id,
+            leased.queue,
+            describe_error(failure),
+        )
+        return None
 
     def _record_duration(self, queue: str, started: float) -> None:
         metrics = self.runtime.metrics

@@ -9,15 +9,27 @@ with its own reason on its first chance while everything else flows. Subclass
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import math
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import orjson
 import pytest
+from pydantic import BaseModel
 
-from conveyor import App, Context, Lifecycle, PermanentError, Service
-from conveyor.model.errors import UnknownQueueError
+from conveyor import App, Context, Lifecycle, PermanentError, Service, WorkerConfig
+from conveyor.model.errors import PayloadValidationError, UnknownQueueError, UnstorableTextError
+from conveyor.ports import Commit, DeadLetter, Effects, NewJob, StateOp, StateWrite
 from conveyor.runtime.worker import MAX_MESSAGE_CHARS
 from conveyor.testing import running, wait_until
 from conveyor.testing.runtime_contract import AppFixtures
+
+GOOD_JOBS = 40
+"""Good jobs finishing at the same instant as the bad ones, so they share one commit batch."""
+
+BadStep = Callable[[Context, str], Awaitable[None]]
 
 
 class RobustnessContract(AppFixtures):
@@ -139,6 +151,222 @@ class RobustnessContract(AppFixtures):
         assert report.problems[0] == "legacy: 1 dead letter(s)"
         assert report.problems[1].startswith("legacy: 2 job(s) in a queue no service of this app declares")
 
+    # a job whose commit cannot be stored fails alone (issue 14, item 1)
+
+    async def test_a_call_given_unstorable_text_fails_its_job_alone(
+        self, make_app: Callable[..., App]
+    ) -> None:
+        async def bad(ctx: Context, kind: str) -> None:
+            if kind == "surrogate state key":
+                await ctx.states.set("sku:a\ud800b", 1)
+            elif kind == "nul state key":
+                await ctx.states.set("sku:a\x00b", 1)
+            elif kind == "surrogate state value":
+                await ctx.states.set("sku", {"name": "a\ud800b"})
+            elif kind == "nul idempotency key":
+                await ctx.enqueue("work", {"kind": "good", "n": -1}, idempotency_key="order\x0042")
+            elif kind == "nul correlation id":
+                await ctx.emit("noted", {}, correlation_id="order\x0042")
+
+        kinds = [
+            "surrogate state key",
+            "nul state key",
+            "surrogate state value",
+            "nul idempotency key",
+            "nul correlation id",
+        ]
+        app, dead, runs = await beside_good_jobs(make_app, bad, kinds)
+        await assert_good_jobs_committed_once(app, runs)
+        expected = {
+            "surrogate state key": (
+                "UnstorableTextError",
+                "state key 'sku:a\\ud800b' holds a lone surrogate",
+            ),
+            "nul state key": ("UnstorableTextError", "state key 'sku:a\\x00b' holds a NUL character"),
+            "surrogate state value": (
+                "PayloadValidationError",
+                "the string at $.name holds a lone surrogate",
+            ),
+            "nul idempotency key": ("UnstorableTextError", "idempotency key 'order\\x0042' holds a NUL"),
+            "nul correlation id": ("UnstorableTextError", "correlation id 'order\\x0042' holds a NUL"),
+        }
+        for kind, (error_type, message) in expected.items():
+            entry = dead[kind]
+            assert entry.attempts == 1, kind
+            assert entry.error.type.endswith(error_type), (kind, entry.error)
+            assert message in entry.error.message, (kind, entry.error.message)
+        assert all(runs[n] == 1 for n in range(GOOD_JOBS, GOOD_JOBS + len(kinds)))
+
+    async def test_a_commit_refused_at_commit_fails_its_job_alone(self, make_app: Callable[..., App]) -> None:
+        """What the calls cannot see (effects built by hand, a correlation id inherited from a
+        stored message) is refused when the commit is submitted, or by the backend; the job is
+        dead-lettered on that attempt with the reason, without the effects, beside good jobs."""
+
+        async def bad(ctx: Context, kind: str) -> None:
+            if kind == "raw":  # its commit's history entries carry the stored correlation id
+                await ctx.states.set("raw:effect", 1)
+            else:
+                ctx.buffer.effects.states.append(StateWrite("sku:a\ud800b", StateOp.SET, b"1"))
+
+        app, dead, runs = await beside_good_jobs(make_app, bad, ["hand-built state write"], raw_jobs=1)
+        await assert_good_jobs_committed_once(app, runs)
+        hand_built, inherited = dead["hand-built state write"], dead["raw"]
+        for entry in (hand_built, inherited):
+            assert entry.attempts == 1
+            assert entry.error.type.endswith("CommitRejectedError"), entry.error
+        assert "state key 'sku:a\\ud800b' holds a lone surrogate" in hand_built.error.message
+        assert "correlation id 'order\\x0042' holds a NUL" in inherited.error.message
+        async with app:
+            assert await app.states.get("raw:effect") is None
+
+    # NaN and ±Infinity are refused at the call, nothing stored (issue 14, item 6)
+
+    async def test_nan_and_infinity_are_refused_where_they_are_given(
+        self, make_app: Callable[..., App]
+    ) -> None:
+        svc = Service("svc")
+
+        class Price(BaseModel):
+            amount: float
+
+        refused: list[str] = []
+
+        @svc.queue_worker("plain", emits=["noted"])
+        async def plain(ctx: Context, job: dict[str, Any]) -> None:
+            for call in (
+                lambda: ctx.enqueue("plain", {"p": math.nan}),
+                lambda: ctx.enqueue("priced", Price(amount=-math.inf)),
+                lambda: ctx.emit("noted", [1, {"x": math.inf}]),
+                lambda: ctx.states.set("k", {"x": math.nan}),
+            ):
+                with pytest.raises(PayloadValidationError) as raised:
+                    await call()
+                refused.append(str(raised.value))
+            await ctx.states.set("handler", "done")
+
+        @svc.queue_worker("priced", payload=Price)
+        async def priced(ctx: Context, job: Price) -> None:
+            pass
+
+        app = make_app(svc)
+        items = {"items": [{"price": 1.5}, {"price": None}, {"price": math.nan}]}
+        async with app:
+            with pytest.raises(
+                PayloadValidationError, match=r"NaN at \$\.items\[2\]\.price is not valid JSON"
+            ):
+                await app.enqueue("plain", items)
+            with pytest.raises(
+                PayloadValidationError, match=r"payload 550 of queue 'plain': Infinity at \$\.v"
+            ):
+                await app.enqueue_many(
+                    "plain", [{"v": n} for n in range(549)] + [{"v": None}, {"v": math.inf}]
+                )
+            with pytest.raises(PayloadValidationError, match=r"-Infinity at \$\.amount"):
+                await app.enqueue("priced", Price(amount=-math.inf))
+            with pytest.raises(PayloadValidationError, match=r"-Infinity at \$\.amount"):
+                await app.enqueue("priced", {"amount": -math.inf})
+            with pytest.raises(PayloadValidationError, match=r"payload of event 'noted': NaN at \$\['a b'\]"):
+                await app.emit("noted", {"a b": math.nan})
+            with pytest.raises(PayloadValidationError, match=r"value of state 'k': NaN at \$\[0\]"):
+                await app.states.set("k", [math.nan])
+            with pytest.raises(PayloadValidationError, match=r"value of state 'k': Infinity at \$\.amount"):
+                await app.states.set("k", Price(amount=math.inf))
+            stats = await app.stats(["plain", "priced"])
+            assert all(s.ready == s.scheduled == 0 for s in stats), "a refused job was stored"
+            assert await app.states.get("k") is None
+        async with running(app):
+            await app.enqueue("plain", {})
+            await wait_until(lambda: app.states.get("handler"))
+        assert refused == [
+            "payload of a job for queue 'plain': NaN at $.p is not valid JSON",
+            "payload of a job for queue 'priced': -Infinity at $.amount is not valid JSON",
+            "payload of event 'noted': Infinity at $[1].x is not valid JSON",
+            "value of state 'k': NaN at $.x is not valid JSON",
+        ]
+        async with app:
+            assert await app.states.get("k") is None
+            assert [s.ready for s in await app.stats(["plain", "priced"])] == [0, 0]
+
+    async def test_unstorable_text_is_refused_where_it_is_given(self, make_app: Callable[..., App]) -> None:
+        """Lone surrogates in payloads and keys, NUL in keys and ids: refused by the app's calls
+        on every backend (the handler's are in the tests above), nothing stored."""
+        svc = Service("svc")
+
+        @svc.queue_worker("plain")
+        async def plain(ctx: Context, job: dict[str, Any]) -> None:
+            pass
+
+        app = make_app(svc)
+        async with app:
+            with pytest.raises(PayloadValidationError, match=r"the string at \$\.sku holds a lone surrogate"):
+                await app.enqueue("plain", {"sku": "a\ud800b"})
+            with pytest.raises(
+                PayloadValidationError, match=r"the key 'a\\udc00' at \$ holds a lone surrogate"
+            ):
+                await app.emit("noted", {"a\udc00": 1})
+            with pytest.raises(UnstorableTextError, match="idempotency key 'k\\\\x00' holds a NUL"):
+                await app.enqueue_many("plain", [{}] * 600, idempotency_keys=[None] * 599 + ["k\x00"])
+            with pytest.raises(UnstorableTextError, match="correlation id"):
+                await app.emit("noted", {}, correlation_id="c\ud800")
+            with pytest.raises(UnstorableTextError, match="state key"):
+                await app.states.set("sku:a\ud800b", 1)
+            with pytest.raises(UnstorableTextError, match="state key"):
+                await app.states.get("sku:a\x00b")
+            with pytest.raises(PayloadValidationError, match="value of state 'k'"):
+                await app.states.set("k", {"v": "\udfff"})
+            await app.states.set("k", {"v": "a\x00b"})  # a NUL inside JSON is an escape: stored as is
+            assert await app.states.get("k") == {"v": "a\x00b"}
+            [stats] = await app.stats(["plain"])
+            assert stats.ready == 0, "a refused job was stored"
+
+
+async def beside_good_jobs(
+    make_app: Callable[..., App], bad: BadStep, kinds: list[str], *, raw_jobs: int = 0
+) -> tuple[App, dict[str, DeadLetter], Counter[int]]:
+    """Run :data:`GOOD_JOBS` good jobs (each sets a state and emits), one job per bad kind (which
+    runs ``bad(ctx, kind)``) and ``raw_jobs`` jobs stored by hand (see :func:`_enqueue_raw`; their
+    kind is ``raw``), all with ``max_attempts=1``. They are held at a gate until every one is
+    running, then released at once, so their commits share one batch. Returns the app, the dead
+    letters by kind and how many times each job ran."""
+    svc = Service("svc")
+    total = GOOD_JOBS + len(kinds) + raw_jobs
+    gate, arrived, runs = asyncio.Event(), set[int](), Counter[int]()
+
+    @svc.queue_worker("work", lifecycle=Lifecycle(max_attempts=1), emits=["noted"])
+    async def work(ctx: Context, job: dict[str, Any]) -> None:
+        runs[job["n"]] += 1
+        arrived.add(job["n"])
+        await gate.wait()
+        if job["kind"] == "good":
+            await ctx.states.set(f"done:{job['n']}", job["n"])
+            await ctx.emit("noted", {"n": job["n"]})
+        else:
+            await bad(ctx, job["kind"])
+
+    app = make_app(svc, worker=WorkerConfig(concurrency=total + 8, poll_interval=0.05, shutdown_grace=5))
+    async with running(app):
+        for n in range(GOOD_JOBS):
+            await app.enqueue("work", {"kind": "good", "n": n})
+        for n, kind in enumerate(kinds, GOOD_JOBS):
+            await app.enqueue("work", {"kind": kind, "n": n})
+        for n in range(GOOD_JOBS + len(kinds), total):
+            await _enqueue_raw(app, n)
+        await wait_until(lambda: len(arrived) == total, message=f"{total} jobs running at once")
+        gate.set()
+        expected = total - GOOD_JOBS
+        dead = await wait_until(lambda: _at_least(app.dead_letters("work").list(), expected))
+        await wait_until(lambda: _settled(app), message="every job settled")
+    by_kind = {_payload(entry.body)["kind"]: entry for entry in dead}
+    return app, by_kind, runs
+
+
+async def assert_good_jobs_committed_once(app: App, runs: Counter[int]) -> None:
+    """Every good job of :func:`beside_good_jobs` ran once and its effects are there."""
+    async with app:
+        for n in range(GOOD_JOBS):
+            assert await app.states.get(f"done:{n}") == n, f"good job {n} did not commit"
+    assert all(runs[n] == 1 for n in range(GOOD_JOBS)), "a good job ran more than once"
+
 
 def _payload(body: bytes) -> dict[str, str]:
     import orjson
@@ -150,6 +378,29 @@ def _payload(body: bytes) -> dict[str, str]:
 async def _at_least(listing: object, count: int) -> object:
     items = await listing  # type: ignore[misc]
     return items if len(items) >= count else None
+
+
+async def _enqueue_raw(app: App, n: int) -> None:
+    """Store a job for "work" as another producer might have: an envelope whose correlation id
+    holds a NUL (valid JSON, ``\\u0000``), which no call of this conveyor would accept."""
+    body = orjson.dumps(
+        {
+            "v": 1,
+            "id": f"raw{n}",
+            "kind": "job",
+            "name": "work",
+            "payload": {"kind": "raw", "n": n},
+            "correlation_id": "order\x0042",
+            "created_at": app.clock.now(),
+        }
+    )
+    now = app.clock.now()
+    await app.backend.commit([Commit(effects=Effects(jobs=[NewJob(f"raw{n}", "work", body, now, now)]))], now)
+
+
+async def _settled(app: App) -> bool:
+    [stats] = await app.stats(["work"])
+    return stats.ready == stats.leased == stats.scheduled == 0
 
 
 async def _ready(app: App, queue: str, count: int) -> bool:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import re
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -36,7 +37,13 @@ from conveyor.backends.postgres.batch import (
     results,
 )
 from conveyor.backends.postgres.listener import Listener, notification
-from conveyor.model.errors import BackendError, BackendUnavailableError, ConfigurationError, ConveyorError
+from conveyor.model.errors import (
+    BackendError,
+    BackendUnavailableError,
+    CommitRejectedError,
+    ConfigurationError,
+    ConveyorError,
+)
 from conveyor.ports import (
     Commit,
     CommitResult,
@@ -77,8 +84,13 @@ _OWN_OPTIONS = frozenset(
     {"schema", "idempotency_retention", "pool_min_size", "pool_max_size", "pool_timeout", "vacuum_interval"}
 )
 # SQLSTATEs meaning "the server is not there for us": connection exceptions (08), operator
-# intervention such as a shutdown or pg_terminate_backend (57P), too many connections.
-_UNAVAILABLE_STATES = ("08", "57P", "53300")
+# intervention such as a shutdown or pg_terminate_backend (57P) or a cancelled or timed-out
+# statement (57014), insufficient resources (53: too many connections, disk full, out of memory),
+# a lock wait timed out (55P03). A commit failing so is retried whole, not split to find a culprit.
+_UNAVAILABLE_STATES = ("08", "57P", "57014", "53", "55P03")
+# SQLSTATEs meaning "this content cannot be stored": data exceptions (22: a NUL in text, a value
+# out of range) and program limits (54: a key too long for its index).
+_REJECTED_STATES = ("22", "54")
 
 Connection = psycopg.AsyncConnection[TupleRow]
 T = TypeVar("T")
@@ -155,6 +167,21 @@ def _check_conninfo(conninfo: str, url: str) -> None:
     for port in str(ports or "").split(","):
         if port and not (port.isdigit() and 0 < int(port) < 65536):
             raise ConfigurationError(f"invalid PostgreSQL URL {_shown(url)!r}: port {port!r} is not 1-65535")
+
+
+_UNSENDABLE = (UnicodeEncodeError, struct.error, OverflowError)
+"""What encoding a commit's arguments raises for a value that cannot be sent (a lone surrogate,
+an integer past 64 bits): nothing was sent."""
+
+
+def rejected_content(exc: BaseException) -> CommitRejectedError | None:
+    """The error for a commit call whose content the server refused or that could not be sent
+    (see :mod:`conveyor.ports`); None for any other failure."""
+    if isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith(_REJECTED_STATES):
+        return CommitRejectedError(f"PostgreSQL cannot store this commit batch: {exc}")
+    if isinstance(exc, _UNSENDABLE):
+        return CommitRejectedError(f"PostgreSQL cannot be sent a value of this commit batch: {exc}")
+    return None
 
 
 def _lease_params(queues: Mapping[str, float], limit: int, now: float) -> dict[str, Any]:
@@ -588,7 +615,14 @@ class PostgresBackend:
                 # A deadlock or serialization failure rolled the whole batch back: try again.
                 transient = pg_errors.DeadlockDetected | pg_errors.SerializationFailure
                 if attempt == COMMIT_RETRIES or not isinstance(exc.__cause__, transient):
+                    rejected = rejected_content(exc.__cause__) if exc.__cause__ else None
+                    if rejected is not None:
+                        raise rejected from exc.__cause__
                     raise
+            except _UNSENDABLE as exc:
+                raise CommitRejectedError(
+                    f"PostgreSQL cannot be sent a value of this commit batch: {exc}"
+                ) from exc
         # Dead rows come from settlements, state writes and cancels (and the lease): a producer
         # that only enqueues leaves none, and does not vacuum.
         self._vacuum_if_due(
@@ -626,8 +660,8 @@ class PostgresBackend:
         arrays.register(conn)  # only adds dumpers for conveyor's own marker types
         try:
             answers, _ = await self._apply(conn, batches, now, 0)
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
+        except (psycopg.Error, *_UNSENDABLE) as exc:
+            raise (rejected_content(exc) or translate(exc)) from exc
         return results(commits, groups, answers)
 
     async def _apply(

@@ -16,6 +16,7 @@ from conveyor.backends.sqlite.sql import MIGRATIONS, QUERIES, SCHEMA_VERSION
 from conveyor.model.errors import (
     BackendError,
     BackendUnavailableError,
+    CommitRejectedError,
     ConfigurationError,
     SchemaVersionError,
 )
@@ -28,6 +29,7 @@ MIN_SQLITE_VERSION = (3, 24, 0)
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 _SQLITE_CANTOPEN = 14
+_SQLITE_TOOBIG = 18
 # SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25, 50, 100 ms: under contention between
 # worker processes a loser sleeps far longer than the winner holds the lock (measured with four
 # processes on one file: worst lease+ack cycle 0.2-1.2 s with it, 0.06-0.4 s with this loop).
@@ -53,6 +55,8 @@ def translate(exc: sqlite3.Error, path: str) -> BackendError:
     """The conveyor error for a driver error (the caller chains ``exc`` as its cause)."""
     if _primary_code(exc) == _SQLITE_CANTOPEN or "unable to open database" in str(exc):
         return BackendUnavailableError(f"cannot open SQLite database {path!r}: {exc}")
+    if _primary_code(exc) == _SQLITE_TOOBIG:
+        return CommitRejectedError(f"SQLite cannot store a value this large in {path!r}: {exc}")
     return BackendError(f"SQLite error on {path!r}: {exc}")
 
 
@@ -74,7 +78,7 @@ class Connection:
 
     Lock waits are bounded by ``busy_timeout`` seconds in total: an operation that hits
     ``SQLITE_BUSY`` is retried with a short randomized backoff (0.2 ms doubling up to 4 ms), and
-    past ``busy_timeout`` fails with :class:`BackendError` saying how long it waited.
+    past ``busy_timeout`` fails with :class:`BackendUnavailableError` saying how long it waited.
     """
 
     def __init__(self, path: str, *, busy_timeout: float) -> None:
@@ -113,7 +117,9 @@ class Connection:
                     raise translate(exc, self.path) from exc
                 waited = time.monotonic() - started
                 if waited + delay > self.busy_timeout:
-                    raise BackendError(
+                    # unavailable, not refused: the commit is retried whole rather than split
+                    # (see conveyor.runtime.committer), each half waiting busy_timeout again
+                    raise BackendUnavailableError(
                         f"SQLite database {self.path!r} stayed locked for {waited:.2f}s "
                         f"(busy_timeout={self.busy_timeout:g}s): other connections kept it locked "
                         "(one long transaction, or more writers than the file can serve); raise "

@@ -18,6 +18,7 @@ import orjson
 
 from conveyor.backends.sqlite.connection import Connection
 from conveyor.backends.sqlite.sql import MAX_QUEUES_PER_COMPOUND, QUERIES, lease_statement
+from conveyor.model.errors import CommitRejectedError
 from conveyor.ports import (
     Commit,
     CommitResult,
@@ -188,7 +189,10 @@ class Store:
     # commit
 
     def commit(self, commits: Sequence[Commit], now: float) -> tuple[list[CommitResult], bool]:
-        """Apply ``commits`` in one transaction. Also returns whether jobs became available."""
+        """Apply ``commits`` in one transaction. Also returns whether jobs became available.
+
+        A value sqlite3 cannot bind (a lone surrogate, an integer past 64 bits) rolls back the
+        whole transaction and raises :class:`CommitRejectedError` (see :mod:`conveyor.ports`)."""
 
         def apply(db: sqlite3.Connection) -> tuple[list[CommitResult], bool]:
             batch = _Batch(db, now, self.idempotency_retention, returning=self.returning)
@@ -198,7 +202,10 @@ class Store:
                 db.execute(Q["sweep_expired_keys"], (now,))
             return results, batch.made_available
 
-        results, made_available = self.connection.write(apply)
+        try:
+            results, made_available = self.connection.write(apply)
+        except (UnicodeEncodeError, OverflowError) as exc:  # raised by sqlite3 binding a value
+            raise CommitRejectedError(f"SQLite cannot store a value of this commit batch: {exc}") from exc
         if now >= self._next_key_sweep:
             self._next_key_sweep = now + KEY_SWEEP_INTERVAL
         return results, made_available

@@ -1,0 +1,122 @@
+"""A commit a backend cannot store fails alone, seen from the backends that refuse something.
+
+The calls refuse NUL and lone surrogates for every backend (``RobustnessContract``); what is left
+here is what one backend refuses on its own (PostgreSQL: a key longer than its index takes, a NUL
+sent anyway; SQLite: a lone surrogate sent anyway), and how a backend and the worker's committer
+treat it: the call is refused whole with ``CommitRejectedError`` and nothing of it applied, the
+committer splits the batch so the good commits go through, the culprit is dead-lettered at once.
+A failure of the backend itself, where every commit fails, dead-letters nobody.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor import App, Context, Lifecycle, Service, WorkerConfig
+from conveyor.backends import open_backend
+from conveyor.model.errors import CommitRejectedError
+from conveyor.ports import Backend, Commit, CommitStatus, Effects, StateOp, StateWrite
+from conveyor.testing import running, wait_until
+from conveyor.testing.robustness_contract import (
+    GOOD_JOBS,
+    assert_good_jobs_committed_once,
+    beside_good_jobs,
+)
+from conveyor.testing.runtime_contract import AppFixtures
+from tests.conftest import drop, fresh_url
+
+LONG_KEY = os.urandom(6000).hex()
+"""12,000 random characters: more than PostgreSQL's btree index takes (8,191 bytes a row)."""
+
+
+def state(key: str, value: bytes = b"1") -> Commit:
+    return Commit(effects=Effects(states=[StateWrite(key, StateOp.SET, value)]))
+
+
+@pytest.fixture
+async def opened(backend_url: str) -> AsyncIterator[Backend]:
+    backend = open_backend(backend_url)
+    await backend.connect()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+REFUSED = {
+    "sqlite": ["sku:a\ud800b"],
+    "postgres": ["sku:a\ud800b", "sku:a\x00b", LONG_KEY],
+}
+
+
+@pytest.mark.parametrize("backend_kind", sorted(REFUSED))
+async def test_a_refused_commit_fails_its_whole_call_and_applies_nothing(
+    opened: Backend, backend_kind: str
+) -> None:
+    for key in REFUSED[backend_kind]:
+        with pytest.raises(CommitRejectedError):
+            await opened.commit([state("good"), state(key)], 1.0)
+        assert await opened.get_states(["good"]) == {}, f"a part of the call applied ({key[:12]!r})"
+    # the connection is fine afterwards
+    [result] = await opened.commit([state("good")], 1.0)
+    assert result.status is CommitStatus.OK and list(await opened.get_states(["good"])) == ["good"]
+
+
+class TestOnPostgres(AppFixtures):
+    @pytest.fixture
+    def backend_url(self, tmp_path: Path) -> Iterator[str]:
+        url = fresh_url("postgres", tmp_path)
+        yield url
+        drop(url)
+
+    async def test_a_batch_the_backend_refuses_is_split_and_only_the_culprit_fails(
+        self, make_app: Callable[..., App]
+    ) -> None:
+        async def bad(ctx: Context, kind: str) -> None:
+            await ctx.states.set(LONG_KEY, 1)  # passes every check: only PostgreSQL refuses it
+
+        app, dead, runs = await beside_good_jobs(make_app, bad, ["long key"])
+        await assert_good_jobs_committed_once(app, runs)
+        entry = dead["long key"]
+        assert entry.attempts == 1 and runs[GOOD_JOBS] == 1
+        assert entry.error.type.endswith("CommitRejectedError")
+        assert "index row requires" in entry.error.message
+
+    async def test_when_every_commit_fails_nobody_is_dead_lettered(
+        self, make_app: Callable[..., App], backend_url: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A failure that is the backend's (here its commit function is gone) is not pinned on
+        the jobs: they are not dead-lettered, and come back when their leases expire."""
+        import psycopg
+
+        svc = Service("svc")
+        ran: list[int] = []
+
+        @svc.queue_worker("work", lifecycle=Lifecycle(max_attempts=1))
+        async def work(ctx: Context, job: dict[str, int]) -> None:
+            await ctx.states.set(f"done:{job['n']}", 1)
+            ran.append(job["n"])
+
+        app = make_app(svc, worker=WorkerConfig(concurrency=16, poll_interval=0.05, shutdown_grace=5))
+        schema = backend_url.rsplit("schema=", 1)[1]
+        async with app:  # creates the schema
+            for n in range(8):
+                await app.enqueue("work", {"n": n})
+        with psycopg.connect(backend_url.split("?", 1)[0], autocommit=True) as conn:
+            conn.execute(f'DROP FUNCTION "{schema}".commit_batch CASCADE')
+        with caplog.at_level(logging.ERROR, logger="conveyor.worker"):
+            async with running(app):
+                await wait_until(lambda: len(ran) == 8)
+                await wait_until(
+                    lambda: sum("could not commit" in r.getMessage() for r in caplog.records) == 8,
+                    message="every job's commit to fail",
+                )
+            async with app:
+                assert await app.dead_letters("work").list() == []
+                [stats] = await app.stats(["work"])
+                assert stats.leased == 8, "the jobs should come back when their leases expire"
