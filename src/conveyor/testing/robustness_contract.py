@@ -9,11 +9,18 @@ with its own reason on its first chance while everything else flows. Subclass
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Callable
+from typing import Any
 
-from conveyor import App, Context, Lifecycle, Service
+import pytest
+
+from conveyor import App, Context, Lifecycle, Service, WorkerConfig
+from conveyor.model.errors import LeaseLostError
 from conveyor.runtime.worker import MAX_MESSAGE_CHARS
-from conveyor.testing import running, wait_until
+from conveyor.testing import FakeClock, running, wait_until
 from conveyor.testing.runtime_contract import AppFixtures
 
 
@@ -52,6 +59,116 @@ class RobustnessContract(AppFixtures):
         assert by_kind["nul"].message == "before\\x00after"
         assert by_kind["surrogate"].message == "sku:a\\ud800b"
         assert "str() raised ValueError" in by_kind["unprintable"].message
+
+    # handlers that ignore cancellation
+
+    async def test_handler_ignoring_cancellation_fails_at_its_timeout_and_frees_its_slot(
+        self, make_app: Callable[..., App]
+    ) -> None:
+        svc, release = Service("svc"), asyncio.Event()
+        calls: list[str] = []
+        refused: list[type[BaseException]] = []
+
+        @svc.queue_worker("stubborn", emits=["late"], lifecycle=Lifecycle(timeout=0.05, max_attempts=1))
+        async def stubborn(ctx: Context, job: dict[str, Any]) -> None:
+            calls.append("stubborn")
+            await _ignore_cancellation_until(release)
+            for write in (ctx.states.set("late", True), ctx.emit("late", {})):
+                try:  # long past its timeout: none of this may commit
+                    await write
+                except BaseException as exc:
+                    refused.append(type(exc))
+
+        @svc.queue_worker("good")
+        async def good(ctx: Context, job: dict[str, Any]) -> None:
+            calls.append("good")
+
+        app = make_app(svc, worker=WorkerConfig(concurrency=1, poll_interval=0.05, shutdown_grace=5))
+        async with running(app):
+            try:
+                await app.enqueue("stubborn", {})
+                await wait_until(lambda: calls == ["stubborn"])
+                [entry] = await wait_until(lambda: app.dead_letters("stubborn").list())
+                assert entry.error.type.endswith("HandlerTimeoutError")
+                # its one slot is free again although the handler still runs
+                await app.enqueue("good", {})
+                await wait_until(lambda: calls == ["stubborn", "good"])
+                assert [w.abandoned for w in app._workers] == [1]
+            finally:
+                release.set()
+            await wait_until(lambda: refused)
+            assert refused == [LeaseLostError, LeaseLostError]
+            assert await app.states.get("late") is None
+            [stats] = await app.stats(["stubborn"])
+            assert (stats.ready, stats.leased, stats.scheduled, stats.dead) == (0, 0, 0, 1)
+
+    async def test_shutdown_releases_a_job_whose_handler_ignores_cancellation(
+        self, make_app: Callable[..., App], clock: FakeClock
+    ) -> None:
+        svc, release, attempts = Service("svc"), asyncio.Event(), []
+
+        @svc.queue_worker("stubborn")
+        async def stubborn(ctx: Context, job: dict[str, Any]) -> None:
+            attempts.append(ctx.job.attempt if ctx.job else 0)
+            await _ignore_cancellation_until(release)
+
+        app = make_app(svc, worker=WorkerConfig(concurrency=2, poll_interval=0.05, shutdown_grace=0.1))
+        async with running(app):
+            try:
+                await app.enqueue("stubborn", {})
+                await wait_until(lambda: attempts == [1])
+                app.stop()
+                await wait_until(lambda: not app._workers, timeout=5, message="the worker to stop")
+            finally:
+                release.set()  # (before running() waits for the worker, which would hang without the fix)
+        await _released_unspent(make_app(svc), "stubborn", clock)
+
+    async def test_second_stop_releases_running_jobs_without_waiting_out_the_grace(
+        self, make_app: Callable[..., App], clock: FakeClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO, logger="conveyor.worker")
+        svc, release, attempts = Service("svc"), asyncio.Event(), []
+
+        @svc.queue_worker("slow")
+        async def slow(ctx: Context, job: dict[str, Any]) -> None:
+            attempts.append(ctx.job.attempt if ctx.job else 0)
+            await release.wait()
+
+        @svc.queue_worker("stubborn")
+        async def stubborn(ctx: Context, job: dict[str, Any]) -> None:
+            attempts.append(ctx.job.attempt if ctx.job else 0)
+            await _ignore_cancellation_until(release)
+
+        app = make_app(svc, worker=WorkerConfig(concurrency=2, poll_interval=0.05, shutdown_grace=300))
+        async with running(app):
+            try:
+                await app.enqueue("slow", {})
+                await app.enqueue("stubborn", {})
+                await wait_until(lambda: attempts == [1, 1])
+                app.stop()
+                await wait_until(lambda: "waiting up to 300s for 2 running jobs" in caplog.text)
+                app.stop(now=True)
+                await wait_until(lambda: not app._workers, timeout=5, message="the worker to stop")
+            finally:
+                release.set()
+        for queue in ("slow", "stubborn"):
+            await _released_unspent(make_app(svc), queue, clock)
+
+
+async def _ignore_cancellation_until(release: asyncio.Event) -> None:
+    """What issue 14 met in the wild: a retry loop whose bare ``except`` swallows cancellation."""
+    while not release.is_set():
+        with contextlib.suppress(BaseException):  # the very bug: cancellation swallowed with the rest
+            await asyncio.sleep(0.005)
+
+
+async def _released_unspent(app: App, queue: str, clock: FakeClock) -> None:
+    """The job of ``queue`` is ready again, and its next lease is its first attempt's again."""
+    async with app:
+        [stats] = await app.stats([queue])
+        assert (stats.ready, stats.leased, stats.scheduled) == (1, 0, 0)
+        [leased] = await app.backend.lease({queue: 60.0}, 10, clock.now())
+        assert leased.attempt == 1
 
 
 def _payload(body: bytes) -> dict[str, str]:
