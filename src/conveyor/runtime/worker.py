@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import traceback
 from collections.abc import Awaitable, Sequence
@@ -56,6 +57,9 @@ without it and whatever it does afterwards is discarded."""
 HURRY_BOUND = 1.0
 """After ``stop(now=True)`` (a second signal), how long pending releases may take to commit before
 the worker exits without them (their jobs then run again when their leases expire)."""
+MAX_TRACKED_DUE = 100_000
+"""Due times of retries and delayed jobs the lease loop wakes for; beyond this many, a job waits
+for the next poll instead (a bound on memory when jobs fail far faster than they come due)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +67,10 @@ class WorkerConfig:
     """How one worker runs.
 
     * ``concurrency``: jobs run at once (asyncio tasks).
-    * ``poll_interval``: longest idle wait before looking again; backends wake workers sooner on
-      new jobs, so this bounds only how late a delayed or retried job may start.
+    * ``poll_interval``: longest idle wait before looking again. Backends wake workers at once on
+      new jobs, and a worker wakes on time for the retries it schedules and the delayed jobs its
+      handlers enqueue; so this bounds only how late a delayed job enqueued elsewhere (another
+      process, ``app.enqueue(delay=...)``, another worker's retry) may start.
     * ``shutdown_grace``: on stop, how long running jobs may finish before they are cancelled and
       released (even a handler that ignores cancellation: it is abandoned after ``CANCEL_GRACE``).
     """
@@ -132,8 +138,11 @@ class Worker:
         self._hurry = asyncio.Event()
         self._nudge = asyncio.Event()
         self._releasing = False
-        self._next_retry: float | None = None
-        """earliest retry this worker scheduled: the idle wait ends then, not a poll later"""
+        self._due: list[float] = []
+        """heap of times a job this worker knows of comes due (its retries, its handlers' delayed
+        enqueues): the idle wait ends at the earliest, not a poll later"""
+        self._idle_until: float | None = None
+        """when the lease loop's idle wait ends (None while it is not waiting)"""
         self.processed = 0
         self.lease_extensions = 0
         self.lease_rounds = 0
@@ -180,8 +189,9 @@ class Worker:
                 self._slot_free.clear()
                 await self._first(self._slot_free.wait(), self._stop.wait())
                 continue
+            leased_at = clock.now()
             try:
-                jobs = await backend.lease(self.lease_map, free, clock.now())
+                jobs = await backend.lease(self.lease_map, free, leased_at)
                 self.lease_rounds += 1
             except Exception as exc:
                 self._reserved -= free
@@ -197,17 +207,29 @@ class Worker:
                 backoff = 0.0
             self._start(jobs, free)
             if len(jobs) < free:
-                idle = config.poll_interval
-                if self._next_retry is not None:
-                    idle = max(0.0, min(idle, self._next_retry - clock.now()))
-                    self._next_retry = None
+                due = self._due
+                while due and due[0] <= leased_at:  # that lease call saw them (or another worker had them)
+                    heapq.heappop(due)
+                now = clock.now()
+                idle = config.poll_interval if not due else max(0.0, min(config.poll_interval, due[0] - now))
+                self._idle_until = now + idle
                 self._nudge.clear()
-                await self._first(
-                    backend.wait_for_jobs(names, idle),
-                    clock.sleep(idle),
-                    self._stop.wait(),
-                    self._nudge.wait(),
-                )
+                try:
+                    await self._first(
+                        backend.wait_for_jobs(names, idle),
+                        clock.sleep(idle),
+                        self._stop.wait(),
+                        self._nudge.wait(),
+                    )
+                finally:
+                    self._idle_until = None
+
+    def _expect(self, due: float) -> None:
+        """A job this worker may lease comes due at ``due``: wake the lease loop then."""
+        if len(self._due) < MAX_TRACKED_DUE:
+            heapq.heappush(self._due, due)
+        if self._idle_until is not None and due < self._idle_until:
+            self._nudge.set()
 
     def reserve(self, settling: int) -> int:
         """Claim every free slot for one lease call, counting the ``settling`` jobs' slots as free
@@ -345,9 +367,11 @@ class Worker:
                 if settlement is not None and settlement.outcome is Outcome.RETRY
                 else None
             )
-            if retry_at is not None and (self._next_retry is None or retry_at < self._next_retry):
-                self._next_retry = retry_at
-                self._nudge.set()
+            if retry_at is not None:
+                self._expect(retry_at)
+            for job in commit.effects.jobs:  # delayed jobs this worker serves: start them on time too
+                if job.queue in self.lease_map and job.available_at > job.enqueued_at:
+                    self._expect(job.available_at)
             if describe:
                 logger.debug("job %s of %r: %s", leased.id, leased.queue, describe)
 

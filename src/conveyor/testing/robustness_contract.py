@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from conveyor import App, Context, Lifecycle, Service, WorkerConfig
+from conveyor import App, Context, Lifecycle, Retry, Service, WorkerConfig
 from conveyor.model.errors import LeaseLostError
+from conveyor.ports import Backend
 from conveyor.runtime.worker import MAX_MESSAGE_CHARS
 from conveyor.testing import FakeClock, running, wait_until
 from conveyor.testing.runtime_contract import AppFixtures
@@ -60,7 +61,7 @@ class RobustnessContract(AppFixtures):
         assert by_kind["surrogate"].message == "sku:a\\ud800b"
         assert "str() raised ValueError" in by_kind["unprintable"].message
 
-    # handlers that ignore cancellation
+    # handlers that ignore cancellation; retries on time
 
     async def test_handler_ignoring_cancellation_fails_at_its_timeout_and_frees_its_slot(
         self, make_app: Callable[..., App]
@@ -154,12 +155,84 @@ class RobustnessContract(AppFixtures):
         for queue in ("slow", "stubborn"):
             await _released_unspent(make_app(svc), queue, clock)
 
+    async def test_retries_start_at_their_due_times_not_a_poll_later(
+        self, backends: Callable[[], Backend]
+    ) -> None:
+        # A clock whose sleeps end only at their deadlines: the worker must wake itself on time for
+        # every retry (a poll interval of a minute would otherwise run them all a minute late).
+        clock = FakeClock(early_wakeups=False)
+        svc, count = Service("svc"), 30
+        delays = {n: 0.1 + n * 0.0071 for n in range(count)}  # distinct due times over 0.1-0.31 s
+        due: dict[int, float] = {}
+        started: dict[int, float] = {}
+
+        @svc.queue_worker("spread", lifecycle=Lifecycle(max_attempts=2))
+        async def spread(ctx: Context, job: dict[str, int]) -> None:
+            n = job["n"]
+            if ctx.job is not None and ctx.job.attempt == 1:
+                due[n] = clock.now() + delays[n]  # the clock stands still during the attempt
+                raise Retry(delay=delays[n])
+            started[n] = clock.now()
+
+        app = _polling_every_minute(svc, backends(), clock)
+        async with running(app):
+            await app.enqueue_many("spread", [{"n": n} for n in range(count)])
+            await wait_until(lambda: _scheduled(app, "spread", count))
+            step, last, start = 0.001, max(due.values()), clock.now()
+            while clock.now() < last:
+                clock.advance(step)
+                now = clock.now()
+                ready = {n for n, at in due.items() if at <= now}
+
+                def all_due_started(ready: set[int] = ready) -> bool:
+                    return ready <= started.keys()
+
+                await wait_until(
+                    all_due_started, timeout=5, message=f"the retries due by +{now - start:.3f}s to start"
+                )
+        lateness = {n: started[n] - due[n] for n in due}
+        assert all(0 <= late <= step for late in lateness.values()), lateness
+
+    async def test_a_delayed_job_its_handler_enqueued_starts_at_its_due_time(
+        self, backends: Callable[[], Backend]
+    ) -> None:
+        clock = FakeClock(early_wakeups=False)
+        svc, started = Service("svc"), []
+
+        @svc.queue_worker("parent")
+        async def parent(ctx: Context, job: dict[str, Any]) -> None:
+            await ctx.enqueue("child", {}, delay=0.25)
+
+        @svc.queue_worker("child")
+        async def child(ctx: Context, job: dict[str, Any]) -> None:
+            started.append(clock.now())
+
+        app = _polling_every_minute(svc, backends(), clock)
+        async with running(app):
+            await app.enqueue("parent", {})
+            await wait_until(lambda: _scheduled(app, "child", 1))
+            due = clock.now() + 0.25
+            clock.advance(0.2501)  # (a hair past: a strict sleep may end a rounding error after due)
+            await wait_until(lambda: started, timeout=5, message="the delayed job to start")
+        assert len(started) == 1 and due <= started[0] < due + 0.001
+
 
 async def _ignore_cancellation_until(release: asyncio.Event) -> None:
     """What issue 14 met in the wild: a retry loop whose bare ``except`` swallows cancellation."""
     while not release.is_set():
         with contextlib.suppress(BaseException):  # the very bug: cancellation swallowed with the rest
             await asyncio.sleep(0.005)
+
+
+def _polling_every_minute(svc: Service, backend: Backend, clock: FakeClock) -> App:
+    """An app whose worker looks for jobs only once a minute unless it knows one comes due sooner."""
+    worker = WorkerConfig(concurrency=50, poll_interval=60.0, shutdown_grace=5)
+    return App([svc], backend=backend, clock=clock, worker=worker)
+
+
+async def _scheduled(app: App, queue: str, count: int) -> bool:
+    [stats] = await app.stats([queue])
+    return stats.scheduled == count
 
 
 async def _released_unspent(app: App, queue: str, clock: FakeClock) -> None:
