@@ -463,7 +463,7 @@ class App:
         A second signal releases running jobs at once and exits with status 1; a third, or a
         release that takes over ``FORCED_EXIT_AFTER`` seconds, exits without waiting.
         """
-        self._signals = 0
+        self._signals, self._forced_exit = 0, None
         run_to_end(self._run_with_signals(self.serve(queues=queues, concurrency=concurrency)))
 
     async def _run_with_signals(self, main: Awaitable[None]) -> None:
@@ -473,11 +473,15 @@ class App:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
         await main
+        if self._forced_exit is not None:
+            self._forced_exit.cancel()  # stopped in time: no exit from inside the loop's cleanup
         if self._signals > 1:
             raise SystemExit(1)  # cut short by a second signal: not a clean shutdown
 
     _signals = 0
     """SIGTERM/SIGINT received during :meth:`run`."""
+    _forced_exit: asyncio.TimerHandle | None = None
+    """The exit that follows a second signal if stopping takes too long."""
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1
@@ -487,7 +491,9 @@ class App:
         elif self._signals == 2:
             logger.warning("second %s: releasing running jobs now, then exiting", sig.name)
             self.stop(now=True)
-            asyncio.get_running_loop().call_later(FORCED_EXIT_AFTER, self._exit_now, "still stopping")
+            self._forced_exit = asyncio.get_running_loop().call_later(
+                FORCED_EXIT_AFTER, self._exit_now, "still stopping"
+            )
         else:
             self._exit_now(f"another {sig.name}")
 

@@ -174,10 +174,13 @@ class Worker:
         finally:
             await self._drain()
             await self._committer.close()
-            if self._hurry.is_set():  # not the committer's minute of retries on a backend that is down
-                await asyncio.wait({committer}, timeout=HURRY_BOUND)
+            # in a hurry, not the committer's minute of retries on a backend that is down
+            if self._hurry.is_set() and not (await asyncio.wait({committer}, timeout=HURRY_BOUND))[0]:
                 committer.cancel()
-            await asyncio.wait({committer})
+                await asyncio.wait({committer})
+                logger.warning("stopped with commits pending; their jobs run again when their leases expire")
+            else:
+                await committer
             logger.info("worker stopped after settling %d jobs", self.processed)
 
     async def _lease_loop(self, names: list[str]) -> None:

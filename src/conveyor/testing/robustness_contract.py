@@ -106,13 +106,8 @@ class RobustnessContract(AppFixtures):
     async def test_shutdown_releases_a_job_whose_handler_ignores_cancellation(
         self, make_app: Callable[..., App], clock: FakeClock
     ) -> None:
-        svc, release, attempts = Service("svc"), asyncio.Event(), []
-
-        @svc.queue_worker("stubborn")
-        async def stubborn(ctx: Context, job: dict[str, Any]) -> None:
-            attempts.append(ctx.job.attempt if ctx.job else 0)
-            await _ignore_cancellation_until(release)
-
+        release, attempts = asyncio.Event(), list[int]()
+        svc = _stubborn_service(release, attempts)
         app = make_app(svc, worker=WorkerConfig(concurrency=2, poll_interval=0.05, shutdown_grace=0.1))
         async with running(app):
             try:
@@ -128,17 +123,13 @@ class RobustnessContract(AppFixtures):
         self, make_app: Callable[..., App], clock: FakeClock, caplog: pytest.LogCaptureFixture
     ) -> None:
         caplog.set_level(logging.INFO, logger="conveyor.worker")
-        svc, release, attempts = Service("svc"), asyncio.Event(), []
+        release, attempts = asyncio.Event(), list[int]()
+        svc = _stubborn_service(release, attempts)
 
         @svc.queue_worker("slow")
         async def slow(ctx: Context, job: dict[str, Any]) -> None:
             attempts.append(ctx.job.attempt if ctx.job else 0)
             await release.wait()
-
-        @svc.queue_worker("stubborn")
-        async def stubborn(ctx: Context, job: dict[str, Any]) -> None:
-            attempts.append(ctx.job.attempt if ctx.job else 0)
-            await _ignore_cancellation_until(release)
 
         app = make_app(svc, worker=WorkerConfig(concurrency=2, poll_interval=0.05, shutdown_grace=300))
         async with running(app):
@@ -215,6 +206,18 @@ class RobustnessContract(AppFixtures):
             clock.advance(0.2501)  # (a hair past: a strict sleep may end a rounding error after due)
             await wait_until(lambda: started, timeout=5, message="the delayed job to start")
         assert len(started) == 1 and due <= started[0] < due + 0.001
+
+
+def _stubborn_service(release: asyncio.Event, attempts: list[int]) -> Service:
+    """A service whose ``stubborn`` queue's handler records its attempt, then ignores cancellation."""
+    svc = Service("svc")
+
+    @svc.queue_worker("stubborn")
+    async def stubborn(ctx: Context, job: dict[str, Any]) -> None:
+        attempts.append(ctx.job.attempt if ctx.job else 0)
+        await _ignore_cancellation_until(release)
+
+    return svc
 
 
 async def _ignore_cancellation_until(release: asyncio.Event) -> None:
