@@ -304,15 +304,16 @@ class Worker:
         for task in self._running:  # no longer waited for: its late result is discarded (see _work)
             self._inflight.discard(task)
         self._running.clear()
-        for handler in self._abandoned:
-            handler.cancel()
-        ignoring = len(stuck) + sum(not handler.done() for handler in self._abandoned)
-        if ignoring:
-            logger.warning(
-                "%d handlers ignore cancellation; releasing their jobs and stopping without them",
-                ignoring,
-            )
         releases = {asyncio.ensure_future(self._committer.submit(self._release(leased))) for leased in stuck}
+        for handler in self._abandoned:  # those abandoned at their timeout: cancelled once more
+            handler.cancel()
+        if self._abandoned:  # (and those of timed jobs just released, given the same grace)
+            await asyncio.wait(set(self._abandoned), timeout=CANCEL_GRACE)
+        if stuck or self._abandoned:
+            logger.warning(
+                "%d handlers ignore cancellation; their jobs are released and the worker stops without them",
+                len(stuck) + len(self._abandoned),
+            )
         if self._inflight or releases:
             await self._first(asyncio.wait(set(self._inflight) | releases), self._hurry.wait())
 

@@ -112,12 +112,14 @@ class RobustnessContract(AppFixtures):
         async with running(app):
             try:
                 await app.enqueue("stubborn", {})
-                await wait_until(lambda: attempts == [1])
+                await app.enqueue("stubborn_timed", {})
+                await wait_until(lambda: attempts == [1, 1])
                 app.stop()
                 await wait_until(lambda: not app._workers, timeout=5, message="the worker to stop")
             finally:
                 release.set()  # (before running() waits for the worker, which would hang without the fix)
-        await _released_unspent(make_app(svc), "stubborn", clock)
+        for queue in ("stubborn", "stubborn_timed"):
+            await _released_unspent(make_app(svc), queue, clock)
 
     async def test_second_stop_releases_running_jobs_without_waiting_out_the_grace(
         self, make_app: Callable[..., App], clock: FakeClock, caplog: pytest.LogCaptureFixture
@@ -209,14 +211,16 @@ class RobustnessContract(AppFixtures):
 
 
 def _stubborn_service(release: asyncio.Event, attempts: list[int]) -> Service:
-    """A service whose ``stubborn`` queue's handler records its attempt, then ignores cancellation."""
+    """A service whose handlers record their attempt, then ignore cancellation: ``stubborn`` runs
+    inline, ``stubborn_timed`` (a timeout far away) in a task of its own."""
     svc = Service("svc")
 
-    @svc.queue_worker("stubborn")
     async def stubborn(ctx: Context, job: dict[str, Any]) -> None:
         attempts.append(ctx.job.attempt if ctx.job else 0)
         await _ignore_cancellation_until(release)
 
+    svc.queue_worker("stubborn")(stubborn)
+    svc.queue_worker("stubborn_timed", lifecycle=Lifecycle(timeout=300))(stubborn)
     return svc
 
 
