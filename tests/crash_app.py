@@ -10,6 +10,7 @@ lines count calls (a handler may run more than once); what was *committed* is ch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import random
@@ -135,6 +136,16 @@ def build_app(settings: Settings) -> App:
         record(records, kind="block_started", n=job.n, attempt=attempt(ctx))
         await asyncio.sleep(BLOCK_SECONDS)
         record(records, kind="block_finished", n=job.n, attempt=attempt(ctx))
+
+    @crash.queue_worker("stubborn", lifecycle=Lifecycle(visibility_timeout=LONG_LEASE))
+    async def stubborn(ctx: Context, job: Numbered) -> None:
+        """A retry loop whose bare ``except`` swallows cancellation too (issue 14), for BLOCK_SECONDS."""
+        record(records, kind="stubborn_started", n=job.n, attempt=attempt(ctx))
+        deadline = time.monotonic() + BLOCK_SECONDS
+        while time.monotonic() < deadline:
+            with contextlib.suppress(BaseException):  # the very bug: cancellation swallowed with the rest
+                await asyncio.sleep(0.05)
+        record(records, kind="stubborn_finished", n=job.n, attempt=attempt(ctx))
 
     return App(
         [crash],

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from itertools import pairwise
@@ -20,6 +21,9 @@ from pathlib import Path
 import pytest
 
 from conveyor import App
+from conveyor.app import FORCED_EXIT_AFTER
+from conveyor.runtime.loop import LEFTOVER_GRACE
+from conveyor.runtime.worker import CANCEL_GRACE
 from conveyor.testing import wait_until
 
 try:  # tests/ imported as a package, or as a plain directory on sys.path (as conftest.py is)
@@ -269,3 +273,75 @@ async def test_sigterm_releases_unfinished_jobs_without_spending_an_attempt(
         assert (stats.ready, stats.leased, stats.scheduled) == (1, 0, 0)
         leased = await app.backend.lease({"block": 60.0}, 10, app.clock.now())
         assert [(job.id, job.attempt) for job in leased] == [(job_id, 1)]
+
+
+async def _started(worker: WorkerProcess, records: Path, kind: str) -> None:
+    def started() -> bool:
+        worker.check_alive()
+        return any(line["kind"] == kind for line in read_records(records))
+
+    await wait_until(started, timeout=STARTUP, interval=0.02, message=f"a {kind} record")
+
+
+async def _released_unspent(app: App, queue: str, job_id: str) -> None:
+    """The job is ready again at once, and its next lease is attempt 1 again: no attempt spent."""
+    [stats] = await app.stats([queue])
+    assert (stats.ready, stats.leased, stats.scheduled) == (1, 0, 0)
+    leased = await app.backend.lease({queue: 60.0}, 10, app.clock.now())
+    assert [(job.id, job.attempt) for job in leased] == [(job_id, 1)]
+
+
+async def test_sigterm_exits_after_the_grace_although_a_handler_ignores_cancellation(
+    durable_url: str, tmp_path: Path, workers: Workers
+) -> None:
+    records = tmp_path / "records.jsonl"
+    grace = 0.5
+    settings = Settings(backend=durable_url, records=str(records), shutdown_grace=grace)
+    app = build_app(settings)
+    async with app:
+        job_id = await app.enqueue("stubborn", {"n": 1})
+        worker = workers.start(settings)
+        await _started(worker, records, "stubborn_started")
+        began = time.monotonic()
+        # grace, then CANCEL_GRACE for the handler and LEFTOVER_GRACE for the loop, and a margin
+        # for a busy machine; far below BLOCK_SECONDS, when the handler would end by itself
+        assert await worker.terminate(timeout=grace + CANCEL_GRACE + LEFTOVER_GRACE + 5) == 0, worker.output()
+        took = time.monotonic() - began
+        assert grace <= took < BLOCK_SECONDS / 3, worker.output()
+        assert "ignore cancellation" in worker.output()
+        assert [line["kind"] for line in read_records(records)] == ["stubborn_started"]
+        await _released_unspent(app, "stubborn", job_id)
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_second_signal_releases_running_jobs_and_exits_at_once(
+    durable_url: str, tmp_path: Path, workers: Workers, second: signal.Signals
+) -> None:
+    records = tmp_path / "records.jsonl"
+    settings = Settings(backend=durable_url, records=str(records), shutdown_grace=BLOCK_SECONDS * 10)
+    app = build_app(settings)
+    async with app:
+        blocked = await app.enqueue("block", {"n": 1})
+        stubborn = await app.enqueue("stubborn", {"n": 2})
+        worker = workers.start(settings)
+        await _started(worker, records, "block_started")
+        await _started(worker, records, "stubborn_started")
+        worker.process.send_signal(signal.SIGTERM)
+        await wait_until(
+            lambda: "waiting up to" in worker.output(),
+            timeout=STARTUP,
+            interval=0.02,
+            message="the worker to begin its grace period",
+        )
+        worker.process.send_signal(second)
+        await wait_until(
+            lambda: worker.process.poll() is not None,
+            timeout=FORCED_EXIT_AFTER + LEFTOVER_GRACE + 5,
+            interval=0.02,
+            message="the worker to exit after a second signal",
+        )
+        assert worker.process.returncode == 1, worker.output()
+        kinds = sorted(line["kind"] for line in read_records(records))
+        assert kinds == ["block_started", "stubborn_started"]
+        await _released_unspent(app, "block", blocked)
+        await _released_unspent(app, "stubborn", stubborn)

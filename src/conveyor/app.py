@@ -42,6 +42,7 @@ from conveyor.ports import (
 from conveyor.runtime.clock import Clock, SystemClock
 from conveyor.runtime.committer import rejection
 from conveyor.runtime.context import encode_state
+from conveyor.runtime.loop import run_to_end
 from conveyor.runtime.messages import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     MessageFactory,
@@ -61,6 +62,9 @@ from conveyor.workflows.status import Workflow, Workflows
 logger = logging.getLogger("conveyor")
 
 DEFAULT_BACKEND = "sqlite:///conveyor.db"
+FORCED_EXIT_AFTER = 3.0
+"""After a second SIGTERM/SIGINT, the longest the release of running jobs may take before the
+process exits without it (a third signal exits at once)."""
 DEFAULT_HISTORY_RETENTION = 7 * 24 * 3600.0
 MAINTENANCE_INTERVAL = 3600.0
 ENQUEUE_BATCH = 250
@@ -490,16 +494,25 @@ class App:
                 logger.warning("queue metrics not refreshed: %s", exc)
             await self.clock.sleep(every)
 
-    def stop(self) -> None:
-        """Ask running workers to stop gracefully (what SIGTERM does)."""
+    def stop(self, *, now: bool = False) -> None:
+        """Ask running workers to stop gracefully (what SIGTERM does).
+
+        ``now`` (what a second SIGTERM does): do not wait out the shutdown grace; cancel running
+        handlers and release their jobs at once.
+        """
         for worker in self._workers:
-            worker.stop()
+            worker.stop(now=now)
         if self._scheduler is not None:
             self._scheduler.stop()
 
     def run(self, *, queues: Sequence[str] | None = None, concurrency: int | None = None) -> None:
-        """Blocking: serve until SIGTERM or SIGINT, then shut down gracefully."""
-        asyncio.run(self._run_with_signals(self.serve(queues=queues, concurrency=concurrency)))
+        """Blocking: serve until SIGTERM or SIGINT, then shut down gracefully.
+
+        A second signal releases running jobs at once and exits with status 1; a third, or a
+        release that takes over ``FORCED_EXIT_AFTER`` seconds, exits without waiting.
+        """
+        self._signals, self._forced_exit = 0, None
+        run_to_end(self._run_with_signals(self.serve(queues=queues, concurrency=concurrency)))
 
     async def _run_with_signals(self, main: Awaitable[None]) -> None:
         loop = asyncio.get_running_loop()
@@ -508,13 +521,34 @@ class App:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
         await main
+        if self._forced_exit is not None:
+            self._forced_exit.cancel()  # stopped in time: no exit from inside the loop's cleanup
+        if self._signals > 1:
+            raise SystemExit(1)  # cut short by a second signal: not a clean shutdown
+
+    _signals = 0
+    """SIGTERM/SIGINT received during :meth:`run`."""
+    _forced_exit: asyncio.TimerHandle | None = None
+    """The exit that follows a second signal if stopping takes too long."""
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        if any(worker._stop.is_set() for worker in self._workers):
-            logger.warning("second %s: exiting without waiting", sig.name)
-            raise SystemExit(1)
-        logger.info("%s received: finishing running jobs, then stopping", sig.name)
-        self.stop()
+        self._signals += 1
+        if self._signals == 1:
+            logger.info("%s received: finishing running jobs, then stopping", sig.name)
+            self.stop()
+        elif self._signals == 2:
+            logger.warning("second %s: releasing running jobs now, then exiting", sig.name)
+            self.stop(now=True)
+            self._forced_exit = asyncio.get_running_loop().call_later(
+                FORCED_EXIT_AFTER, self._exit_now, "still stopping"
+            )
+        else:
+            self._exit_now(f"another {sig.name}")
+
+    def _exit_now(self, why: str) -> None:
+        """Leave the event loop at once (raised from a loop callback, ``SystemExit`` ends ``run``)."""
+        logger.warning("%s: exiting without waiting for running jobs to be released", why)
+        raise SystemExit(1)
 
 
 __all__ = ["App", "ConveyorError", "DeadLetters"]

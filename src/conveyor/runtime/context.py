@@ -73,12 +73,24 @@ def encode_state(value: Any, key: str | None = None) -> bytes:
 class EffectsBuffer:
     """Effects of one handler run, with deterministic ids for what it produces."""
 
-    __slots__ = ("_sequence", "effects", "parent_id")
+    __slots__ = ("_sequence", "closed", "effects", "parent_id")
 
     def __init__(self, parent_id: str | None) -> None:
         self.effects = Effects()
         self.parent_id = parent_id
         self._sequence = 0
+        self.closed: str | None = None
+        """Why the attempt ended while its handler still runs (see :meth:`close`); None while open."""
+
+    def close(self, reason: str) -> None:
+        """End the attempt (it timed out, or was released at shutdown) while its handler may still
+        run: every later write raises :class:`LeaseLostError` with ``reason``, so a handler that
+        ignores cancellation learns that nothing it does from now on can commit."""
+        self.closed = reason
+
+    def check_open(self) -> None:
+        if self.closed is not None:
+            raise LeaseLostError(self.closed)
 
     def next_id(self) -> str | None:
         if self.parent_id is None:
@@ -116,6 +128,7 @@ class States:
 
     def _write(self, write: StateWrite) -> None:
         context = self._context
+        context.buffer.check_open()
         self._written[write.key] = write.value
         context.buffer.effects.states.append(write)
         context.history("state_changed", write.key, detail=write.op.value)
@@ -257,6 +270,7 @@ class Context:
         return self._emit(event, payload, correlation_id)
 
     def _emit(self, event: str, payload: Any, correlation_id: str | None = None) -> str:
+        self.buffer.check_open()
         runtime = self.runtime
         new = runtime.messages.add_event(
             self.buffer.effects,
@@ -284,6 +298,7 @@ class Context:
         keeps its own id). A queue that no service declares, and that is not in
         ``App(external_queues=...)``, raises :class:`UnknownQueueError`.
         """
+        self.buffer.check_open()
         runtime = self.runtime
         now = runtime.clock.now()
         definition = runtime.registry.destination(queue)
@@ -309,6 +324,7 @@ class Context:
 
         The request, its timer and the ``<gate>_requested`` event commit with this job.
         """
+        self.buffer.check_open()
         runtime = self.runtime
         declared = runtime.registry.gate(gate)
         instance_id = self.correlation_id
@@ -338,6 +354,7 @@ class Context:
 
     async def cancel(self, queue: str, idempotency_key: str) -> None:
         """Delete the pending (not running) job of ``queue`` with ``idempotency_key``, at commit."""
+        self.buffer.check_open()
         require_storable(queue, "queue name")
         require_storable(idempotency_key, "idempotency key")
         self.buffer.effects.cancels.append((queue, idempotency_key))
@@ -352,6 +369,7 @@ class Context:
         leased = self._leased
         if leased is None:
             return
+        self.buffer.check_open()
         runtime = self.runtime
         now = runtime.clock.now()
         if not await runtime.backend.extend(leased.id, leased.token, now + seconds(duration), now):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import traceback
 from collections.abc import Awaitable, Sequence
@@ -51,15 +52,29 @@ MAX_MESSAGE_CHARS = 4_000
 stored with a retry or a dead letter: a handler that raises a 5 MB message must not write it
 into every retry and the dead-letter queue."""
 
+CANCEL_GRACE = 0.5
+"""How long a cancelled handler (past its timeout, or at shutdown once the grace period is over)
+may take to end, running its ``finally`` blocks, before it is abandoned: the attempt is settled
+without it and whatever it does afterwards is discarded."""
+HURRY_BOUND = 1.0
+"""After ``stop(now=True)`` (a second signal), how long pending releases may take to commit before
+the worker exits without them (their jobs then run again when their leases expire)."""
+MAX_TRACKED_DUE = 100_000
+"""Due times of retries and delayed jobs the lease loop wakes for; beyond this many, a job waits
+for the next poll instead (a bound on memory when jobs fail far faster than they come due)."""
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     """How one worker runs.
 
     * ``concurrency``: jobs run at once (asyncio tasks).
-    * ``poll_interval``: longest idle wait before looking again; backends wake workers sooner on
-      new jobs, so this bounds only how late a delayed or retried job may start.
-    * ``shutdown_grace``: on stop, how long running jobs may finish before they are released.
+    * ``poll_interval``: longest idle wait before looking again. Backends wake workers at once on
+      new jobs, and a worker wakes on time for the retries it schedules and the delayed jobs its
+      handlers enqueue; so this bounds only how late a delayed job enqueued elsewhere (another
+      process, ``app.enqueue(delay=...)``, another worker's retry) may start.
+    * ``shutdown_grace``: on stop, how long running jobs may finish before they are cancelled and
+      released (even a handler that ignores cancellation: it is abandoned after ``CANCEL_GRACE``).
     """
 
     concurrency: int = 50
@@ -116,21 +131,38 @@ class Worker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._reserved = 0
         """slots claimed by a lease call on its way (the lease loop's or one riding on a commit)"""
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: dict[asyncio.Task[None], LeasedJob] = {}
+        """jobs whose handler (or dead-letter hook) runs: what shutdown cancels, then releases"""
+        self._abandoned: set[asyncio.Future[Any]] = set()
+        """handlers that ignored cancellation and still run; their attempts are settled without them"""
         self._slot_free = asyncio.Event()
         self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()
         self._nudge = asyncio.Event()
         self._releasing = False
-        self._next_retry: float | None = None
-        """earliest retry this worker scheduled: the idle wait ends then, not a poll later"""
+        self._due: list[float] = []
+        """heap of times a job this worker knows of comes due (its retries, its handlers' delayed
+        enqueues): the idle wait ends at the earliest, not a poll later"""
+        self._idle_until: float | None = None
+        """when the lease loop's idle wait ends (None while it is not waiting)"""
         self.processed = 0
         self.lease_extensions = 0
         self.lease_rounds = 0
         """lease calls made: tests wait on it to know the worker has looked for jobs"""
 
-    def stop(self) -> None:
-        """Stop leasing; running jobs get ``shutdown_grace`` to finish, then are released."""
+    def stop(self, *, now: bool = False) -> None:
+        """Stop leasing; running jobs get ``shutdown_grace`` to finish, then are released.
+
+        ``now`` (what a second SIGTERM asks for) ends the grace period at once, even during it.
+        """
         self._stop.set()
+        if now:
+            self._hurry.set()
+
+    @property
+    def abandoned(self) -> int:
+        """Handlers that ignored cancellation and are still running, their attempts settled."""
+        return len(self._abandoned)
 
     async def run(self) -> None:
         if not self.queues:
@@ -144,7 +176,13 @@ class Worker:
         finally:
             await self._drain()
             await self._committer.close()
-            await committer
+            # in a hurry, not the committer's minute of retries on a backend that is down
+            if self._hurry.is_set() and not (await asyncio.wait({committer}, timeout=HURRY_BOUND))[0]:
+                committer.cancel()
+                await asyncio.wait({committer})
+                logger.warning("stopped with commits pending; their jobs run again when their leases expire")
+            else:
+                await committer
             logger.info("worker stopped after settling %d jobs", self.processed)
 
     async def _lease_loop(self, names: list[str]) -> None:
@@ -156,8 +194,9 @@ class Worker:
                 self._slot_free.clear()
                 await self._first(self._slot_free.wait(), self._stop.wait())
                 continue
+            leased_at = clock.now()
             try:
-                jobs = await backend.lease(self.lease_map, free, clock.now())
+                jobs = await backend.lease(self.lease_map, free, leased_at)
                 self.lease_rounds += 1
             except Exception as exc:
                 self._reserved -= free
@@ -173,17 +212,29 @@ class Worker:
                 backoff = 0.0
             self._start(jobs, free)
             if len(jobs) < free:
-                idle = config.poll_interval
-                if self._next_retry is not None:
-                    idle = max(0.0, min(idle, self._next_retry - clock.now()))
-                    self._next_retry = None
+                due = self._due
+                while due and due[0] <= leased_at:  # that lease call saw them (or another worker had them)
+                    heapq.heappop(due)
+                now = clock.now()
+                idle = config.poll_interval if not due else max(0.0, min(config.poll_interval, due[0] - now))
+                self._idle_until = now + idle
                 self._nudge.clear()
-                await self._first(
-                    backend.wait_for_jobs(names, idle),
-                    clock.sleep(idle),
-                    self._stop.wait(),
-                    self._nudge.wait(),
-                )
+                try:
+                    await self._first(
+                        backend.wait_for_jobs(names, idle),
+                        clock.sleep(idle),
+                        self._stop.wait(),
+                        self._nudge.wait(),
+                    )
+                finally:
+                    self._idle_until = None
+
+    def _expect(self, due: float) -> None:
+        """A job this worker may lease comes due at ``due``: wake the lease loop then."""
+        if len(self._due) < MAX_TRACKED_DUE:
+            heapq.heappush(self._due, due)
+        if self._idle_until is not None and due < self._idle_until:
+            self._nudge.set()
 
     def reserve(self, settling: int) -> int:
         """Claim every free slot for one lease call, counting the ``settling`` jobs' slots as free
@@ -225,7 +276,7 @@ class Worker:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        self._running.discard(task)
+        self._running.pop(task, None)
         self._slot_free.set()
         if task.cancelled():
             if not self._releasing:
@@ -237,34 +288,55 @@ class Worker:
             logger.error("internal error while settling %s", task.get_name(), exc_info=task.exception())
 
     async def _drain(self) -> None:
-        if self._inflight:
+        if self._inflight and not self._hurry.is_set():
             logger.info(
                 "waiting up to %gs for %d running jobs",
                 self.config.shutdown_grace,
                 len(self._inflight),
             )
-            await asyncio.wait(set(self._inflight), timeout=self.config.shutdown_grace)
+            await self._first(
+                asyncio.wait(set(self._inflight), timeout=self.config.shutdown_grace), self._hurry.wait()
+            )
         self._releasing = True
-        for task in list(self._running):
+        for task in self._running:
             task.cancel()
-        if self._inflight:
-            await asyncio.wait(set(self._inflight))
+        if self._running:  # a handler that honours cancellation ends at once and its job releases itself
+            await asyncio.wait(set(self._running), timeout=CANCEL_GRACE)
+        stuck = list(self._running.values())
+        for task in self._running:  # no longer waited for: its late result is discarded (see _work)
+            self._inflight.discard(task)
+        self._running.clear()
+        releases = {asyncio.ensure_future(self._committer.submit(self._release(leased))) for leased in stuck}
+        for handler in self._abandoned:  # those abandoned at their timeout: cancelled once more
+            handler.cancel()
+        if self._abandoned:  # (and those of timed jobs just released, given the same grace)
+            await asyncio.wait(set(self._abandoned), timeout=CANCEL_GRACE)
+        if stuck or self._abandoned:
+            logger.warning(
+                "%d handlers ignore cancellation; their jobs are released and the worker stops without them",
+                len(stuck) + len(self._abandoned),
+            )
+        if self._inflight or releases:
+            await self._first(asyncio.wait(set(self._inflight) | releases), self._hurry.wait())
+
+    @staticmethod
+    def _release(leased: LeasedJob) -> Commit:
+        return Commit(Settlement(leased.id, leased.token, Outcome.RELEASE))
 
     # one job
 
     async def _work(self, leased: LeasedJob) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._running.add(task)
+        self._running[task] = leased
         try:
             commit, describe = await self._run(leased)
         except asyncio.CancelledError:
             if not self._releasing:
                 raise
-            self._running.discard(task)
-            commit = Commit(Settlement(leased.id, leased.token, Outcome.RELEASE))
-            describe = "released at shutdown"
-        self._running.discard(task)
+            commit, describe = self._release(leased), "released at shutdown"
+        if self._running.pop(task, None) is None:
+            return  # released at shutdown while its handler ignored cancellation: a late result is discarded
         try:
             result = await self._committer.submit(commit)
         except CommitRejectedError as rejected:
@@ -306,9 +378,11 @@ class Worker:
                 if settlement is not None and settlement.outcome is Outcome.RETRY
                 else None
             )
-            if retry_at is not None and (self._next_retry is None or retry_at < self._next_retry):
-                self._next_retry = retry_at
-                self._nudge.set()
+            if retry_at is not None:
+                self._expect(retry_at)
+            for job in commit.effects.jobs:  # delayed jobs this worker serves: start them on time too
+                if job.queue in self.lease_map and job.available_at > job.enqueued_at:
+                    self._expect(job.available_at)
             if describe:
                 logger.debug("job %s of %r: %s", leased.id, leased.queue, describe)
 
@@ -508,18 +582,63 @@ class Worker:
         try:
             timeout = lifecycle.timeout_seconds
             if timeout is None:
+                # inline: no task of its own on the hot path; shutdown still gets past a handler
+                # that ignores cancellation (see _drain)
                 await call
             else:
-                try:
-                    async with asyncio.timeout(timeout):
-                        await call
-                except TimeoutError:
-                    raise HandlerTimeoutError(
-                        f"attempt ran longer than its timeout of {timeout:g}s"
-                    ) from None
+                await self._call_with_timeout(call, timeout, context, leased)
         finally:
             if heartbeat is not None:
                 heartbeat.cancel()
+
+    async def _call_with_timeout(
+        self, call: Awaitable[Any], timeout: float, context: Context, leased: LeasedJob
+    ) -> None:
+        """Run the handler in a task of its own, so that its attempt ends at ``timeout`` even if
+        it ignores cancellation (a bare ``except:`` around an ``await``): the task can be abandoned."""
+        handler = asyncio.ensure_future(call)
+        try:
+            done, _ = await asyncio.wait((handler,), timeout=timeout)
+        except asyncio.CancelledError:  # shutdown: the job is released at once, without the handler
+            if not handler.done():
+                context.buffer.close(f"job {leased.id} of queue {leased.queue!r} was released at shutdown")
+                handler.cancel()
+                self._keep(handler)
+            raise
+        if done:
+            handler.result()  # its return, or what it raised (a TimeoutError of its own stays one)
+            return
+        context.buffer.close(
+            f"job {leased.id} of queue {leased.queue!r} timed out after {timeout:g}s; "
+            "nothing this attempt does from now on commits"
+        )
+        handler.cancel()
+        try:
+            await asyncio.wait((handler,), timeout=CANCEL_GRACE)
+        finally:
+            if handler.done():
+                self._abandoned_ended(handler)  # what it raised on its way out is no news
+            else:
+                self._keep(handler)
+                logger.warning(
+                    "the handler of job %s of %r ignored cancellation at its timeout and is still "
+                    "running; the attempt failed without it and what it does from now on is "
+                    "discarded (%d such handlers running)",
+                    leased.id,
+                    leased.queue,
+                    len(self._abandoned),
+                )
+        raise HandlerTimeoutError(f"attempt ran longer than its timeout of {timeout:g}s")
+
+    def _keep(self, handler: asyncio.Future[Any]) -> None:
+        """Hold an abandoned handler until it ends (a task nothing references may vanish mid-run)."""
+        self._abandoned.add(handler)
+        handler.add_done_callback(self._abandoned_ended)
+
+    def _abandoned_ended(self, handler: asyncio.Future[Any]) -> None:
+        self._abandoned.discard(handler)
+        if not handler.cancelled():
+            handler.exception()  # retrieved: its late failure is no news (its attempt was settled)
 
     async def _heartbeat(self, leased: LeasedJob, lease_seconds: float) -> None:
         runtime = self.runtime
