@@ -368,6 +368,16 @@ async def test_a_rejected_commit_gives_back_what_its_lease_took(backend: RedisBa
     assert [(job.id, job.attempt) for job in again] == [("waiting-0", 1), ("waiting-1", 1)]
 
 
+async def test_reading_a_corrupt_state_is_an_error_naming_its_key(
+    backend: RedisBackend, client: Redis
+) -> None:
+    await client.set(f"{backend.prefix}:state:bad", b"x")
+    await client.hset(f"{backend.prefix}:state:odd", mapping={"v": b"1", "n": b"one"})
+    for key in ("bad", "odd"):
+        with pytest.raises(BackendError, match=f"{backend.prefix}:state:{key}"):
+            await backend.get_states(["fine", key])
+
+
 # a worker
 
 

@@ -305,12 +305,23 @@ class RedisBackend:
         for key in keys:
             pipeline.execute_command("HMGET", f"{self.prefix}:state:{key}", "v", "n")
         with _translated():
-            rows = await pipeline.execute()
-        return {
-            key: StateRecord(value, int(version))
-            for key, (value, version) in zip(keys, rows, strict=True)
-            if value is not None
-        }
+            rows = await pipeline.execute(raise_on_error=False)
+        try:
+            return {
+                key: StateRecord(value, int(version))
+                for key, (value, version) in zip(keys, rows, strict=True)
+                if value is not None
+            }
+        except (TypeError, ValueError) as exc:  # a row that is an error, or a version not a number
+            raise BackendError(self._bad_states(keys, rows)) from exc
+
+    def _bad_states(self, keys: Sequence[str], rows: list[Any]) -> str:
+        for key, row in zip(keys, rows, strict=True):
+            if isinstance(row, ResponseError):
+                return f"Redis key {self.prefix}:state:{key} is not a state hash: {row}"
+            if row[0] is not None and not (row[1] or b"").isdigit():
+                return f"field n of Redis key {self.prefix}:state:{key} holds {row[1]!r}, not a version"
+        return "Redis returned states that cannot be read"  # (not reached: the caller saw one)
 
     # history store
 

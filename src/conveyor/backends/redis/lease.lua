@@ -112,10 +112,14 @@ local function quarantine(job_key, id, queue)
   redis.call("DEL", dead_key)
   redis.call("HSET", dead_key, "q", queue, "b", body, "e", now_s, "a", 0, "f", now_s,
     "et", "conveyor.model.errors.BackendError", "em", message)
-  -- (pcall: a corrupt dead-letter index must not stop the lease; the message is logged anyway)
-  redis.pcall("ZADD", prefix .. ":dead", now_s, id)
-  redis.pcall("ZADD", prefix .. ":{" .. queue .. "}:dead", now_s, id)
   problems[#problems + 1] = message
+  for _, index in ipairs({ prefix .. ":dead", prefix .. ":{" .. queue .. "}:dead" }) do
+    -- (pcall: a corrupt dead-letter index must not stop the lease either)
+    if type(redis.pcall("ZADD", index, now_s, id)) == "table" then
+      problems[#problems + 1] = index .. " holds a " .. redis.call("TYPE", index).ok
+        .. ", not a sorted set: dead letter " .. id .. " is missing from it"
+    end
+  end
 end
 
 local leased, moved = {}, {}
