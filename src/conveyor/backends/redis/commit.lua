@@ -69,6 +69,14 @@ local function parse_holder(value)
   return expires_at, string.sub(value, space + 1)
 end
 
+-- a commit's head: its outcome and the counts of its states, cancels, jobs, events, history
+local function parse_head(head)
+  if #head > 1 then
+    return string.byte(head, 1), struct.unpack(">I4I4I4I4I4", head, 2)
+  end
+  return string.byte(head, 1), 0, 0, 0, 0, 0
+end
+
 -- phase 1: checks, no writes
 
 local problem -- the first corrupt key of the commit being checked
@@ -162,12 +170,7 @@ end
 
 -- commit number c, starting at ARGV[i]: sets `problem` if it needs a corrupt key; returns the next one's i
 local function check(c, i)
-  local head = ARGV[i]
-  local outcome = string.byte(head, 1)
-  local states, cancels, jobs, events, history = 0, 0, 0, 0, 0
-  if #head > 1 then
-    states, cancels, jobs, events, history = struct.unpack(">I4I4I4I4I4", head, 2)
-  end
+  local outcome, states, cancels, jobs, events, history = parse_head(ARGV[i])
   i = i + 1
   if outcome ~= NONE then
     local job_key, token = job_prefix .. ARGV[i], ARGV[i + 1]
@@ -441,12 +444,7 @@ end
 local results = {}
 i = 6
 for c = 1, commit_count do
-  local head = ARGV[i]
-  local outcome = string.byte(head, 1)
-  local states, cancels, jobs, events, history = 0, 0, 0, 0, 0
-  if #head > 1 then
-    states, cancels, jobs, events, history = struct.unpack(">I4I4I4I4I4", head, 2)
-  end
+  local outcome, states, cancels, jobs, events, history = parse_head(ARGV[i])
   i = i + 1
 
   local status = 0
