@@ -29,6 +29,12 @@ Redis Cluster hash tag, so one queue's keys share a slot)::
     P:state:<key>           hash: v value, n version
     P:history:<correlation> list: history entries as JSON arrays, in commit order
     P:history               sorted set: correlation id -> its first entry's time (for pruning)
+    P:corrupt:...           keys found of the wrong type, moved aside for inspection (never
+                            read by conveyor): job:<id>, history:<correlation>, history
+
+A key of the wrong type under the prefix (something else wrote it) costs at most its own job:
+``lease.lua`` skips a queue whose sets are corrupt and dead-letters a job whose hash is, and a
+commit batch that needs a corrupt key writes nothing (see ``commit.lua``), naming the key.
 
 Times are float seconds from the caller's clock, never Redis's: scores and script arguments
 carry every digit of a double. Idempotency expiry is judged on the caller's clock too; the TTL

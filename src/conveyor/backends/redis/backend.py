@@ -6,7 +6,9 @@ The key layout, the Cluster caveat and the durability notes are in the package d
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -20,6 +22,7 @@ from redis.exceptions import (
     AuthorizationError,
     ReadOnlyError,
     RedisError,
+    ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -37,9 +40,13 @@ from conveyor.ports import (
     HistoryEntry,
     InstanceSummary,
     LeasedJob,
+    Outcome,
     QueueStats,
+    Settlement,
     StateRecord,
 )
+
+logger = logging.getLogger("conveyor.backends.redis")
 
 DEFAULT_PREFIX = "conveyor"
 MIN_REDIS_VERSION = (6, 2)
@@ -53,6 +60,10 @@ def _glob_escaped(text: str) -> str:
     """``text`` matched literally by a SCAN ``MATCH`` pattern."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
+
+_REPEAT_PROBLEM_AFTER = 60.0
+"""Seconds before the same corrupt-key message is logged again (a skipped queue meets it on every
+lease call)."""
 
 _TRANSIENT_REPLIES = ("BUSY", "MASTERDOWN")
 """Error replies that pass (a long script of another client, a replica without its primary)."""
@@ -122,6 +133,8 @@ class RedisBackend:
         self._notifier: Notifier | None = None
         self._sender = os.urandom(8).hex()
         """This instance's tag on the wake-ups its commits publish (its notifier ignores them)."""
+        self._reported: dict[bytes, float] = {}
+        """corrupt-key message -> when it was last logged"""
 
     # lifecycle
 
@@ -190,7 +203,24 @@ class RedisBackend:
     async def lease(self, queues: Mapping[str, float], limit: int, now: float) -> list[LeasedJob]:
         if not queues or limit <= 0:
             return []
-        return codec.leased_jobs(await self._run("lease", self._lease_args(queues, limit, now)), queues, now)
+        return self._leased(await self._run("lease", self._lease_args(queues, limit, now)), queues, now)
+
+    def _leased(self, reply: list[Any], queues: Mapping[str, float], now: float) -> list[LeasedJob]:
+        jobs, problems = reply
+        if problems:
+            self._report(problems)
+        return codec.leased_jobs(jobs, queues, now)
+
+    def _report(self, problems: list[bytes]) -> None:
+        """Log each corrupt key a script met and skipped or moved aside, a repeated one (a skipped
+        queue) once a minute."""
+        clock = time.monotonic()
+        if len(self._reported) > 1000:  # each dead-lettered job has its own message: forget them
+            self._reported.clear()
+        for problem in problems:
+            if clock - self._reported.get(problem, -_REPEAT_PROBLEM_AFTER) >= _REPEAT_PROBLEM_AFTER:
+                self._reported[problem] = clock
+                logger.error("Redis key of the wrong type: %s", problem.decode(errors="backslashreplace"))
 
     def _lease_args(self, queues: Mapping[str, float], limit: int, now: float) -> list[Arg]:
         if self._notifier is not None:
@@ -301,12 +331,23 @@ class RedisBackend:
         for key in keys:
             pipeline.execute_command("HMGET", f"{self.prefix}:state:{key}", "v", "n")
         with _translated():
-            rows = await pipeline.execute()
-        return {
-            key: StateRecord(value, int(version))
-            for key, (value, version) in zip(keys, rows, strict=True)
-            if value is not None
-        }
+            rows = await pipeline.execute(raise_on_error=False)
+        try:
+            return {
+                key: StateRecord(value, int(version))
+                for key, (value, version) in zip(keys, rows, strict=True)
+                if value is not None
+            }
+        except (TypeError, ValueError) as exc:  # a row that is an error, or a version not a number
+            raise BackendError(self._bad_states(keys, rows)) from exc
+
+    def _bad_states(self, keys: Sequence[str], rows: list[Any]) -> str:
+        for key, row in zip(keys, rows, strict=True):
+            if isinstance(row, ResponseError):
+                return f"Redis key {self.prefix}:state:{key} is not a state hash: {row}"
+            if row[0] is not None and not (row[1] or b"").isdigit():
+                return f"field n of Redis key {self.prefix}:state:{key} holds {row[1]!r}, not a version"
+        return "Redis returned states that cannot be read"  # (not reached: the caller saw one)
 
     # history store
 
@@ -338,16 +379,44 @@ class RedisBackend:
     # commit
 
     async def commit(self, commits: Sequence[Commit], now: float) -> list[CommitResult]:
+        """Apply each commit atomically and independently, the batch in one ``commit.lua`` call.
+
+        A batch is never applied in part and then raised. ``commit.lua`` checks every key the
+        batch needs before it writes anything; if one commit needs a corrupt key (of the wrong
+        type, or holding a value that cannot be parsed: written by something else than conveyor),
+        nothing at all is written and a BackendError names the key and the commit. Raising is
+        allowed only when nothing was applied: the runtime then splits the batch and commits the
+        rest, and the commit left alone gets its error. (A lost connection raises too, with the
+        batch in doubt; a retry is safe because every settlement is fenced by its lease token.)
+        """
         if not commits:
             return []
-        reply, woken = await self._run("commit", self._commit_args(commits, now), codec.commit_args(commits))
+        reply = await self._run("commit", self._commit_args(commits, now), codec.commit_args(commits))
+        results, woken = self._committed(commits, reply)
         self._signal(woken)
-        return codec.commit_results(commits, reply)
+        return results
+
+    def _committed(
+        self, commits: Sequence[Commit], reply: list[Any]
+    ) -> tuple[list[CommitResult], list[bytes]]:
+        """The results and woken queues of a ``commit.lua`` reply; raises if it rejected the batch."""
+        results, woken, rejected, repaired = reply
+        if repaired:
+            self._report(repaired)
+        if rejected:
+            raise BackendError(codec.rejection(commits, rejected))
+        return codec.commit_results(commits, results), woken
 
     async def commit_and_lease(
         self, commits: Sequence[Commit], now: float, queues: Mapping[str, float], limit: int
     ) -> tuple[list[CommitResult], list[LeasedJob]]:
-        """The two scripts back to back on one connection: one round trip."""
+        """The two scripts back to back on one connection: one round trip.
+
+        If the commit fails, the jobs the lease took are given back at once (released, their
+        attempt not spent) rather than left leased to no one until their lease expires. If only
+        the lease fails, the commit's results are returned without jobs: the worker's own lease
+        loop meets the lease's error and reports it.
+        """
         if not commits or not queues or limit <= 0:
             return await self.commit(commits, now), await self.lease(queues, limit, now)
         calls = [
@@ -355,12 +424,38 @@ class RedisBackend:
             ("lease", self._lease_args(queues, limit, now), NOTHING),
         ]
         with _translated():
-            (reply, woken), leased = await self._scripts.run_many(self._client, calls)
-        jobs = codec.leased_jobs(leased, queues, now)
+            committed, leased = await self._scripts.run_many(self._client, calls)
+        jobs: list[LeasedJob] = []
+        if isinstance(leased, ResponseError):
+            logger.warning("Redis lease riding on a commit failed: %s", leased)
+        else:
+            jobs = self._leased(leased, queues, now)
+        try:
+            if isinstance(committed, ResponseError):
+                with _translated():
+                    raise committed
+            results, woken = self._committed(commits, committed)
+        except BackendError:
+            await self._give_back(jobs, now)
+            raise
         if len(jobs) < limit:  # every due job of these queues is leased: no one here to wake for them
             woken = [queue for queue in woken if queue.decode() not in queues]
         self._signal(woken)
-        return codec.commit_results(commits, reply), jobs
+        return results, jobs
+
+    async def _give_back(self, jobs: list[LeasedJob], now: float) -> None:
+        if not jobs:
+            return
+        releases = [Commit(Settlement(job.id, job.token, Outcome.RELEASE)) for job in jobs]
+        try:
+            await self.commit(releases, now)
+        except BackendError as exc:
+            logger.warning(
+                "could not give back %d jobs leased beside a failed commit; they run again when "
+                "their lease expires: %s",
+                len(jobs),
+                exc,
+            )
 
     def _commit_args(self, commits: Sequence[Commit], now: float) -> list[Arg]:
         return [self.prefix, now, self.idempotency_retention, len(commits), self._sender]

@@ -31,6 +31,7 @@ _OUTCOMES = {Outcome.ACK: b"a", Outcome.RETRY: b"r", Outcome.DEAD: b"d", Outcome
 _COUNTS = struct.Struct(">5I")
 _OK = CommitResult(CommitStatus.OK)
 _SETTLEMENT, _JOB, _HISTORY = BULK * 3, BULK * 6, BULK * 3
+_SHOWN_CULPRITS = 5
 
 
 def _optional(text: str | None) -> bytes:
@@ -126,11 +127,32 @@ def commit_results(commits: Sequence[Commit], reply: list[Any]) -> list[CommitRe
     return results
 
 
+def rejection(commits: Sequence[Commit], rejected: list[Any]) -> str:
+    """The message of a batch ``commit.lua`` rejected: each culprit (its job, if it settles one)
+    and the corrupt key it needs, the first few of them."""
+    culprits = []
+    for i in range(0, min(len(rejected), 2 * _SHOWN_CULPRITS), 2):
+        number, problem = rejected[i], rejected[i + 1].decode(errors="backslashreplace")
+        settlement = commits[number - 1].settlement
+        job = f" (job {settlement.job_id})" if settlement is not None else ""
+        culprits.append(f"commit {number} of {len(commits)}{job}: {problem}")
+    more = len(rejected) // 2 - len(culprits)
+    return (
+        "Redis rejected the commit batch, nothing was applied: "
+        + "; ".join(culprits)
+        + (f"; and {more} more" if more else "")
+    )
+
+
 def leased_jobs(reply: list[Any], queues: Mapping[str, float], now: float) -> list[LeasedJob]:
-    """The jobs of a ``lease.lua`` reply; deadlines are computed as the script did."""
+    """The jobs of a ``lease.lua`` reply's job list; deadlines are computed as the script did."""
     jobs = []
     for i in range(0, len(reply), 6):
         queue = reply[i + 1].decode()
+        try:
+            enqueued_at = float(reply[i + 5])
+        except ValueError:  # a job hash edited by hand: this job must not fail the whole lease
+            enqueued_at = now
         jobs.append(
             LeasedJob(
                 id=reply[i].decode(),
@@ -139,7 +161,7 @@ def leased_jobs(reply: list[Any], queues: Mapping[str, float], now: float) -> li
                 attempt=reply[i + 3],
                 token=reply[i + 4],
                 lease_deadline=now + queues[queue],
-                enqueued_at=float(reply[i + 5]),
+                enqueued_at=enqueued_at,
             )
         )
     return jobs

@@ -1,5 +1,4 @@
--- Apply a batch of commits, each atomically and independently (the whole script is atomic;
--- a commit is checked completely before any of its writes, so a rejected one writes nothing).
+-- Apply a batch of commits, each atomically and independently (the whole script is atomic).
 --
 -- ARGV: prefix, now, idempotency retention (seconds), number of commits, the sender's tag (the
 -- payload of the wake-up it publishes, so its own notifier can ignore it), then per commit:
@@ -13,9 +12,24 @@
 --   jobs            id, queue, body, available_at, enqueued_at, key ("" = none, else "=" .. key)
 --   events          id, event, body, emitted_at
 --   history         correlation id, at, entry (JSON text, opaque here)
--- Reply: { results, queues that got due jobs }. Results are flat, per commit: status (0 ok,
--- 1 stale, 2 conflict), deliveries, n, then n (index, id) pairs: the new jobs whose id an
--- idempotency key replaced.
+-- Reply: { results, queues that got due jobs, rejected, repaired }. Results are flat, per commit:
+-- status (0 ok, 1 stale, 2 conflict), deliveries, n, then n (index, id) pairs: the new jobs whose
+-- id an idempotency key replaced. Rejected is empty, or (commit number, message) pairs: then the
+-- batch wrote nothing at all, and results and queues are empty. Repaired lists a message per
+-- history key of the wrong type that was moved aside (for the caller to log).
+--
+-- Redis does not undo a script's writes when one of its commands fails, so nothing is written
+-- before every commit of the batch is checked. Phase 1 reads every key a commit would read or
+-- write and rejects the batch if one is of the wrong type (a key written by something else than
+-- conveyor, on which a command would fail with WRONGTYPE) or holds a value that cannot be parsed,
+-- naming the key: the caller then splits the batch so that the other commits apply. Phase 2
+-- applies the batch; a stale token or a version conflict, which can come from an earlier commit
+-- of the same batch, rejects that commit alone, before any of its writes. Phase 2 reuses phase 1's
+-- reads and keeps them current as it writes (a job acked by one commit is gone for the next).
+--
+-- History is a record that nothing else depends on: a history list or index of the wrong type is
+-- moved aside (renamed <prefix>:corrupt:...) when a write to it fails, and the write made again,
+-- so it costs no check per entry and fails no commit.
 --
 -- A leased job's hash holds its lease deadline in field d (and <queue>:leased the same score);
 -- no d means not leased.
@@ -25,29 +39,240 @@ local now, retention = tonumber(now_s), tonumber(ARGV[3])
 local commit_count = tonumber(ARGV[4])
 local sender = ARGV[5]
 local job_prefix, history_prefix = prefix .. ":job:", prefix .. ":history:"
+local dead_index, history_index = prefix .. ":dead", prefix .. ":history"
 local NONE, ACK, RETRY, DEAD, RELEASE = string.byte("-ardl", 1, 5)
-
-local due_queues = {}
-local routes = {}
--- Sorted-set writes, batched: new members of <queue>:jobs per commit (a later commit's cancel
--- must see them), the history index and the removals from <queue>:leased once at the end.
-local pending_adds, adds_pending = {}, false
-local new_instances = {}
-local unleased = {}
 
 local function queue_key(queue, suffix)
   return prefix .. ":{" .. queue .. "}:" .. suffix
 end
 
--- `command key [option] values...` in slices: Lua's unpack() is limited to a few thousand values
-local function call_in_slices(command, key, values, option)
-  for first = 1, #values, 2000 do
-    local last = math.min(first + 1999, #values)
-    if option then
-      redis.call(command, key, option, unpack(values, first, last))
-    else
-      redis.call(command, key, unpack(values, first, last))
+-- Phase 1's reads, by key, for phase 2, which keeps them current as it writes.
+local job_of = {} -- job key -> its fields t, d, q, k (false: none)
+local holder_of = {} -- idempotency key -> its value (false: none)
+local version_of = {} -- state key -> its version (0: none)
+local type_of = {} -- key -> its TYPE, for keys that are written without being read
+local set_checked = { jobs = {}, leased = {}, dead = {} } -- suffix -> queue -> true: a sorted set
+local settled_key, settled_job = {}, {} -- commit number -> its settled job's key and fields
+local routes = {} -- event -> subscribed queues
+
+-- An idempotency key's value is "<expires_at> <job id>", expires_at "-" while the job exists.
+-- Expiry is judged against the caller's clock; the key's TTL only collects garbage.
+local function parse_holder(value)
+  local space = string.find(value, " ", 1, true)
+  if not space or space == #value then
+    return nil
+  end
+  local expires_at = string.sub(value, 1, space - 1)
+  if expires_at ~= "-" and not tonumber(expires_at) then
+    return nil
+  end
+  return expires_at, string.sub(value, space + 1)
+end
+
+-- a commit's head: its outcome and the counts of its states, cancels, jobs, events, history
+local function parse_head(head)
+  if #head > 1 then
+    return string.byte(head, 1), struct.unpack(">I4I4I4I4I4", head, 2)
+  end
+  return string.byte(head, 1), 0, 0, 0, 0, 0
+end
+
+-- phase 1: checks, no writes
+
+local problem -- the first corrupt key of the commit being checked
+
+local function shown(value)
+  return string.format("%q", string.sub(value, 1, 80))
+end
+
+-- true (and the problem noted) if `reply`, of redis.pcall on `key`, is an error
+local function failed(reply, key, what)
+  if type(reply) == "table" and reply.err then
+    problem = key .. " holds a " .. redis.call("TYPE", key).ok .. ", not " .. what
+    return true
+  end
+  return false
+end
+
+local function check_type(key, expected, what)
+  if problem then
+    return
+  end
+  local kind = type_of[key]
+  if not kind then
+    kind = redis.call("TYPE", key).ok
+    type_of[key] = kind
+  end
+  if kind ~= expected and kind ~= "none" then
+    problem = key .. " holds a " .. kind .. ", not " .. what
+  end
+end
+
+local ZSET = "a sorted set"
+
+-- <queue>:<suffix> must be a sorted set (or missing)
+local function check_set(queue, suffix)
+  local checked = set_checked[suffix]
+  if not checked[queue] and not problem then
+    check_type(queue_key(queue, suffix), "zset", ZSET)
+    checked[queue] = not problem
+  end
+end
+
+local function check_job(job_key)
+  if problem then
+    return nil
+  end
+  local job = job_of[job_key]
+  if not job then
+    job = redis.pcall("HMGET", job_key, "t", "d", "q", "k")
+    if failed(job, job_key, "a job hash") then
+      return nil
     end
+    job_of[job_key] = job
+  end
+  return job
+end
+
+local function check_holder(idem_key)
+  if problem or holder_of[idem_key] ~= nil then
+    return
+  end
+  local value = redis.pcall("GET", idem_key)
+  if failed(value, idem_key, "an idempotency key (a string)") then
+    return
+  end
+  if value and not parse_holder(value) then
+    problem = idem_key .. " holds " .. shown(value) .. ", not \"<expires_at> <job id>\""
+    return
+  end
+  holder_of[idem_key] = value
+end
+
+local function check_version(state_key)
+  if problem or version_of[state_key] then
+    return
+  end
+  local n = redis.pcall("HGET", state_key, "n")
+  if failed(n, state_key, "a state hash") then
+    return
+  end
+  local version = 0
+  if n then
+    version = tonumber(n)
+  end
+  if version and version >= 0 and version < 2 ^ 53 and version == math.floor(version) then
+    version_of[state_key] = version
+  else
+    problem = "field n of " .. state_key .. " holds " .. shown(n) .. ", not a version number"
+  end
+end
+
+-- commit number c, starting at ARGV[i]: sets `problem` if it needs a corrupt key; returns the next one's i
+local function check(c, i)
+  local outcome, states, cancels, jobs, events, history = parse_head(ARGV[i])
+  i = i + 1
+  if outcome ~= NONE then
+    local job_key, token = job_prefix .. ARGV[i], ARGV[i + 1]
+    i = i + 2
+    if outcome == RETRY then
+      i = i + 1
+    elseif outcome == DEAD then
+      i = i + 3
+    end
+    local job = check_job(job_key)
+    settled_key[c], settled_job[c] = job_key, job
+    if job and job[2] and job[1] == token then -- the live lease: the settlement will write
+      local queue = job[3]
+      if not queue then
+        problem = job_key .. " has no field q (its queue)"
+      else
+        check_set(queue, "leased")
+        if outcome == RETRY or outcome == RELEASE then
+          check_set(queue, "jobs")
+        elseif outcome == DEAD then
+          check_type(dead_index, "zset", ZSET)
+          check_set(queue, "dead")
+        end
+      end
+    end
+  end
+  for s = i, i + 4 * states - 1, 4 do
+    -- a delete needs no read, unless it checks the version
+    if ARGV[s + 1] ~= "d" or ARGV[s + 3] ~= "" then
+      check_version(prefix .. ":state:" .. ARGV[s])
+    end
+  end
+  i = i + 4 * states
+  for s = i, i + 2 * cancels - 1, 2 do
+    local idem_key = queue_key(ARGV[s], "idem:" .. ARGV[s + 1])
+    check_holder(idem_key)
+    local value = holder_of[idem_key]
+    if value then
+      local _, holder = parse_holder(value)
+      local job = check_job(job_prefix .. holder)
+      if job and job[3] then
+        check_set(job[3], "jobs")
+      end
+    end
+  end
+  i = i + 2 * cancels
+  for s = i, i + 6 * jobs - 1, 6 do
+    local queue, key = ARGV[s + 1], ARGV[s + 5]
+    if key ~= "" then
+      check_holder(queue_key(queue, "idem:" .. string.sub(key, 2)))
+    end
+    check_set(queue, "jobs")
+  end
+  i = i + 6 * jobs
+  for e = i + 1, i + 4 * events - 1, 4 do
+    local event = ARGV[e]
+    local queues = routes[event]
+    if not queues and not problem then
+      local sub_key = prefix .. ":sub:" .. event
+      queues = redis.pcall("SMEMBERS", sub_key)
+      if failed(queues, sub_key, "a set") then
+        queues = nil
+      else
+        routes[event] = queues
+      end
+    end
+    for _, queue in ipairs(queues or {}) do
+      check_set(queue, "jobs")
+    end
+  end
+  i = i + 4 * events
+  return i + 3 * history -- (history needs no check: see the top)
+end
+
+local rejected = {}
+local i = 6
+for c = 1, commit_count do
+  problem = nil
+  i = check(c, i)
+  if problem then
+    rejected[#rejected + 1] = c
+    rejected[#rejected + 1] = problem
+  end
+end
+if #rejected > 0 then
+  return { {}, {}, rejected, {} }
+end
+
+-- phase 2: apply (every key written below was checked above, or written by this script)
+
+local due_queues = {}
+-- Sorted-set writes, batched: new members of <queue>:jobs per commit (a later commit's cancel
+-- must see them), the history index and the removals from <queue>:leased once at the end.
+local pending_adds, adds_pending = {}, false
+local new_instances = {}
+local unleased = {}
+local repaired = {}
+
+-- `command key values...` in slices: Lua's unpack() is limited to a few thousand values
+local function call_in_slices(command, key, values)
+  for first = 1, #values, 2000 do
+    redis.call(command, key, unpack(values, first, math.min(first + 1999, #values)))
   end
 end
 
@@ -71,6 +296,19 @@ local function add_to_queue(queue, available_at, id)
   end
 end
 
+-- A history key of the wrong type, on which `reply` (of redis.pcall) failed: moved aside to
+-- <prefix>:corrupt:<name>, so that the write can be made again
+local function set_aside(reply, name)
+  if type(reply) == "table" and reply.err then
+    local key, aside = prefix .. ":" .. name, prefix .. ":corrupt:" .. name
+    repaired[#repaired + 1] = key .. " holds a " .. redis.call("TYPE", key).ok
+      .. ", not what the history keeps there: moved to " .. aside .. ", the history starts over"
+    redis.call("RENAME", key, aside)
+    return true
+  end
+  return false
+end
+
 local function flush_adds()
   for queue, members in pairs(pending_adds) do
     call_in_slices("ZADD", queue_key(queue, "jobs"), members)
@@ -78,20 +316,33 @@ local function flush_adds()
   pending_adds, adds_pending = {}, false
 end
 
--- An idempotency key's value is "<expires_at> <job id>", expires_at "-" while the job exists.
--- Expiry is judged against the caller's clock; the key's TTL only collects garbage.
+-- a job's fields t, d, q, k: `job`, phase 1's read kept current, or read now; nil for a key
+-- phase 1 did not read that is not a hash (lease.lua dead-letters such a job)
+local function job_fields(job_key, job)
+  if not job then
+    job = redis.pcall("HMGET", job_key, "t", "d", "q", "k")
+    if job.err then
+      return nil
+    end
+  end
+  return job
+end
+
 local function key_holder(idem_key)
-  local value = redis.call("GET", idem_key)
+  local value = holder_of[idem_key]
+  if value == nil then
+    value = redis.call("GET", idem_key)
+  end
   if not value then
     return nil
   end
-  local space = string.find(value, " ", 1, true)
-  local expires_at = string.sub(value, 1, space - 1)
+  local expires_at, holder = parse_holder(value)
   if expires_at ~= "-" and tonumber(expires_at) <= now then
     redis.call("DEL", idem_key)
+    holder_of[idem_key] = false
     return nil
   end
-  return string.sub(value, space + 1)
+  return holder
 end
 
 local function retire_key(queue, id, key)
@@ -99,11 +350,15 @@ local function retire_key(queue, id, key)
     return
   end
   local idem_key = queue_key(queue, "idem:" .. key)
+  local value = false
   if retention > 0 then
-    redis.call("SET", idem_key, string.format("%.17g", now + retention) .. " " .. id,
-      "PX", math.ceil(retention * 1000))
+    value = string.format("%.17g", now + retention) .. " " .. id
+    redis.call("SET", idem_key, value, "PX", math.ceil(retention * 1000))
   else
     redis.call("DEL", idem_key)
+  end
+  if holder_of[idem_key] ~= nil then -- (only a key phase 1 read can be read again)
+    holder_of[idem_key] = value
   end
 end
 
@@ -114,7 +369,8 @@ local function enqueue(id, queue, body, available_at, enqueued_at, key)
     if holder then
       return holder
     end
-    redis.call("SET", idem_key, "- " .. id)
+    holder_of[idem_key] = "- " .. id
+    redis.call("SET", idem_key, holder_of[idem_key])
   end
   local job_key = job_prefix .. id
   if redis.call("EXISTS", job_key) == 1 then
@@ -125,6 +381,10 @@ local function enqueue(id, queue, body, available_at, enqueued_at, key)
     redis.call("HSET", job_key, "q", queue, "b", body, "e", enqueued_at, "k", key)
   else
     redis.call("HSET", job_key, "q", queue, "b", body, "e", enqueued_at)
+  end
+  local cached = job_of[job_key]
+  if cached then
+    cached[1], cached[2], cached[3], cached[4] = false, false, queue, key or false
   end
   add_to_queue(queue, available_at, id)
   return id
@@ -137,8 +397,13 @@ local function optional(value)
   return string.sub(value, 2)
 end
 
-local function settle(outcome, id, queue, key, fields)
-  local job_key = job_prefix .. id
+local function settle(outcome, id, job_key, job, fields)
+  local queue, key = job[3], job[4]
+  if outcome == ACK or outcome == DEAD then
+    job[1], job[2], job[3] = false, false, false -- gone, for a later commit of the batch
+  else
+    job[2] = false -- no longer leased
+  end
   if outcome == ACK then
     redis.call("DEL", job_key)
     append_to(unleased, queue, id)
@@ -146,10 +411,10 @@ local function settle(outcome, id, queue, key, fields)
   elseif outcome == DEAD then
     -- the job hash becomes the dead letter (no copy of the body)
     local dead_key = prefix .. ":dead:" .. id
-    local earlier = redis.call("HGET", dead_key, "q")
-    if earlier and earlier ~= queue then
+    local earlier = redis.pcall("HGET", dead_key, "q") -- (a dead letter not a hash is replaced)
+    if type(earlier) == "string" and earlier ~= queue then
       -- the dead letter this one replaces (same id) was of another queue
-      redis.call("ZREM", queue_key(earlier, "dead"), id)
+      redis.pcall("ZREM", queue_key(earlier, "dead"), id)
     end
     redis.call("RENAME", job_key, dead_key)
     append_to(unleased, queue, id)
@@ -158,13 +423,15 @@ local function settle(outcome, id, queue, key, fields)
     if traceback then
       redis.call("HSET", dead_key, "tb", traceback)
     end
-    redis.call("ZADD", prefix .. ":dead", now_s, id)
+    redis.call("ZADD", dead_index, now_s, id)
     redis.call("ZADD", queue_key(queue, "dead"), now_s, id)
     retire_key(queue, id, key)
   else
     redis.call("ZREM", queue_key(queue, "leased"), id)
     if outcome == RELEASE then
-      redis.call("HINCRBY", job_key, "a", -1)
+      -- the attempt given back (HSET, not HINCRBY: a hand-edited count cannot fail the script)
+      local attempts = tonumber(redis.call("HGET", job_key, "a")) or 1
+      redis.call("HSET", job_key, "a", math.max(0, attempts - 1))
       redis.call("HDEL", job_key, "d")
       add_to_queue(queue, now_s, id)
     else
@@ -175,18 +442,13 @@ local function settle(outcome, id, queue, key, fields)
 end
 
 local results = {}
-local i = 6
-for _ = 1, commit_count do
-  local head = ARGV[i]
-  local outcome = string.byte(head, 1)
-  local states, cancels, jobs, events, history = 0, 0, 0, 0, 0
-  if #head > 1 then
-    states, cancels, jobs, events, history = struct.unpack(">I4I4I4I4I4", head, 2)
-  end
+i = 6
+for c = 1, commit_count do
+  local outcome, states, cancels, jobs, events, history = parse_head(ARGV[i])
   i = i + 1
 
   local status = 0
-  local settled_id, settled_queue, settled_key, fields
+  local settled_id, live_job, fields
   if outcome ~= NONE then
     settled_id = ARGV[i]
     local token = ARGV[i + 1]
@@ -199,22 +461,19 @@ for _ = 1, commit_count do
       i = i + 3
     end
     -- tokens are integers written the same way by Python and by lease.lua: compare as text
-    local job = redis.call("HMGET", job_prefix .. settled_id, "t", "d", "q", "k")
-    if not job[2] or job[1] ~= token or tonumber(job[2]) < now then
+    local job = job_fields(settled_key[c], settled_job[c])
+    if not job or not job[2] or job[1] ~= token or (tonumber(job[2]) or 0) < now then
       status = 1
     else
-      settled_queue, settled_key = job[3], job[4]
+      live_job = job
     end
   end
   if status == 0 then
     for s = i, i + 4 * states - 1, 4 do
       local expected = ARGV[s + 3]
-      if expected ~= "" then
-        local version = redis.call("HGET", prefix .. ":state:" .. ARGV[s], "n")
-        if (tonumber(version) or 0) ~= tonumber(expected) then
-          status = 2
-          break
-        end
+      if expected ~= "" and version_of[prefix .. ":state:" .. ARGV[s]] ~= tonumber(expected) then
+        status = 2
+        break
       end
     end
   end
@@ -226,15 +485,17 @@ for _ = 1, commit_count do
   else
     -- from here on nothing is checked: apply everything
     if settled_id then
-      settle(outcome, settled_id, settled_queue, settled_key, fields)
+      settle(outcome, settled_id, settled_key[c], live_job, fields)
     end
     for s = i, i + 4 * states - 1, 4 do
       local state_key = prefix .. ":state:" .. ARGV[s]
       if ARGV[s + 1] == "d" then
         redis.call("DEL", state_key)
+        version_of[state_key] = 0
       else
-        redis.call("HINCRBY", state_key, "n", 1)
-        redis.call("HSET", state_key, "v", ARGV[s + 2])
+        local version = version_of[state_key] + 1
+        redis.call("HSET", state_key, "v", ARGV[s + 2], "n", version)
+        version_of[state_key] = version
       end
     end
     i = i + 4 * states
@@ -242,16 +503,16 @@ for _ = 1, commit_count do
       flush_adds() -- a cancel may hit the job this commit's settlement just put back
     end
     for s = i, i + 2 * cancels - 1, 2 do
-      local queue = ARGV[s]
-      local idem_key = queue_key(queue, "idem:" .. ARGV[s + 1])
+      local idem_key = queue_key(ARGV[s], "idem:" .. ARGV[s + 1])
       local holder = key_holder(idem_key)
       if holder then
         local job_key = job_prefix .. holder
-        local job = redis.call("HMGET", job_key, "q", "d")
-        if job[1] and not job[2] then -- a pending job, not a leased one
+        local job = job_fields(job_key, job_of[job_key])
+        if job and job[3] and not job[2] then -- a pending job, not a leased one
           redis.call("DEL", job_key, idem_key)
           -- its own queue: an id enqueued on two queues exists once, on the first
-          redis.call("ZREM", queue_key(job[1], "jobs"), holder)
+          redis.pcall("ZREM", queue_key(job[3], "jobs"), holder)
+          job[1], job[3], holder_of[idem_key] = false, false, false
         end
       end
     end
@@ -268,12 +529,7 @@ for _ = 1, commit_count do
     end
     local deliveries = 0
     for e = i, i + 4 * events - 1, 4 do
-      local event = ARGV[e + 1]
-      local queues = routes[event]
-      if not queues then
-        queues = redis.call("SMEMBERS", prefix .. ":sub:" .. event)
-        routes[event] = queues
-      end
+      local queues = routes[ARGV[e + 1]]
       for _, queue in ipairs(queues) do
         enqueue(ARGV[e] .. ":" .. queue, queue, ARGV[e + 2], ARGV[e + 3], ARGV[e + 3], nil)
       end
@@ -284,7 +540,12 @@ for _ = 1, commit_count do
     for h = i, i + 3 * history - 1, 3 do
       -- The index scores an instance by its first entry's time, for pruning; later entries are
       -- (nearly always) newer. One written with an older time is pruned a round later.
-      if redis.call("RPUSH", history_prefix .. ARGV[h], ARGV[h + 2]) == 1 then
+      local key = history_prefix .. ARGV[h]
+      local pushed = redis.pcall("RPUSH", key, ARGV[h + 2])
+      if set_aside(pushed, "history:" .. ARGV[h]) then
+        pushed = redis.call("RPUSH", key, ARGV[h + 2])
+      end
+      if pushed == 1 then
         new_instances[#new_instances + 1] = ARGV[h + 1]
         new_instances[#new_instances + 1] = ARGV[h]
       end
@@ -296,7 +557,12 @@ for _ = 1, commit_count do
   end
 end
 
-call_in_slices("ZADD", prefix .. ":history", new_instances, "LT")
+for first = 1, #new_instances, 2000 do
+  local last = math.min(first + 1999, #new_instances)
+  if set_aside(redis.pcall("ZADD", history_index, "LT", unpack(new_instances, first, last)), "history") then
+    redis.call("ZADD", history_index, "LT", unpack(new_instances, first, last))
+  end
+end
 for queue, ids in pairs(unleased) do
   call_in_slices("ZREM", queue_key(queue, "leased"), ids)
 end
@@ -305,4 +571,4 @@ for queue in pairs(due_queues) do
   redis.call("PUBLISH", queue_key(queue, "notify"), sender)
   woken[#woken + 1] = queue
 end
-return { results, woken }
+return { results, woken, {}, repaired }

@@ -126,12 +126,17 @@ class Scripts:
 
     async def run(self, client: Redis, name: str, args: Sequence[Arg], more: Packed = NOTHING) -> Any:
         """Run script ``name`` with ``args`` then ``more`` as ARGV (no KEYS: the scripts build
-        their keys from the prefix)."""
+        their keys from the prefix); an error reply is raised."""
         [reply] = await self.run_many(client, [(name, args, more)])
+        if isinstance(reply, ResponseError):
+            raise reply
         return reply
 
     async def run_many(self, client: Redis, calls: Sequence[tuple[str, Sequence[Arg], Packed]]) -> list[Any]:
-        """Run several scripts in one round trip, in order, each atomic by itself (not together)."""
+        """Run several scripts in one round trip, in order, each atomic by itself (not together).
+
+        An error reply comes back as its ``ResponseError``, in its place: the caller decides what
+        the other calls' replies are worth when one failed."""
         replies = await _round_trip(client, b"".join(self._pack(*call) for call in calls), len(calls))
         for index, reply in enumerate(replies):
             if isinstance(reply, NoScriptError):
@@ -139,6 +144,4 @@ class Scripts:
                 name, args, more = calls[index]
                 await command(client, "SCRIPT LOAD", self._sources[name])
                 [replies[index]] = await _round_trip(client, self._pack(name, args, more))
-            if isinstance(replies[index], ResponseError):
-                raise replies[index]
         return replies
