@@ -32,7 +32,12 @@ from conveyor.backends import DEFAULT_IDEMPOTENCY_RETENTION, url_options
 from conveyor.backends.redis import codec
 from conveyor.backends.redis.notifier import Notifier
 from conveyor.backends.redis.scripts import NOTHING, Arg, Packed, Scripts, command
-from conveyor.model.errors import BackendError, BackendUnavailableError, ConfigurationError
+from conveyor.model.errors import (
+    BackendError,
+    BackendUnavailableError,
+    CommitRejectedError,
+    ConfigurationError,
+)
 from conveyor.ports import (
     Commit,
     CommitResult,
@@ -404,7 +409,8 @@ class RedisBackend:
         if repaired:
             self._report(repaired)
         if rejected:
-            raise BackendError(codec.rejection(commits, rejected))
+            # nothing was applied: the committer narrows the batch down to the culprit
+            raise CommitRejectedError(codec.rejection(commits, rejected))
         return codec.commit_results(commits, results), woken
 
     async def commit_and_lease(
