@@ -14,13 +14,14 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conveyor import App, Context, Lifecycle, Service, WorkerConfig
 from conveyor.backends import open_backend
 from conveyor.model.errors import CommitRejectedError
-from conveyor.ports import Backend, Commit, CommitStatus, Effects, StateOp, StateWrite
+from conveyor.ports import Backend, Commit, CommitAndLease, CommitStatus, Effects, StateOp, StateWrite
 from conveyor.testing import running, wait_until
 from conveyor.testing.robustness_contract import (
     GOOD_JOBS,
@@ -120,3 +121,33 @@ class TestOnPostgres(AppFixtures):
                 assert await app.dead_letters("work").list() == []
                 [stats] = await app.stats(["work"])
                 assert stats.leased == 8, "the jobs should come back when their leases expire"
+
+
+async def test_a_backend_bug_in_one_batch_does_not_stop_the_committer(tmp_path: Path) -> None:
+    """A commit call that answers the wrong number of results (a backend bug) fails its batch's
+    jobs, which run again after their leases; the worker goes on committing everything else."""
+    svc, ran = Service("svc"), []
+
+    @svc.queue_worker("work", lifecycle=Lifecycle(visibility_timeout=1))
+    async def work(ctx: Context, job: dict[str, int]) -> None:
+        ran.append(job["n"])
+
+    backend = open_backend(fresh_url("sqlite", tmp_path))
+    assert not isinstance(backend, CommitAndLease)
+    commit, broken = backend.commit, [True]
+
+    async def commit_once_wrong(commits: list[Commit], now: float) -> list[Any]:
+        results = await commit(commits, now)
+        if broken and any(c.settlement is not None for c in commits):
+            broken.clear()
+            return results[:-1] if len(results) > 1 else [*results, results[0]]
+        return results
+
+    backend.commit = commit_once_wrong  # type: ignore[method-assign]  # SQLite: every settle is a commit()
+    app = App([svc], backend=backend, worker=WorkerConfig(concurrency=4, poll_interval=0.05))
+    async with running(app):
+        await app.enqueue_many("work", [{"n": n} for n in range(20)])
+        await wait_until(lambda: set(ran) == set(range(20)), timeout=15)
+        await app.enqueue("work", {"n": 99})
+        await wait_until(lambda: 99 in ran, timeout=5)
+    assert not broken

@@ -80,7 +80,13 @@ class Committer:
                 continue
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
-            await self._settle(batch)
+            try:
+                await self._settle(batch)
+            except Exception:
+                # A bug (a backend answering the wrong number of results, say): the batch's futures
+                # have failed, so its jobs run again when their leases expire. A committer that
+                # stopped here would leave every later commit, and so every slot, waiting forever.
+                logger.exception("a commit batch of %d failed unexpectedly; committing goes on", len(batch))
 
     async def _settle(self, batch: list[tuple[Commit, asyncio.Future[CommitResult]]]) -> None:
         """Commit ``batch``, splitting it on a failure so only the culprits' futures fail."""
