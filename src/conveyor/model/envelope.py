@@ -82,9 +82,10 @@ class Envelope:
     def decode(cls, body: bytes | str) -> Envelope:
         """Decode a stored envelope, checking every field's type.
 
-        Anything that is not an envelope of version 1 whose fields have their types (ids and names
-        strings, ``kind`` "job" or "event", ``created_at`` a number, optional strings a string or
-        null, ``trace`` an object of strings, ``saga`` an array of compensations) raises
+        Anything that is not an envelope of version 1 whose fields have their types (``id``, ``name``
+        and ``correlation_id`` strings without a NUL, ``kind`` "job" or "event", ``created_at`` a
+        number, optional strings a string or null, ``trace`` an object of strings, ``saga`` an
+        array of compensations) raises
         :class:`UndecodableMessageError` naming the field and what was found: the worker
         dead-letters it on its first lease. An absent ``created_at`` reads as 0.0. Unknown fields
         are ignored, and ``payload`` may be any JSON (its model validates it later).
@@ -113,6 +114,13 @@ class Envelope:
             raise _wrong(data, "name", "a string")
         if type(correlation_id) is not str:
             raise _wrong(data, "correlation_id", "a string")
+        if "\x00" in ident or "\x00" in name or "\x00" in correlation_id:
+            # they are keys of the history (and more), which PostgreSQL's text cannot hold a NUL in
+            # (and conveyor refuses at enqueue): such a job could never commit
+            field = next(f for f in ("id", "name", "correlation_id") if "\x00" in data[f])
+            raise UndecodableMessageError(
+                f"envelope field {field!r} holds a NUL character: {_brief(data[field])}"
+            )
         created_at = get("created_at", 0.0)
         if type(created_at) is not float and type(created_at) is not int:  # (bool is not int here)
             raise _wrong(data, "created_at", "a number")

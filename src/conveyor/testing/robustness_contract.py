@@ -68,22 +68,24 @@ class RobustnessContract(AppFixtures):
         async def raw(ctx: Context, job: dict[str, Any]) -> None:
             ran.append(job)
 
-        wrong: dict[str, Any] = {
-            "created_at": "abc",
-            "id": 7,
-            "kind": "telegram",
-            "correlation_id": None,
-            "idempotency_key": ["k"],
-            "saga": "refund",
-            "trace": "00-abc",  # read by tracing, which is on
-        }
+        wrong: list[tuple[str, Any]] = [
+            ("created_at", "abc"),
+            ("created_at", [1]),
+            ("id", 7),
+            ("kind", "telegram"),
+            ("correlation_id", None),
+            ("correlation_id", "wf\x00"),  # a NUL: PostgreSQL could commit nothing of this job
+            ("idempotency_key", ["k"]),
+            ("saga", "refund"),
+            ("trace", "00-abc"),  # read by tracing, which is on
+        ]
         app = make_app(svc, tracing=True)
         async with running(app):
-            bodies = {
-                field: orjson.dumps({**_ENVELOPE, "id": f"bad-{field}", field: value})
-                for field, value in wrong.items()
-            }
-            for body in bodies.values():
+            bodies = [
+                (field, orjson.dumps({**_ENVELOPE, "id": f"bad-{n}", field: value}))
+                for n, (field, value) in enumerate(wrong)
+            ]
+            for _, body in bodies:
                 await _store_raw(app, "raw", body)
                 clock.advance(0.001)  # (_store_raw names each job after the time)
             dead = await wait_until(lambda: _at_least(app.dead_letters("raw").list(), len(bodies)))
@@ -91,7 +93,7 @@ class RobustnessContract(AppFixtures):
             await wait_until(lambda: ran)
         assert ran == [{"ok": True}]
         by_body = {entry.body: entry for entry in dead}
-        for field, body in bodies.items():
+        for field, body in bodies:
             entry = by_body[body]  # the raw body is kept
             assert entry.error.type.endswith("UndecodableMessageError"), (field, entry.error)
             assert f"field {field!r}" in entry.error.message, (field, entry.error)
