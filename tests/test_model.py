@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from datetime import timedelta
 
+import orjson
 import pytest
 
 from conveyor import Lifecycle, RetryStrategy
@@ -85,13 +86,108 @@ def test_unset_optional_fields_are_not_stored_and_read_back_as_none() -> None:
         (b'{"v": 1, "kind": "job"}', "lacks field"),
         (
             b'{"v": 1, "kind": "telegram", "id": "x", "name": "q", "correlation_id": "c"}',
-            "unknown message kind",
+            'must be "job" or "event"',
         ),
     ],
 )
 def test_undecodable_messages_raise_a_clear_error(body: bytes, message: str) -> None:
     with pytest.raises(UndecodableMessageError, match=message):
         Envelope.decode(body)
+
+
+GOOD_FIELDS: dict[str, object] = {
+    "v": 1,
+    "id": "j1",
+    "kind": "job",
+    "name": "q",
+    "payload": {"n": 1},
+    "correlation_id": "c1",
+    "created_at": 2.0,
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "found"),
+    [
+        ("v", True, "v is true"),
+        ("v", 1.0, "v is 1.0"),
+        ("v", "1", "v is '1'"),
+        ("id", 7, "'id' must be a string, found number 7"),
+        ("id", None, "'id' must be a string, found null"),
+        ("name", ["q"], "'name' must be a string, found array"),
+        ("id", "a\x00b", "'id' holds a NUL character: 'a\\x00b'"),
+        ("name", "\x00", "'name' holds a NUL character"),
+        ("correlation_id", "order-42\x00", "'correlation_id' holds a NUL character"),
+        ("correlation_id", {"a": 1}, "'correlation_id' must be a string, found object"),
+        ("kind", "telegram", "'kind' must be \"job\" or \"event\", found string 'telegram'"),
+        ("kind", 1, '\'kind\' must be "job" or "event", found number 1'),
+        ("created_at", "abc", "'created_at' must be a number, found string 'abc'"),
+        ("created_at", [1], "'created_at' must be a number, found array"),
+        ("created_at", True, "'created_at' must be a number, found boolean true"),
+        ("created_at", None, "'created_at' must be a number, found null"),
+        ("causation_id", 1, "'causation_id' must be a string or null, found number 1"),
+        ("idempotency_key", ["k"], "'idempotency_key' must be a string or null, found array"),
+        ("service", False, "'service' must be a string or null, found boolean false"),
+        ("service_version", 1.5, "'service_version' must be a string or null, found number 1.5"),
+        ("trace", "00-abc", "'trace' must be an object of strings or null, found string"),
+        ("trace", ["traceparent"], "'trace' must be an object of strings or null, found array"),
+        ("trace", {"traceparent": 1}, "'trace' must be an object of strings or null, found object"),
+        ("saga", "refund", "or null, found string 'refund'"),
+        ("saga", {"queue": "q"}, "or null, found object {'queue': 'q'}"),
+        ("saga", [1], "or null, found array [1]"),
+        ("saga", [{"payload": {}}], "'saga' must be an array of compensations"),
+        ("saga", [{"queue": 1, "payload": {}}], "'saga' must be an array of compensations"),
+        ("saga", [{"queue": "refund"}], "'saga' must be an array of compensations"),
+    ],
+)
+def test_an_envelope_field_of_the_wrong_type_is_undecodable(field: str, value: object, found: str) -> None:
+    body = orjson.dumps({**GOOD_FIELDS, field: value})
+    with pytest.raises(UndecodableMessageError) as raised:
+        Envelope.decode(body)
+    assert found in str(raised.value)
+
+
+@pytest.mark.parametrize("field", ["id", "kind", "name", "correlation_id"])
+def test_an_envelope_without_a_required_field_is_undecodable(field: str) -> None:
+    body = orjson.dumps({k: v for k, v in GOOD_FIELDS.items() if k != field})
+    with pytest.raises(UndecodableMessageError, match=f"envelope lacks field '{field}'"):
+        Envelope.decode(body)
+
+
+def test_a_huge_or_deep_wrong_value_is_described_briefly() -> None:
+    good = orjson.dumps({**GOOD_FIELDS, "created_at": "HERE"})
+    deep = b"[" * 1000 + b"1" + b"]" * 1000  # deeper than repr() or orjson.dumps can go
+    for value in (orjson.dumps("x" * 1_000_000), deep, orjson.dumps(list(range(100_000)))):
+        with pytest.raises(UndecodableMessageError) as raised:
+            Envelope.decode(good.replace(b'"HERE"', value))
+        assert len(str(raised.value)) < 200
+
+
+def test_optional_fields_may_be_absent_or_null_and_odd_payloads_decode() -> None:
+    nulls = dict.fromkeys(("causation_id", "idempotency_key", "service", "service_version", "trace", "saga"))
+    assert Envelope.decode(orjson.dumps({**GOOD_FIELDS, **nulls})).saga is None
+    assert (
+        Envelope.decode(orjson.dumps({k: v for k, v in GOOD_FIELDS.items() if k != "created_at"})).created_at
+        == 0.0
+    )
+    assert Envelope.decode(orjson.dumps({**GOOD_FIELDS, "created_at": 5})).created_at == 5.0
+    for payload in (None, [], "text", 2**63 - 1, -1.5e300, "\u2603\U0001f600", {"": [[[{}]]]}):
+        assert Envelope.decode(orjson.dumps({**GOOD_FIELDS, "payload": payload})).payload == payload
+    saga = [{"queue": "refund", "payload": {"n": 1}, "step": "charge"}]
+    traced = {"traceparent": "00-x", "tracestate": ""}
+    envelope = Envelope.decode(orjson.dumps({**GOOD_FIELDS, "saga": saga, "trace": traced}))
+    assert envelope.saga == saga and envelope.trace == traced
+
+
+def test_a_body_that_is_not_an_object_says_what_it_is() -> None:
+    for body, what in (
+        (b"[1, 2]", "an array"),
+        (b'"text"', "a string"),
+        (b"null", "null"),
+        (b"3", "a number"),
+    ):
+        with pytest.raises(UndecodableMessageError, match=f"not a conveyor envelope: {what}"):
+            Envelope.decode(body)
 
 
 def test_new_ids_are_unique_and_time_ordered() -> None:

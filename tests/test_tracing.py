@@ -121,3 +121,26 @@ async def test_without_tracing_no_context_travels() -> None:
         await app.enqueue("quiet", {})
         await wait_until(lambda: seen)
     assert seen == [None]
+
+
+async def test_an_error_whose_str_raises_is_still_dead_lettered_on_its_attempt_when_traced(
+    provider: TracerProvider, exporter: InMemorySpanExporter, backend_url: str
+) -> None:
+    svc = Service("svc")
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise ValueError("no text for you")
+
+    @svc.queue_worker("broken", lifecycle=Lifecycle(max_attempts=1))
+    async def broken(ctx: Context, job: dict[str, Any]) -> None:
+        raise Unprintable
+
+    app = App([svc], backend=backend_url, tracer_provider=provider)
+    async with app, running(app):
+        await app.enqueue("broken", {})
+        [entry] = await wait_until(lambda: app.dead_letters("broken").list())
+    assert entry.attempts == 1 and "str() raised ValueError" in entry.error.message
+    span = by_name(exporter.get_finished_spans(), "process broken")
+    assert span.status.status_code is StatusCode.ERROR
+    assert "Unprintable (whose str() raised)" in (span.status.description or "")

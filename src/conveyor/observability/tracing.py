@@ -7,7 +7,7 @@ injected and no span is started). Span names and attributes follow the messaging
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any
 
 from opentelemetry import propagate, trace
@@ -61,7 +61,10 @@ class Tracing:
 
     @contextmanager
     def _consume(self, envelope: Envelope, queue: str, job_id: str, attempt: int) -> Iterator[Span | None]:
-        parent = propagate.extract(envelope.trace or {})
+        try:
+            parent = propagate.extract(envelope.trace or {})
+        except Exception:  # trace context a foreign producer wrote and a propagator chokes on
+            parent = None  # (the attempt must not fail for it): this span starts a new trace
         attributes: dict[str, Any] = {
             "messaging.system": "conveyor",
             "messaging.operation.type": "process",
@@ -104,7 +107,14 @@ class Tracing:
 
 
 def record_failure(span: Span | None, error: BaseException) -> None:
+    """Mark the attempt's span failed with ``error``. Never raises: the job's own outcome (a retry or
+    its dead letter) must not be lost to an exception whose ``__str__`` raises."""
     if span is None:
         return
-    span.record_exception(error)
-    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    try:
+        description = f"{type(error).__name__}: {error}"
+    except Exception:
+        description = f"{type(error).__name__} (whose str() raised)"
+    with suppress(Exception):  # the SDK calls str(error) too
+        span.record_exception(error)
+    span.set_status(Status(StatusCode.ERROR, description))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from conveyor.model.envelope import Envelope
+from conveyor.model.errors import PayloadValidationError
 from conveyor.ports import Effects, HistoryEntry
 from conveyor.runtime.messages import Origin, child_id
 
@@ -29,7 +30,13 @@ def completed_step(definition: QueueWorker[Any], envelope: Envelope) -> dict[str
     """What to remember of a compensable step that succeeded (goes into its history entry)."""
     if definition.compensate is None:
         return None
-    return {"compensate": definition.compensate, "payload": envelope.payload}
+    try:  # encoded here, so that a payload JSON cannot hold says so in its own words
+        payload = orjson.Fragment(orjson.dumps(envelope.payload))
+    except orjson.JSONEncodeError as exc:
+        raise PayloadValidationError(
+            f"payload of compensable step {definition.name!r} cannot be kept for its compensation: {exc}"
+        ) from None
+    return {"compensate": definition.compensate, "payload": payload}
 
 
 def _queue(runtime: Runtime, envelope: Envelope, chain: list[dict[str, Any]], effects: Effects) -> None:

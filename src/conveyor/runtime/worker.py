@@ -479,7 +479,9 @@ class Worker:
         started = runtime.clock.now()
         try:
             envelope = Envelope.decode(leased.body)
-        except UndecodableMessageError as exc:
+        except Exception as exc:
+            if not isinstance(exc, UndecodableMessageError):  # a gap in decode's checks: same fate
+                exc = UndecodableMessageError(f"message could not be decoded: {describe_error(exc)}")
             logger.error("job %s of %r is undecodable, dead-lettered: %s", leased.id, leased.queue, exc)
             return await self._dead(leased, None, exc, Effects(), started), "undecodable"
         envelope.attempt = leased.attempt
@@ -490,26 +492,10 @@ class Worker:
                 "earlier attempts' workers died or lost their lease"
             )
             return await self._dead_with_hook(leased, definition, envelope, None, error, started), "dead"
-        if (
-            definition.kind == "subscription"
-            and envelope.kind == "event"
-            and envelope.name != definition.event
-        ):
-            unknown = PermanentError(
-                f"subscription {definition.name!r} consumes {definition.event!r}, got event {envelope.name!r}"
-            )
-            logger.error("job %s: %s; dead-lettered", leased.id, unknown)
-            return await self._dead(leased, envelope, unknown, Effects(), started), "unknown event"
-        payload: Any = envelope.payload
-        if definition.payload is not None and definition.accepts_payload:
-            try:
-                payload = definition.payload.model_validate(envelope.payload)
-            except ValidationError as exc:
-                invalid = PayloadValidationError(
-                    f"payload of job {leased.id} does not match {definition.payload.__name__}: {exc}"
-                )
-                logger.error("job %s of %r dead-lettered: invalid payload", leased.id, leased.queue)
-                return await self._dead(leased, envelope, invalid, Effects(), started), "invalid payload"
+        try:
+            payload = self._admit(definition, envelope, leased)
+        except Exception as refused:
+            return await self._refuse(leased, envelope, refused, started), "refused"
         fields: dict[str, object] = {
             "service": definition.service.name,
             "queue": definition.name,
@@ -518,20 +504,23 @@ class Worker:
             "correlation_id": envelope.correlation_id,
         }
         with runtime.tracer.consume(envelope, definition.name, leased.id, leased.attempt) as span:
-            if span is not None:
-                fields["trace_id"] = format(span.get_span_context().trace_id, "032x")
-            context = Context(
-                runtime,
-                service=definition.service.name,
-                service_version=definition.service.version,
-                emits=definition.emits,
-                envelope=envelope,
-                leased=leased,
-                max_attempts=lifecycle.max_attempts,
-                logger=self._loggers[definition.name],
-                log_fields=fields,
-                span=span,
-            )
+            try:
+                if span is not None:
+                    fields["trace_id"] = format(span.get_span_context().trace_id, "032x")
+                context = Context(
+                    runtime,
+                    service=definition.service.name,
+                    service_version=definition.service.version,
+                    emits=definition.emits,
+                    envelope=envelope,
+                    leased=leased,
+                    max_attempts=lifecycle.max_attempts,
+                    logger=self._loggers[definition.name],
+                    log_fields=fields,
+                    span=span,
+                )
+            except Exception as broken:  # a bug, but one the job would meet on every lease
+                return await self._refuse(leased, envelope, broken, started), "refused"
             try:
                 await self._call(definition, context, payload, leased)
             except asyncio.CancelledError:
@@ -560,12 +549,58 @@ class Worker:
         self._record_duration(definition.name, started)
         effects = context.buffer.effects
         if runtime.history_enabled:
-            step = saga.completed_step(definition, envelope)
-            extra = {saga.SAGA_STEP: step} if step else None
-            # the step's own entry first, so a timeline reads "step, then what it emitted"
-            effects.history[:0] = self._history(envelope, leased, "succeeded", started, None, extra)
-            saga.advance(runtime, envelope, effects)
+            try:
+                step = saga.completed_step(definition, envelope)
+                extra = {saga.SAGA_STEP: step} if step else None
+                # the step's own entry first, so a timeline reads "step, then what it emitted"
+                effects.history[:0] = self._history(envelope, leased, "succeeded", started, None, extra)
+                saga.advance(runtime, envelope, effects)
+            except (
+                Exception
+            ) as error:  # a step or a chain that cannot be stored: the next attempt could not either
+                return await self._dead_with_hook(
+                    leased, definition, envelope, payload, error, started
+                ), "dead"
         return Commit(Settlement(leased.id, leased.token, Outcome.ACK), effects), ""
+
+    def _admit(self, definition: QueueWorker[Any], envelope: Envelope, leased: LeasedJob) -> Any:
+        """What the handler gets as its payload; raises what dead-letters the job before its attempt
+        (an event its subscription does not consume, a payload its model refuses)."""
+        if (
+            definition.kind == "subscription"
+            and envelope.kind == "event"
+            and envelope.name != definition.event
+        ):
+            raise PermanentError(
+                f"subscription {definition.name!r} consumes {definition.event!r}, got event {envelope.name!r}"
+            )
+        model = definition.payload
+        if model is None or not definition.accepts_payload:
+            return envelope.payload
+        try:
+            return model.model_validate(envelope.payload)
+        except ValidationError as exc:
+            raise PayloadValidationError(
+                f"payload of job {leased.id} does not match {model.__name__}: {exc}"
+            ) from None
+        except Exception as exc:  # a validator's own error, which pydantic lets through
+            raise PayloadValidationError(
+                f"payload of job {leased.id} does not match {model.__name__}: "
+                f"its validation raised {describe_error(exc)}"
+            ) from exc
+
+    async def _refuse(
+        self, leased: LeasedJob, envelope: Envelope, error: BaseException, started: float
+    ) -> Commit:
+        """Dead-letter a job before its attempt, without ``on_dead_letter`` (which would get the
+        payload that was refused): whatever made it fail here would fail every lease alike."""
+        logger.error(
+            "job %s of %r dead-lettered before its attempt: %s",
+            leased.id,
+            leased.queue,
+            describe_error(error),
+        )
+        return await self._dead(leased, envelope, error, Effects(), started)
 
     async def _call(
         self, definition: QueueWorker[Any], context: Context, payload: Any, leased: LeasedJob
@@ -747,7 +782,7 @@ class Worker:
         )
         if hook is not None:
             if payload is None and definition.payload is not None:
-                with contextlib.suppress(ValidationError):
+                with contextlib.suppress(Exception):  # invalid, or a validator that raised: None
                     payload = definition.payload.model_validate(envelope.payload)
             context = Context(
                 self.runtime,
@@ -770,7 +805,7 @@ class Worker:
                     exc_info=hook_error,
                 )
                 error = RuntimeError(
-                    f"{type(error).__name__}: {error} (then on_dead_letter failed: {hook_error!r})"
+                    f"{describe_error(error)} (then on_dead_letter failed: {describe_error(hook_error)})"
                 )
             else:
                 effects = context.buffer.effects

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from conveyor import App, Context, Lifecycle, PermanentError, Retry, Service, WorkerConfig
 from conveyor.model.errors import (
@@ -31,7 +31,7 @@ from conveyor.model.errors import (
 from conveyor.ports import Backend, Commit, DeadLetter, Effects, NewJob, StateOp, StateWrite
 from conveyor.runtime.worker import MAX_MESSAGE_CHARS
 from conveyor.testing import FakeClock, running, wait_until
-from conveyor.testing.runtime_contract import AppFixtures
+from conveyor.testing.runtime_contract import AppFixtures, _store_raw
 
 GOOD_JOBS = 40
 """Good jobs finishing at the same instant as the bad ones, so they share one commit batch."""
@@ -205,9 +205,10 @@ class RobustnessContract(AppFixtures):
         assert all(runs[n] == 1 for n in range(GOOD_JOBS, GOOD_JOBS + len(kinds)))
 
     async def test_a_commit_refused_at_commit_fails_its_job_alone(self, make_app: Callable[..., App]) -> None:
-        """What the calls cannot see (effects built by hand, a correlation id inherited from a
-        stored message) is refused when the commit is submitted, or by the backend; the job is
-        dead-lettered on that attempt with the reason, without the effects, beside good jobs."""
+        """What the calls cannot see (effects built by hand) is refused when the commit is
+        submitted, or by the backend; the job is dead-lettered on that attempt with the reason,
+        without the effects, beside good jobs. A stored message whose correlation id cannot be
+        stored is dead-lettered as undecodable, beside them too."""
 
         async def bad(ctx: Context, kind: str) -> None:
             if kind == "raw":  # its commit's history entries carry the stored correlation id
@@ -218,11 +219,14 @@ class RobustnessContract(AppFixtures):
         app, dead, runs = await beside_good_jobs(make_app, bad, ["hand-built state write"], raw_jobs=1)
         await assert_good_jobs_committed_once(app, runs)
         hand_built, inherited = dead["hand-built state write"], dead["raw"]
-        for entry in (hand_built, inherited):
-            assert entry.attempts == 1
-            assert entry.error.type.endswith("CommitRejectedError"), entry.error
+        assert hand_built.attempts == inherited.attempts == 1
+        assert hand_built.error.type.endswith("CommitRejectedError"), hand_built.error
         assert "state key 'sku:a\\ud800b' holds a lone surrogate" in hand_built.error.message
-        assert "correlation id 'order\\x0042' holds a NUL" in inherited.error.message
+        # a stored correlation id holding a NUL is refused when the envelope is decoded, before
+        # the handler runs (no commit could carry it on PostgreSQL)
+        assert inherited.error.type.endswith("UndecodableMessageError"), inherited.error
+        assert "'correlation_id' holds a NUL" in inherited.error.message
+        assert runs[GOOD_JOBS + 1] == 0
         async with app:
             assert await app.states.get("raw:effect") is None
 
@@ -474,14 +478,141 @@ class RobustnessContract(AppFixtures):
             await wait_until(lambda: started, timeout=5, message="the delayed job to start")
         assert len(started) == 1 and due <= started[0] < due + 0.001
 
+    # undecodable envelopes
+
+    async def test_an_envelope_field_of_the_wrong_type_is_dead_lettered_on_its_first_lease(
+        self, make_app: Callable[..., App], clock: FakeClock
+    ) -> None:
+        svc, ran = Service("svc"), []
+
+        @svc.queue_worker("raw", lifecycle=Lifecycle(max_attempts=3))
+        async def raw(ctx: Context, job: dict[str, Any]) -> None:
+            ran.append(job)
+
+        wrong: list[tuple[str, Any]] = [
+            ("created_at", "abc"),
+            ("created_at", [1]),
+            ("id", 7),
+            ("kind", "telegram"),
+            ("correlation_id", None),
+            ("correlation_id", "wf\x00"),  # a NUL: PostgreSQL could commit nothing of this job
+            ("idempotency_key", ["k"]),
+            ("saga", "refund"),
+            ("trace", "00-abc"),  # read by tracing, which is on
+        ]
+        app = make_app(svc, tracing=True)
+        async with running(app):
+            bodies = [
+                (field, orjson.dumps({**_ENVELOPE, "id": f"bad-{n}", field: value}))
+                for n, (field, value) in enumerate(wrong)
+            ]
+            for _, body in bodies:
+                await _store_raw(app, "raw", body)
+                clock.advance(0.001)  # (_store_raw names each job after the time)
+            dead = await wait_until(lambda: _at_least(app.dead_letters("raw").list(), len(bodies)))
+            await app.enqueue("raw", {"ok": True})
+            await wait_until(lambda: ran)
+        assert ran == [{"ok": True}]
+        by_body = {entry.body: entry for entry in dead}
+        for field, body in bodies:
+            entry = by_body[body]  # the raw body is kept
+            assert entry.error.type.endswith("UndecodableMessageError"), (field, entry.error)
+            assert f"field {field!r}" in entry.error.message, (field, entry.error)
+            assert entry.attempts == 1, (field, entry.attempts)
+
+    async def test_an_undecodable_job_past_max_attempts_is_dead_lettered_as_undecodable(
+        self, make_app: Callable[..., App], clock: FakeClock
+    ) -> None:
+        svc = Service("svc")
+
+        @svc.queue_worker("raw", lifecycle=Lifecycle(max_attempts=1, visibility_timeout=5))
+        async def raw(ctx: Context, job: dict[str, Any]) -> None:
+            pass
+
+        app = make_app(svc)
+        body = orjson.dumps({**_ENVELOPE, "created_at": [1]})
+        async with app:
+            await _store_raw(app, "raw", body)
+            [first] = await app.backend.lease({"raw": 5.0}, 1, clock.now())  # a worker that died
+        clock.advance(6)
+        async with running(app):
+            [entry] = await wait_until(lambda: app.dead_letters("raw").list())
+        assert first.attempt == 1 and entry.attempts == 2 and entry.body == body
+        assert entry.error.type.endswith("UndecodableMessageError")
+        assert "'created_at' must be a number, found array [1]" in entry.error.message
+
+    async def test_a_payload_validator_that_raises_any_error_dead_letters_its_job_at_once(
+        self, make_app: Callable[..., App]
+    ) -> None:
+        svc, ran = Service("svc"), []
+
+        class Count(BaseModel):
+            n: int
+
+            @field_validator("n", mode="before")
+            @classmethod
+            def whole(cls, value: Any) -> int:
+                return int(value)  # a TypeError for a list: pydantic lets it through
+
+        @svc.queue_worker("typed", payload=Count, lifecycle=Lifecycle(max_attempts=3))
+        async def typed(ctx: Context, job: Count) -> None:
+            ran.append(job.n)
+
+        app = make_app(svc)
+        async with running(app):
+            await _store_raw(
+                app, "typed", orjson.dumps({**_ENVELOPE, "name": "typed", "payload": {"n": [1]}})
+            )
+            [entry] = await wait_until(lambda: app.dead_letters("typed").list())
+            await app.enqueue("typed", {"n": "2"})
+            await wait_until(lambda: ran)
+        assert ran == [2] and entry.attempts == 1
+        assert entry.error.type.endswith("PayloadValidationError")
+        assert "TypeError" in entry.error.message and "Count" in entry.error.message
+
+    async def test_a_compensable_step_whose_payload_cannot_be_kept_is_dead_lettered_at_once(
+        self, make_app: Callable[..., App]
+    ) -> None:
+        svc, ran = Service("svc"), []
+
+        @svc.queue_worker("step", compensate="undo", lifecycle=Lifecycle(max_attempts=3))
+        async def step(ctx: Context, job: Any) -> None:
+            ran.append(ctx.job.attempt if ctx.job else 0)
+
+        @svc.queue_worker("undo")
+        async def undo(ctx: Context, job: Any) -> None:
+            pass
+
+        deep = b"[" * 400 + b"]" * 400  # JSON can read it, but orjson writes at most 254 levels
+        app = make_app(svc)
+        async with running(app):
+            body = orjson.dumps({**_ENVELOPE, "name": "step", "payload": "HERE"})
+            await _store_raw(app, "step", body.replace(b'"HERE"', deep))
+            [entry] = await wait_until(lambda: app.dead_letters("step").list())
+        assert ran == [1] and entry.attempts == 1
+        assert entry.error.type.endswith("PayloadValidationError")
+        assert "cannot be kept for its compensation" in entry.error.message
+
+
+_ENVELOPE: dict[str, Any] = {
+    "v": 1,
+    "id": "raw",
+    "kind": "job",
+    "name": "raw",
+    "payload": {},
+    "correlation_id": "raw",
+    "created_at": 1.0,
+}
+"""A valid stored envelope, for tests that break one of its fields."""
+
 
 async def beside_good_jobs(
     make_app: Callable[..., App], bad: BadStep, kinds: list[str], *, raw_jobs: int = 0
 ) -> tuple[App, dict[str, DeadLetter], Counter[int]]:
     """Run :data:`GOOD_JOBS` good jobs (each sets a state and emits), one job per bad kind (which
     runs ``bad(ctx, kind)``) and ``raw_jobs`` jobs stored by hand (see :func:`_enqueue_raw`; their
-    kind is ``raw``), all with ``max_attempts=1``. They are held at a gate until every one is
-    running, then released at once, so their commits share one batch. Returns the app, the dead
+    kind is ``raw``; they are dead-lettered undecodable without running), all with
+    ``max_attempts=1``. They are held at a gate until every one is running, then released at once, so their commits share one batch. Returns the app, the dead
     letters by kind and how many times each job ran."""
     svc = Service("svc")
     total = GOOD_JOBS + len(kinds) + raw_jobs
@@ -506,7 +637,11 @@ async def beside_good_jobs(
             await app.enqueue("work", {"kind": kind, "n": n})
         for n in range(GOOD_JOBS + len(kinds), total):
             await _enqueue_raw(app, n)
-        await wait_until(lambda: len(arrived) == total, message=f"{total} jobs running at once")
+        # the raw jobs never run: their envelopes are refused when decoded, beside the others
+        running_at_once = total - raw_jobs
+        await wait_until(
+            lambda: len(arrived) == running_at_once, message=f"{running_at_once} jobs running at once"
+        )
         gate.set()
         expected = total - GOOD_JOBS
         dead = await wait_until(lambda: _at_least(app.dead_letters("work").list(), expected))
