@@ -8,15 +8,14 @@ validated as a plain identifier and substituted quoted, never taken from anythin
 from __future__ import annotations
 
 import re
-from functools import cache
 from pathlib import Path
 
 import psycopg
 
+from conveyor.backends import sql_files
 from conveyor.model.errors import ConfigurationError, SchemaVersionError
 
 HERE = Path(__file__).parent
-MIGRATIONS = HERE / "migrations"
 SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
 """A plain identifier, short enough for the NOTIFY channel named after it to fit in 63 bytes."""
 
@@ -35,37 +34,18 @@ def render(text: str, schema: str) -> str:
     return text.replace("{schema}", f'"{schema}"')
 
 
-@cache
-def _query_texts() -> dict[str, str]:
-    queries: dict[str, str] = {}
-    name: str | None = None
-    lines: list[str] = []
-    for line in (HERE / "queries.sql").read_text().splitlines():
-        if line.startswith("-- name: "):
-            if name is not None:
-                queries[name] = "\n".join(lines).strip()
-            name, lines = line.removeprefix("-- name: ").strip(), []
-        elif name is not None:
-            lines.append(line)
-    if name is not None:
-        queries[name] = "\n".join(lines).strip()
-    return queries
+_QUERY_TEXTS = sql_files.load_queries(HERE / "queries.sql")
+
+MIGRATIONS: list[sql_files.Migration] = sql_files.load_migrations(HERE / "migrations")
+"""The schema scripts by version (``NNNN_what.sql``, one per version, checked at import)."""
+
+LATEST_VERSION = MIGRATIONS[-1].version
+"""The schema version this code writes and understands."""
 
 
 def load_queries(schema: str) -> dict[str, str]:
     """Every query of ``queries.sql`` by name, rendered for ``schema``."""
-    return {name: render(text, schema) for name, text in _query_texts().items()}
-
-
-def migrations() -> list[tuple[int, list[Path]]]:
-    """(version, its files in order), ascending. Files are named ``NNNN_what.sql``."""
-    by_version: dict[int, list[Path]] = {}
-    for path in sorted(MIGRATIONS.glob("*.sql")):
-        by_version.setdefault(int(path.name.split("_", 1)[0]), []).append(path)
-    return sorted(by_version.items())
-
-
-LATEST_VERSION = migrations()[-1][0]
+    return {name: render(text, schema) for name, text in _QUERY_TEXTS.items()}
 
 
 async def migrate(conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str) -> int:
@@ -96,10 +76,10 @@ async def migrate(conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str
                 f"PostgreSQL schema {schema!r} is at version {found}, newer than version "
                 f"{LATEST_VERSION} that this conveyor knows: upgrade conveyor (nothing was changed)"
             )
-        for version, files in migrations():
-            if version <= found:
-                continue
-            for path in files:
-                await conn.execute(render(path.read_text(), schema).encode())
-            await conn.execute(f"INSERT INTO {quoted}.schema_version (version) VALUES (%s)", (version,))
+        for migration in MIGRATIONS:
+            if migration.version > found:
+                await conn.execute(render(migration.text, schema).encode())
+                await conn.execute(
+                    f"INSERT INTO {quoted}.schema_version (version) VALUES (%s)", (migration.version,)
+                )
     return found

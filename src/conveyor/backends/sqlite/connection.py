@@ -185,11 +185,11 @@ class Connection:
         current = _stored_version(db)
         self._check_version(current)
         db.execute(QUERIES["create_schema_version_table"])
-        for version, script in MIGRATIONS.items():
-            if version > current:
-                for statement in script_statements(script):
+        for migration in MIGRATIONS:
+            if migration.version > current:
+                for statement in script_statements(migration.text):
                     db.execute(statement)
-                db.execute(QUERIES["record_schema_version"], {"version": version})
+                db.execute(QUERIES["record_schema_version"], {"version": migration.version})
 
 
 def _stored_version(db: sqlite3.Connection) -> int:

@@ -1,45 +1,29 @@
 """The SQL of the SQLite backend, read once at import from the ``.sql`` files beside this module.
 
 ``queries.sql`` holds named statements (``-- name: lease`` starts one); ``migrations/NNNN_*.sql``
-are the schema scripts, one per schema version.
+are the schema scripts, one per schema version (the rules of both are in ``sql_files``).
 """
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from importlib.resources import files
 
+from conveyor.backends.sql_files import Migration, load_migrations, load_queries
+
 _HERE = files(__package__)
-_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 # SQLite refuses compound selects of more than 500 terms; past this many queues lease() uses the
 # slower single-statement selection instead of one indexed sub-select per queue.
 MAX_QUEUES_PER_COMPOUND = 200
 
 
-def _parse(text: str) -> dict[str, str]:
-    parts = _NAME.split(text)
-    # parts = [preamble, name1, body1, name2, body2, ...]
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+QUERIES: dict[str, str] = load_queries(_HERE / "queries.sql")
 
+MIGRATIONS: list[Migration] = load_migrations(_HERE / "migrations")
+"""The schema scripts by version; each brings the previous version to its own."""
 
-QUERIES: dict[str, str] = _parse(_HERE.joinpath("queries.sql").read_text(encoding="utf-8"))
-
-
-def _migrations() -> dict[int, str]:
-    scripts = {}
-    for entry in _HERE.joinpath("migrations").iterdir():
-        if entry.name.endswith(".sql"):
-            version = int(entry.name.split("_", 1)[0])
-            scripts[version] = entry.read_text(encoding="utf-8")
-    return dict(sorted(scripts.items()))
-
-
-MIGRATIONS: dict[int, str] = _migrations()
-"""Schema version → the script that brings the previous version to it."""
-
-SCHEMA_VERSION = max(MIGRATIONS)
+SCHEMA_VERSION = MIGRATIONS[-1].version
 """The schema version this code writes and understands."""
 
 
