@@ -612,8 +612,9 @@ async def beside_good_jobs(
     """Run :data:`GOOD_JOBS` good jobs (each sets a state and emits), one job per bad kind (which
     runs ``bad(ctx, kind)``) and ``raw_jobs`` jobs stored by hand (see :func:`_enqueue_raw`; their
     kind is ``raw``; they are dead-lettered undecodable without running), all with
-    ``max_attempts=1``. They are held at a gate until every one is running, then released at once, so their commits share one batch. Returns the app, the dead
-    letters by kind and how many times each job ran."""
+    ``max_attempts=1``. They are held at a gate until every one is running, then released at once,
+    so their commits share one batch. Returns the app, the dead letters by kind and how many times
+    each job ran."""
     svc = Service("svc")
     total = GOOD_JOBS + len(kinds) + raw_jobs
     gate, arrived, runs = asyncio.Event(), set[int](), Counter[int]()
