@@ -116,6 +116,26 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {error_info(error).message}"
 
 
+class _Raised(Exception):
+    """A handler's ``BaseException`` carried out of its task as an ordinary exception."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
+        self.error = error
+
+
+async def _contained(call: Awaitable[Any]) -> Any:
+    """Await ``call`` in a task of its own: a task that raises ``SystemExit`` or
+    ``KeyboardInterrupt`` re-raises it into the event loop, which would end the worker process,
+    so it leaves the task wrapped and is raised again by the attempt (and dead-lettered there)."""
+    try:
+        return await call
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        raise _Raised(exc) from None
+
+
 class Worker:
     """Works the given queues until :meth:`stop`; SIGTERM handling belongs to the caller."""
 
@@ -631,7 +651,7 @@ class Worker:
     ) -> None:
         """Run the handler in a task of its own, so that its attempt ends at ``timeout`` even if
         it ignores cancellation (a bare ``except:`` around an ``await``): the task can be abandoned."""
-        handler = asyncio.ensure_future(call)
+        handler = asyncio.ensure_future(_contained(call))
         try:
             done, _ = await asyncio.wait((handler,), timeout=timeout)
         except asyncio.CancelledError:  # shutdown: the job is released at once, without the handler
@@ -641,7 +661,10 @@ class Worker:
                 self._keep(handler)
             raise
         if done:
-            handler.result()  # its return, or what it raised (a TimeoutError of its own stays one)
+            try:
+                handler.result()  # its return, or what it raised (its own TimeoutError stays one)
+            except _Raised as raised:
+                raise raised.error from None
             return
         context.buffer.close(
             f"job {leased.id} of queue {leased.queue!r} timed out after {timeout:g}s; "

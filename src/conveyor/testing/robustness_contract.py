@@ -478,6 +478,38 @@ class RobustnessContract(AppFixtures):
             await wait_until(lambda: started, timeout=5, message="the delayed job to start")
         assert len(started) == 1 and due <= started[0] < due + 0.001
 
+    async def test_base_exceptions_of_a_timed_handler_do_not_end_the_worker(
+        self, make_app: Callable[..., App]
+    ) -> None:
+        """A handler with a timeout runs in a task of its own; SystemExit or KeyboardInterrupt
+        raised there would reach the event loop and end the process, not its job."""
+        svc, ran = Service("svc"), []
+
+        class Custom(BaseException):
+            pass
+
+        errors: dict[int, BaseException] = {1: KeyboardInterrupt(), 2: SystemExit(3), 3: Custom("odd")}
+
+        @svc.queue_worker("timed", lifecycle=Lifecycle(max_attempts=1, timeout=30))
+        async def timed(ctx: Context, job: dict[str, int]) -> None:
+            if job["n"] in errors:
+                raise errors[job["n"]]
+            ran.append(job["n"])
+
+        app = make_app(svc)
+        async with running(app):
+            for n in (1, 2, 3, 4):
+                await app.enqueue("timed", {"n": n})
+            dead = await wait_until(lambda: _at_least(app.dead_letters("timed").list(), 3))
+            await wait_until(lambda: ran)
+        assert sorted(entry.error.type.rsplit(".", 1)[-1] for entry in dead) == [
+            "Custom",
+            "KeyboardInterrupt",
+            "SystemExit",
+        ]
+        assert all(entry.attempts == 1 for entry in dead)
+        assert ran == [4]
+
     # undecodable envelopes
 
     async def test_an_envelope_field_of_the_wrong_type_is_dead_lettered_on_its_first_lease(
