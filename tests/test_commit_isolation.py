@@ -10,6 +10,7 @@ A failure of the backend itself, where every commit fails, dead-letters nobody.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,8 +21,10 @@ import pytest
 
 from conveyor import App, Context, Lifecycle, Service, WorkerConfig
 from conveyor.backends import open_backend
-from conveyor.model.errors import CommitRejectedError
+from conveyor.model.errors import BackendError, CommitRejectedError
 from conveyor.ports import Backend, Commit, CommitAndLease, CommitStatus, Effects, StateOp, StateWrite
+from conveyor.runtime.clock import SystemClock
+from conveyor.runtime.committer import Committer
 from conveyor.testing import running, wait_until
 from conveyor.testing.robustness_contract import (
     GOOD_JOBS,
@@ -151,3 +154,43 @@ async def test_a_backend_bug_in_one_batch_does_not_stop_the_committer(tmp_path: 
         await app.enqueue("work", {"n": 99})
         await wait_until(lambda: 99 in ran, timeout=5)
     assert not broken
+
+
+@pytest.mark.parametrize("failures", [1, 1000])
+async def test_a_lone_commit_failing_for_no_stated_reason_is_blamed_only_if_it_fails_again(
+    tmp_path: Path, failures: int
+) -> None:
+    """Beside commits that went through, one failing with a plain BackendError (not a refusal)
+    is tried once more alone: a passing failure (a deadlock, say) commits; a lasting one is the
+    commit's own, and its job is refused with the error."""
+    backend = open_backend(fresh_url("sqlite", tmp_path))
+    await backend.connect()
+    commit, left = backend.commit, [failures]
+
+    async def fails_with_flaky(commits: list[Commit], now: float) -> list[Any]:
+        if any(write.key == "flaky" for c in commits for write in c.effects.states) and left[0] > 0:
+            if len(commits) == 1:
+                left[0] -= 1
+            raise BackendError("deadlock detected (made up)")
+        return await commit(commits, now)
+
+    backend.commit = fails_with_flaky  # type: ignore[method-assign]
+    committer = Committer(backend, SystemClock())
+    running_committer = asyncio.create_task(committer.run())
+    try:
+        keys = ["a", "b", "flaky", "c", "d"]
+        outcomes = await asyncio.gather(
+            *(committer.submit(state(key)) for key in keys), return_exceptions=True
+        )
+    finally:
+        await committer.close()
+        await running_committer
+        records = await backend.get_states(keys)
+        await backend.close()
+    by_key = dict(zip(keys, outcomes, strict=True))
+    assert all(getattr(by_key[key], "status", None) is CommitStatus.OK for key in "abcd")
+    if failures == 1:
+        assert getattr(by_key["flaky"], "status", None) is CommitStatus.OK and "flaky" in records
+    else:
+        assert isinstance(by_key["flaky"], CommitRejectedError) and "deadlock" in str(by_key["flaky"])
+        assert "flaky" not in records

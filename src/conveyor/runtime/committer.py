@@ -91,10 +91,10 @@ class Committer:
     async def _settle(self, batch: list[tuple[Commit, asyncio.Future[CommitResult]]]) -> None:
         """Commit ``batch``, splitting it on a failure so only the culprits' futures fail."""
         parts, part = [batch], batch
-        alone: list[tuple[asyncio.Future[CommitResult], Exception]] = []
+        alone: list[tuple[Commit, asyncio.Future[CommitResult], Exception]] = []
         """commits that failed on their own, with the error"""
         through = False
-        """whether any commit of the batch was applied: then a commit failing alone is to blame"""
+        """whether any commit of the batch was applied: then a commit failing alone, twice, is to blame"""
         try:
             while parts:
                 part = parts.pop()
@@ -105,7 +105,7 @@ class Committer:
                     continue
                 except Exception as exc:
                     if len(part) == 1:
-                        alone.append((part[0][1], exc))
+                        alone.append((part[0][0], part[0][1], exc))
                     else:
                         if len(part) == len(batch):
                             logger.warning(
@@ -130,15 +130,34 @@ class Committer:
             error = BackendError(f"commit interrupted: {exc!r}")
             for unsettled in [part, *parts]:
                 _fail((future for _, future in unsettled), error)
-            _fail((future for future, _ in alone), error)
+            _fail((future for _, future, _ in alone), error)
             raise
-        for future, failure in alone:
+        for commit, future, failure in alone:
             if future.done():
                 continue
-            if isinstance(failure, CommitRejectedError) or through:
+            if isinstance(failure, CommitRejectedError):
                 future.set_exception(_rejected(failure))
+            elif through:
+                # Others went through, yet this one failed with an error its backend did not call a
+                # refusal: a content error it does not map, or a passing one (a deadlock that
+                # outlasted the backend's own retries). Once more, alone: what fails again is this
+                # commit's to blame; what passes was the moment's.
+                await self._blame_if_it_fails_again(commit, future)
             else:  # every commit failed: the backend's failure, not this commit's
                 future.set_exception(failure)
+
+    async def _blame_if_it_fails_again(self, commit: Commit, future: asyncio.Future[CommitResult]) -> None:
+        try:
+            [result] = await self._commit([commit])
+        except BackendUnavailableError as exc:
+            future.set_exception(exc)
+        except Exception as exc:
+            future.set_exception(_rejected(exc))
+        else:
+            if result.status is CommitStatus.REJECTED:
+                future.set_exception(rejection(result))
+            else:
+                future.set_result(result)
 
     async def _commit(self, commits: list[Commit]) -> list[CommitResult]:
         delay, waited = 0.05, 0.0
