@@ -144,3 +144,20 @@ async def test_an_error_whose_str_raises_is_still_dead_lettered_on_its_attempt_w
     span = by_name(exporter.get_finished_spans(), "process broken")
     assert span.status.status_code is StatusCode.ERROR
     assert "Unprintable (whose str() raised)" in (span.status.description or "")
+
+
+def test_a_huge_error_message_is_cut_in_the_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    from conveyor.observability.tracing import MAX_STATUS_CHARS, record_failure
+
+    with provider.get_tracer("test").start_as_current_span("attempt") as span:
+        record_failure(span, RuntimeError("x" * 5_000_000))
+    [finished] = exporter.get_finished_spans()
+    assert finished.status.description is not None
+    assert len(finished.status.description) < MAX_STATUS_CHARS + 100
+    assert finished.status.description.endswith("[4,996,000 characters cut]")
+    [event] = finished.events
+    assert event.attributes is not None
+    message = str(event.attributes["exception.message"])
+    assert len(message) < MAX_STATUS_CHARS + 100

@@ -106,15 +106,24 @@ class Tracing:
             yield
 
 
+MAX_STATUS_CHARS = 4_000
+"""An error message is cut to this length in a span's status and exception event."""
+
+
 def record_failure(span: Span | None, error: BaseException) -> None:
     """Mark the attempt's span failed with ``error``. Never raises: the job's own outcome (a retry or
     its dead letter) must not be lost to an exception whose ``__str__`` raises."""
     if span is None:
         return
     try:
-        description = f"{type(error).__name__}: {error}"
+        message = str(error)
     except Exception:
-        description = f"{type(error).__name__} (whose str() raised)"
-    with suppress(Exception):  # the SDK calls str(error) too
-        span.record_exception(error)
+        message = "(whose str() raised)"
+        description = f"{type(error).__name__} {message}"
+    else:
+        if len(message) > MAX_STATUS_CHARS:  # a 5 MB message must not reach the exporter whole
+            message = f"{message[:MAX_STATUS_CHARS]}… [{len(message) - MAX_STATUS_CHARS:,} characters cut]"
+        description = f"{type(error).__name__}: {message}"
+    with suppress(Exception):  # the SDK calls str(error) too; the message given here wins
+        span.record_exception(error, attributes={"exception.message": message})
     span.set_status(Status(StatusCode.ERROR, description))

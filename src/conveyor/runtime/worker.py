@@ -424,7 +424,7 @@ class Worker:
         bare = Commit(Settlement(leased.id, leased.token, Outcome.DEAD, None, info))
         try:
             envelope = Envelope.decode(leased.body)
-        except UndecodableMessageError:
+        except Exception:  # as in _run: whatever decode raises, this job has no envelope
             dead = bare
         else:
             envelope.attempt = leased.attempt
