@@ -65,10 +65,15 @@ class Committer:
         problem = unstorable(commit)
         if problem is not None:
             raise CommitRejectedError(f"the commit cannot be stored: {problem}")
+        return await self.queue(commit)
+
+    def queue(self, commit: Commit) -> asyncio.Future[CommitResult]:
+        """Add ``commit`` to the pending ones now (unchecked: for settlements without effects) and
+        return its future; a committer that is closing still commits it before it stops."""
         future: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
         self._pending.append((commit, future))
         self._wake.set()
-        return await future
+        return future
 
     async def run(self) -> None:
         while True:

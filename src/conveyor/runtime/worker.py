@@ -116,6 +116,12 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {error_info(error).message}"
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A release nobody waits for: its failure is logged, and the job runs after its lease."""
+    if not future.cancelled() and future.exception() is not None:
+        logger.warning("could not release a job leased while stopping: %s", future.exception())
+
+
 class _Raised(Exception):
     """A handler's ``BaseException`` carried out of its task as an ordinary exception."""
 
@@ -268,6 +274,13 @@ class Worker:
     def _start(self, jobs: Sequence[LeasedJob], reserved: int) -> None:
         """Run the ``jobs`` one lease call brought, giving back the slots it had claimed."""
         self._reserved -= reserved
+        if jobs and self._stop.is_set():
+            # leased by a commit that was on its way when the worker began to stop: given back
+            # unrun, no attempt spent (queued now, so the closing committer still sends them)
+            logger.info("releasing %d jobs leased while stopping", len(jobs))
+            for leased in jobs:
+                self._committer.queue(self._release(leased)).add_done_callback(_retrieved)
+            return
         if self.runtime.metrics.enabled:
             for leased in jobs:
                 self.runtime.metrics.started.add(1, {QUEUE: leased.queue})
