@@ -147,6 +147,33 @@ async def test_a_queue_set_of_the_wrong_type_is_skipped_and_other_queues_are_lea
     assert (again.id, again.attempt) == ("a", 1)
 
 
+async def test_a_job_hash_without_its_body_is_dead_lettered_naming_the_key(
+    backend: RedisBackend, client: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    prefix = backend.prefix
+    await enqueue(backend, "q", "a", "b", "c")
+    await client.hdel(f"{prefix}:job:b", "b")
+    with caplog.at_level(logging.ERROR, logger="conveyor.backends.redis"):
+        leased = await backend.lease(LEASE, 10, T0)
+    assert [job.id for job in leased] == ["a", "c"]
+    [dead] = await backend.dead_letters("q")
+    assert (dead.id, dead.queue, dead.body) == ("b", "q", b"")
+    assert f"{prefix}:job:b has no field b (the body)" in dead.error.message
+    assert f"{prefix}:job:b has no field b" in caplog.text
+    # the hash is kept aside, untouched, and nothing is left behind to trip over
+    assert await client.hgetall(f"{prefix}:corrupt:job:b") == {b"q": b"q", b"e": b"%r" % T0}
+    assert not await client.exists(f"{prefix}:job:b")
+    assert await backend.lease(LEASE, 10, T0 + 1) == []
+
+
+async def test_a_member_without_its_job_hash_is_dropped(backend: RedisBackend, client: Redis) -> None:
+    await enqueue(backend, "q", "a", "b")
+    await client.delete(f"{backend.prefix}:job:a")
+    assert [job.id for job in await backend.lease(LEASE, 10, T0)] == ["b"]
+    assert await backend.dead_letters("q") == []
+    assert [(s.ready, s.leased) for s in await backend.stats(["q"], T0)] == [(0, 1)]
+
+
 async def test_a_job_hash_without_enqueued_at_is_leased_all_the_same(
     backend: RedisBackend, client: Redis
 ) -> None:
