@@ -194,6 +194,16 @@ async def test_a_corrupt_token_counter_is_an_error_naming_it(backend: RedisBacke
     assert job.token > 1000
 
 
+async def test_a_key_that_is_not_utf8_does_not_break_listing_the_queues(
+    backend: RedisBackend, client: Redis
+) -> None:
+    await enqueue(backend, "q", "a")
+    await client.zadd(backend.prefix.encode() + b":{\xff\xfe}:jobs", {b"x": T0})
+    names = await backend.queue_names()
+    assert names == ["\\xff\\xfe", "q"]
+    assert [s.ready for s in await backend.stats(names, T0)] == [0, 1]  # what health and metrics read
+
+
 # committing
 
 
