@@ -147,6 +147,33 @@ async def test_a_queue_set_of_the_wrong_type_is_skipped_and_other_queues_are_lea
     assert (again.id, again.attempt) == ("a", 1)
 
 
+async def test_a_job_hash_without_its_body_is_dead_lettered_naming_the_key(
+    backend: RedisBackend, client: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    prefix = backend.prefix
+    await enqueue(backend, "q", "a", "b", "c")
+    await client.hdel(f"{prefix}:job:b", "b")
+    with caplog.at_level(logging.ERROR, logger="conveyor.backends.redis"):
+        leased = await backend.lease(LEASE, 10, T0)
+    assert [job.id for job in leased] == ["a", "c"]
+    [dead] = await backend.dead_letters("q")
+    assert (dead.id, dead.queue, dead.body) == ("b", "q", b"")
+    assert f"{prefix}:job:b has no field b (the body)" in dead.error.message
+    assert f"{prefix}:job:b has no field b" in caplog.text
+    # the hash is kept aside, untouched, and nothing is left behind to trip over
+    assert await client.hgetall(f"{prefix}:corrupt:job:b") == {b"q": b"q", b"e": b"%r" % T0}
+    assert not await client.exists(f"{prefix}:job:b")
+    assert await backend.lease(LEASE, 10, T0 + 1) == []
+
+
+async def test_a_member_without_its_job_hash_is_dropped(backend: RedisBackend, client: Redis) -> None:
+    await enqueue(backend, "q", "a", "b")
+    await client.delete(f"{backend.prefix}:job:a")
+    assert [job.id for job in await backend.lease(LEASE, 10, T0)] == ["b"]
+    assert await backend.dead_letters("q") == []
+    assert [(s.ready, s.leased) for s in await backend.stats(["q"], T0)] == [(0, 1)]
+
+
 async def test_a_job_hash_without_enqueued_at_is_leased_all_the_same(
     backend: RedisBackend, client: Redis
 ) -> None:
@@ -165,6 +192,16 @@ async def test_a_corrupt_token_counter_is_an_error_naming_it(backend: RedisBacke
     await client.set(f"{backend.prefix}:token", 1000)
     [job] = await backend.lease(LEASE, 10, T0)
     assert job.token > 1000
+
+
+async def test_a_key_that_is_not_utf8_does_not_break_listing_the_queues(
+    backend: RedisBackend, client: Redis
+) -> None:
+    await enqueue(backend, "q", "a")
+    await client.zadd(backend.prefix.encode() + b":{\xff\xfe}:jobs", {b"x": T0})
+    names = await backend.queue_names()
+    assert names == ["\\xff\\xfe", "q"]
+    assert [s.ready for s in await backend.stats(names, T0)] == [0, 1]  # what health and metrics read
 
 
 # committing
@@ -279,12 +316,6 @@ CORRUPTIONS = [
         lambda j: Commit(Settlement(j.id, j.token, Outcome.RETRY, T0 + 10, _DEAD)),
         queue="other",
     ),
-    Corruption(
-        "queue's dead letters",
-        "{q}:dead",
-        _set("{q}:dead"),
-        lambda j: Commit(Settlement(j.id, j.token, Outcome.DEAD, error=_DEAD)),
-    ),
 ]
 
 
@@ -352,6 +383,28 @@ async def test_a_history_key_of_the_wrong_type_is_moved_aside_and_the_commit_app
     assert f"{prefix}:{key} holds a hash" in caplog.text and f"{prefix}:corrupt:{key}" in caplog.text
 
 
+@pytest.mark.parametrize("index", ["{q}:dead", "dead"])
+async def test_a_dead_letter_index_of_the_wrong_type_is_moved_aside_and_the_job_dead_lettered(
+    backend: RedisBackend, client: Redis, index: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An index only lists dead letters: rejecting the settlement for it would loop the job forever."""
+    prefix = backend.prefix
+    await enqueue(backend, "q", "good", "culprit")
+    leased = {job.id: job for job in await backend.lease(LEASE, 10, T0)}
+    await corrupt(client, f"{prefix}:{index}", "list")
+    batch = [
+        _ack(leased["good"], Effects(states=[StateWrite("s", StateOp.SET, b"1")])),
+        Commit(Settlement("culprit", leased["culprit"].token, Outcome.DEAD, error=_DEAD)),
+    ]
+    with caplog.at_level(logging.ERROR, logger="conveyor.backends.redis"):
+        results = await backend.commit(batch, T0)
+    assert [r.status for r in results] == [CommitStatus.OK, CommitStatus.OK]
+    assert [(d.id, d.error.message) for d in await backend.dead_letters("q")] == [("culprit", "failed")]
+    assert [d.id for d in await backend.dead_letters(None)] == ["culprit"]
+    assert await client.lrange(f"{prefix}:corrupt:{index}", 0, -1) == [b"a", b"b"]
+    assert f"{prefix}:{index} holds a list" in caplog.text and f"{prefix}:corrupt:{index}" in caplog.text
+
+
 async def test_a_rejected_commit_gives_back_what_its_lease_took(backend: RedisBackend, client: Redis) -> None:
     """commit_and_lease: when the commit is rejected, the jobs its lease took are released unspent."""
     prefix = backend.prefix
@@ -405,3 +458,40 @@ async def test_a_worker_runs_every_other_job_beside_a_corrupt_one(url: str, clie
         f"{q}-{n}" for q in ("first", "second") for n in range(5) if (q, n) != ("first", 2)
     )
     assert dead.id == ids[2] and f"job:{ids[2]} holds a string" in dead.error.message
+
+
+async def test_a_failing_job_is_dead_lettered_once_beside_corrupt_dead_letter_indexes(
+    url: str, client: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc = Service("svc")
+    calls: list[str] = []
+
+    @svc.queue_worker("q", lifecycle=Lifecycle(max_attempts=1, visibility_timeout=1.0))
+    async def fail(ctx: Context, job: dict[str, str]) -> None:
+        calls.append(job["n"])
+        raise RuntimeError("no luck")
+
+    app = App([svc], backend=url, worker=WorkerConfig(concurrency=4, poll_interval=0.05))
+    async with app:
+        job_id = await app.enqueue("q", {"n": "x"})
+    assert isinstance(app.backend, RedisBackend)
+    prefix = app.backend.prefix
+    for index in ("{q}:dead", "dead"):
+        await client.set(f"{prefix}:{index}", b"junk")
+    with caplog.at_level(logging.ERROR, logger="conveyor.backends.redis"):
+        async with running(app):
+            # (listing reads the indexes: only once they are set aside)
+            moved = [f"{prefix}:corrupt:{index}" for index in ("{q}:dead", "dead")]
+
+            async def set_aside() -> bool:
+                return bool(await client.exists(*moved) == len(moved))
+
+            await wait_until(set_aside, message="the indexes set aside")
+            [dead] = await wait_until(app.dead_letters("q").list, message="the dead letter")
+            assert [d.id for d in await app.dead_letters().list()] == [job_id]
+    assert calls == ["x"]
+    assert (dead.id, dead.attempts, dead.error.message) == (job_id, 1, "no luck")
+    for index in ("{q}:dead", "dead"):
+        assert await client.get(f"{prefix}:corrupt:{index}") == b"junk"
+        assert f"{prefix}:{index} holds a string" in caplog.text
+        assert f"moved to {prefix}:corrupt:{index}" in caplog.text

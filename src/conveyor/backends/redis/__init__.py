@@ -29,12 +29,13 @@ Redis Cluster hash tag, so one queue's keys share a slot)::
     P:state:<key>           hash: v value, n version
     P:history:<correlation> list: history entries as JSON arrays, in commit order
     P:history               sorted set: correlation id -> its first entry's time (for pruning)
-    P:corrupt:...           keys found of the wrong type, moved aside for inspection (never
-                            read by conveyor): job:<id>, history:<correlation>, history
+    P:corrupt:...           corrupt keys, moved aside for inspection (never read by conveyor):
+                            job:<id>, history:<correlation>, history, dead, {<queue>}:dead
 
 A key of the wrong type under the prefix (something else wrote it) costs at most its own job:
-``lease.lua`` skips a queue whose sets are corrupt and dead-letters a job whose hash is, and a
-commit batch that needs a corrupt key writes nothing (see ``commit.lua``), naming the key.
+``lease.lua`` skips a queue whose sets are corrupt and dead-letters a job whose hash is (or has
+no body), a commit batch that needs a corrupt key writes nothing (see ``commit.lua``), naming the
+key, and a corrupt history key or dead-letter index is moved aside and starts over.
 
 Times are float seconds from the caller's clock, never Redis's: scores and script arguments
 carry every digit of a double. Idempotency expiry is judged on the caller's clock too; the TTL

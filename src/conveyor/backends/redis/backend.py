@@ -225,7 +225,7 @@ class RedisBackend:
         for problem in problems:
             if clock - self._reported.get(problem, -_REPEAT_PROBLEM_AFTER) >= _REPEAT_PROBLEM_AFTER:
                 self._reported[problem] = clock
-                logger.error("Redis key of the wrong type: %s", problem.decode(errors="backslashreplace"))
+                logger.error("Corrupt Redis key: %s", problem.decode(errors="backslashreplace"))
 
     def _lease_args(self, queues: Mapping[str, float], limit: int, now: float) -> list[Arg]:
         if self._notifier is not None:
@@ -296,7 +296,8 @@ class RedisBackend:
                     client, "SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT, "TYPE", "zset"
                 )
                 for key in keys:
-                    found.add(key[start : key.rindex(b"}")].decode())
+                    # (a key written by something else may not be UTF-8: shown escaped, not fatal)
+                    found.add(key[start : key.rindex(b"}")].decode(errors="backslashreplace"))
                 if int(cursor) == 0:
                     break
         return sorted(found)

@@ -16,7 +16,7 @@
 -- status (0 ok, 1 stale, 2 conflict), deliveries, n, then n (index, id) pairs: the new jobs whose
 -- id an idempotency key replaced. Rejected is empty, or (commit number, message) pairs: then the
 -- batch wrote nothing at all, and results and queues are empty. Repaired lists a message per
--- history key of the wrong type that was moved aside (for the caller to log).
+-- history key or dead-letter index of the wrong type that was moved aside (for the caller to log).
 --
 -- Redis does not undo a script's writes when one of its commands fails, so nothing is written
 -- before every commit of the batch is checked. Phase 1 reads every key a commit would read or
@@ -29,7 +29,9 @@
 --
 -- History is a record that nothing else depends on: a history list or index of the wrong type is
 -- moved aside (renamed <prefix>:corrupt:...) when a write to it fails, and the write made again,
--- so it costs no check per entry and fails no commit.
+-- so it costs no check per entry and fails no commit. The dead-letter indexes (<prefix>:dead,
+-- <queue>:dead) are treated the same way: they only list the dead letters, and rejecting a dead
+-- letter for them would lease its job again forever, each attempt refused the same way.
 --
 -- A leased job's hash holds its lease deadline in field d (and <queue>:leased the same score);
 -- no d means not leased.
@@ -39,7 +41,7 @@ local now, retention = tonumber(now_s), tonumber(ARGV[3])
 local commit_count = tonumber(ARGV[4])
 local sender = ARGV[5]
 local job_prefix, history_prefix = prefix .. ":job:", prefix .. ":history:"
-local dead_index, history_index = prefix .. ":dead", prefix .. ":history"
+local history_index = prefix .. ":history"
 local NONE, ACK, RETRY, DEAD, RELEASE = string.byte("-ardl", 1, 5)
 
 local function queue_key(queue, suffix)
@@ -51,7 +53,7 @@ local job_of = {} -- job key -> its fields t, d, q, k (false: none)
 local holder_of = {} -- idempotency key -> its value (false: none)
 local version_of = {} -- state key -> its version (0: none)
 local type_of = {} -- key -> its TYPE, for keys that are written without being read
-local set_checked = { jobs = {}, leased = {}, dead = {} } -- suffix -> queue -> true: a sorted set
+local set_checked = { jobs = {}, leased = {} } -- suffix -> queue -> true: a sorted set
 local settled_key, settled_job = {}, {} -- commit number -> its settled job's key and fields
 local routes = {} -- event -> subscribed queues
 
@@ -190,10 +192,7 @@ local function check(c, i)
         check_set(queue, "leased")
         if outcome == RETRY or outcome == RELEASE then
           check_set(queue, "jobs")
-        elseif outcome == DEAD then
-          check_type(dead_index, "zset", ZSET)
-          check_set(queue, "dead")
-        end
+        end -- (a dead letter's indexes need no check: see the top)
       end
     end
   end
@@ -296,17 +295,24 @@ local function add_to_queue(queue, available_at, id)
   end
 end
 
--- A history key of the wrong type, on which `reply` (of redis.pcall) failed: moved aside to
--- <prefix>:corrupt:<name>, so that the write can be made again
-local function set_aside(reply, name)
+-- A history key or dead-letter index of the wrong type, on which `reply` (of redis.pcall)
+-- failed: moved aside to <prefix>:corrupt:<name>, so that the write can be made again
+local function set_aside(reply, name, record)
   if type(reply) == "table" and reply.err then
     local key, aside = prefix .. ":" .. name, prefix .. ":corrupt:" .. name
-    repaired[#repaired + 1] = key .. " holds a " .. redis.call("TYPE", key).ok
-      .. ", not what the history keeps there: moved to " .. aside .. ", the history starts over"
+    repaired[#repaired + 1] = key .. " holds a " .. redis.call("TYPE", key).ok .. ", not what the "
+      .. record .. " keeps there: moved to " .. aside .. ", the " .. record .. " starts over"
     redis.call("RENAME", key, aside)
     return true
   end
   return false
+end
+
+-- a dead letter's entry in an index (<prefix>:<name>), the index set aside if it is corrupt
+local function index_dead(name, id)
+  if set_aside(redis.pcall("ZADD", prefix .. ":" .. name, now_s, id), name, "dead-letter index") then
+    redis.call("ZADD", prefix .. ":" .. name, now_s, id)
+  end
 end
 
 local function flush_adds()
@@ -423,8 +429,8 @@ local function settle(outcome, id, job_key, job, fields)
     if traceback then
       redis.call("HSET", dead_key, "tb", traceback)
     end
-    redis.call("ZADD", dead_index, now_s, id)
-    redis.call("ZADD", queue_key(queue, "dead"), now_s, id)
+    index_dead("dead", id)
+    index_dead("{" .. queue .. "}:dead", id)
     retire_key(queue, id, key)
   else
     redis.call("ZREM", queue_key(queue, "leased"), id)
@@ -542,7 +548,7 @@ for c = 1, commit_count do
       -- (nearly always) newer. One written with an older time is pruned a round later.
       local key = history_prefix .. ARGV[h]
       local pushed = redis.pcall("RPUSH", key, ARGV[h + 2])
-      if set_aside(pushed, "history:" .. ARGV[h]) then
+      if set_aside(pushed, "history:" .. ARGV[h], "history") then
         pushed = redis.call("RPUSH", key, ARGV[h + 2])
       end
       if pushed == 1 then
@@ -559,7 +565,8 @@ end
 
 for first = 1, #new_instances, 2000 do
   local last = math.min(first + 1999, #new_instances)
-  if set_aside(redis.pcall("ZADD", history_index, "LT", unpack(new_instances, first, last)), "history") then
+  local added = redis.pcall("ZADD", history_index, "LT", unpack(new_instances, first, last))
+  if set_aside(added, "history", "history") then
     redis.call("ZADD", history_index, "LT", unpack(new_instances, first, last))
   end
 end

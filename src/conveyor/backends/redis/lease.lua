@@ -8,8 +8,9 @@
 -- lease expired is due again exactly like a delayed job.
 --
 -- A corrupt key (of the wrong type: written by something else than conveyor) costs at most its
--- own job: a queue whose sets cannot be read is skipped, a job whose hash is not a hash becomes a
--- dead letter. The checks are the reads themselves, made with redis.pcall: no extra call per job.
+-- own job: a queue whose sets cannot be read is skipped, a job whose hash is not a hash, or has no
+-- body, becomes a dead letter. The checks are the reads themselves, made with redis.pcall: no
+-- extra call per job.
 
 local prefix, now_s = ARGV[1], ARGV[2]
 local now, limit = tonumber(now_s), tonumber(ARGV[3])
@@ -88,8 +89,9 @@ local deadline_of = {}
 for i = 4, #ARGV, 2 do
   deadline_of[i] = string.format("%.17g", now + tonumber(ARGV[i + 1]))
 end
--- A job key that is not a hash becomes a dead letter of its queue, with an error naming the key:
--- a string's value is kept as the body, a key of another type is renamed <prefix>:corrupt:job:<id>.
+-- A job key that is not a hash, or a hash without field b (the body), becomes a dead letter of
+-- its queue, with an error naming the key: a string's value is kept as the body, any other key is
+-- renamed <prefix>:corrupt:job:<id>, untouched.
 local function quarantine(job_key, id, queue)
   local kind = redis.call("TYPE", job_key).ok
   local body, kept = "", "its value is the dead letter's body"
@@ -101,8 +103,12 @@ local function quarantine(job_key, id, queue)
     redis.call("RENAME", job_key, aside)
     kept = "the key is kept as " .. aside
   end
-  local message = job_key .. " holds a " .. kind .. ", not a job hash: job " .. id .. " of queue '"
-    .. queue .. "' is dead-lettered (" .. kept .. ")"
+  local fault = " holds a " .. kind .. ", not a job hash"
+  if kind == "hash" then
+    fault = " has no field b (the body)"
+  end
+  local message = job_key .. fault .. ": job " .. id .. " of queue '" .. queue .. "' is dead-lettered ("
+    .. kept .. ")"
   local dead_key = prefix .. ":dead:" .. id
   local earlier = redis.pcall("HGET", dead_key, "q")
   if type(earlier) == "string" and earlier ~= queue then
@@ -151,7 +157,10 @@ for c = 1, count do
     -- (a missing enqueued_at must not leave a hole: the reply would end there)
     leased[n + 4], leased[n + 5], leased[n + 6] = attempt, token, job[2] or now_s
   else
-    -- a member without its job hash cannot be leased: drop it
+    if redis.call("EXISTS", job_key) == 1 then -- a hash without its body
+      quarantine(job_key, id, ARGV[i])
+    end
+    -- (a member without its job hash cannot be leased: dropped)
     redis.call("ZREM", prefix .. ":{" .. ARGV[i] .. "}:leased", id)
   end
 end
