@@ -17,6 +17,7 @@ from conveyor.model.errors import (
     UndeclaredEmitError,
     UnstorableTextError,
 )
+from conveyor.model.history import HistoryKind
 from conveyor.model.lifecycle import Lifecycle, RetryStrategy
 from conveyor.runtime.context import Context
 from conveyor.runtime.worker import WorkerConfig
@@ -31,6 +32,7 @@ __all__ = [
     "ConveyorError",
     "DeadLetters",
     "EnqueueIncompleteError",
+    "HistoryKind",
     "LeaseLostError",
     "Lifecycle",
     "PayloadValidationError",

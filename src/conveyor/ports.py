@@ -118,7 +118,8 @@ class HistoryEntry:
     correlation_id: str
     at: float
     kind: str
-    """enqueued, started, succeeded, retried, dead_lettered, released, emitted, state_changed, cancelled."""
+    """A :class:`~conveyor.model.history.HistoryKind` value. Text at the port: the runtime passes
+    members (a member is a str), backends store and return plain text, readers compare with members."""
     name: str
     """queue or event name, or the state key."""
     message_id: str | None = None

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from conveyor.model.envelope import Envelope
 from conveyor.model.errors import ConfigurationError, LeaseLostError, UndeclaredEmitError
+from conveyor.model.history import HistoryKind
 from conveyor.model.json_value import dump_json
 from conveyor.model.lifecycle import Seconds, seconds
 from conveyor.model.text import require_storable
@@ -131,7 +132,7 @@ class States:
         context.buffer.check_open()
         self._written[write.key] = write.value
         context.buffer.effects.states.append(write)
-        context.history("state_changed", write.key, detail=write.op.value)
+        context.history(HistoryKind.STATE_CHANGED, write.key, detail=write.op.value)
 
     async def set(self, key: str, value: Any) -> None:
         """Write ``value`` at ``key`` when the job commits. Both are checked here: a key with a NUL
@@ -240,7 +241,7 @@ class Context:
     # effects
 
     def history(
-        self, kind: str, name: str, *, message_id: str | None = None, detail: str | None = None
+        self, kind: HistoryKind, name: str, *, message_id: str | None = None, detail: str | None = None
     ) -> None:
         correlation_id = self.correlation_id
         if correlation_id is not None and self.runtime.history_enabled:
@@ -349,7 +350,9 @@ class Context:
         await self.enqueue(
             declared.timer_queue, {"instance_id": instance_id, "gate": gate}, delay=limit, idempotency_key=key
         )
-        self.history("approval_requested", gate, detail=orjson.dumps({"deadline": now + limit}).decode())
+        self.history(
+            HistoryKind.APPROVAL_REQUESTED, gate, detail=orjson.dumps({"deadline": now + limit}).decode()
+        )
         self._emit(declared.event("requested"), {"instance_id": instance_id, "gate": gate, "payload": data})
 
     async def cancel(self, queue: str, idempotency_key: str) -> None:
@@ -358,7 +361,7 @@ class Context:
         require_storable(queue, "queue name")
         require_storable(idempotency_key, "idempotency key")
         self.buffer.effects.cancels.append((queue, idempotency_key))
-        self.history("cancelled", queue, detail=idempotency_key)
+        self.history(HistoryKind.CANCELLED, queue, detail=idempotency_key)
 
     async def invoke(self, command: str, payload: Any = None) -> Any:
         """Run a command in this process; its effects join this job's commit."""

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from conveyor.model.envelope import Envelope, Kind, new_id, new_ids
 from conveyor.model.errors import ConfigurationError, PayloadTooLargeError, PayloadValidationError
+from conveyor.model.history import HistoryKind
 from conveyor.model.json_value import dump_json, has_non_finite, json_problem, null_in, unjsonable
 from conveyor.model.lifecycle import Seconds, seconds
 from conveyor.model.text import require_storable
@@ -200,7 +201,7 @@ class MessageFactory:
                 HistoryEntry(
                     envelope.correlation_id,
                     now,
-                    "enqueued",
+                    HistoryKind.ENQUEUED,
                     queue,
                     envelope.id,
                     None,
@@ -241,6 +242,9 @@ class MessageFactory:
         when = available_at if available_at is not None else now
         detail = _enqueued_detail(now, available_at)
         jobs, history = effects.jobs, effects.history
+        # looked up once per batch: a member lookup costs ~80 ns on 3.11 (python -m timeit -s
+        # 'from conveyor.model.history import HistoryKind' 'HistoryKind.ENQUEUED'), a local ~6 ns
+        enqueued = HistoryKind.ENQUEUED
         ids = new_ids(len(payloads))
         for job_id, data, key in zip(ids, payloads, idempotency_keys, strict=True):
             fields = template.copy()
@@ -251,7 +255,7 @@ class MessageFactory:
             body = self._encode("job", queue, fields, checked=True)
             jobs.append(NewJob(job_id, queue, body, when, now, key))
             if self.history:
-                history.append(HistoryEntry(correlation, now, "enqueued", queue, job_id, None, detail))
+                history.append(HistoryEntry(correlation, now, enqueued, queue, job_id, None, detail))
 
     def add_event(
         self,
@@ -272,7 +276,9 @@ class MessageFactory:
         new = NewEvent(envelope.id, event, body, now)
         effects.events.append(new)
         if self.history:
-            effects.history.append(HistoryEntry(envelope.correlation_id, now, "emitted", event, envelope.id))
+            effects.history.append(
+                HistoryEntry(envelope.correlation_id, now, HistoryKind.EMITTED, event, envelope.id)
+            )
         return new
 
 

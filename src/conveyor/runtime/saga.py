@@ -16,6 +16,7 @@ import orjson
 
 from conveyor.model.envelope import Envelope
 from conveyor.model.errors import PayloadValidationError
+from conveyor.model.history import HistoryKind
 from conveyor.ports import Effects, HistoryEntry
 from conveyor.runtime.messages import Origin, child_id
 
@@ -61,12 +62,12 @@ async def start(runtime: Runtime, envelope: Envelope, effects: Effects) -> None:
     history = await runtime.backend.history(envelope.correlation_id)
     steps: list[dict[str, Any]] = []
     for entry in history:
-        if entry.kind == "succeeded" and entry.detail and SAGA_STEP in entry.detail:
+        if entry.kind == HistoryKind.SUCCEEDED and entry.detail and SAGA_STEP in entry.detail:
             detail = orjson.loads(entry.detail)
             step = detail.get(SAGA_STEP)
             if step:
                 steps.append({"queue": step["compensate"], "payload": step["payload"], "step": entry.name})
-        elif entry.kind == "compensation_started":
+        elif entry.kind == HistoryKind.COMPENSATION_STARTED:
             return  # another failure of this instance already started the compensation
     if not steps:
         return
@@ -76,7 +77,7 @@ async def start(runtime: Runtime, envelope: Envelope, effects: Effects) -> None:
         HistoryEntry(
             envelope.correlation_id,
             runtime.clock.now(),
-            "compensation_started",
+            HistoryKind.COMPENSATION_STARTED,
             envelope.name,
             envelope.id,
             None,
@@ -92,7 +93,11 @@ def advance(runtime: Runtime, envelope: Envelope, effects: Effects) -> None:
     if runtime.history_enabled:
         effects.history.append(
             HistoryEntry(
-                envelope.correlation_id, runtime.clock.now(), "compensated", envelope.name, envelope.id
+                envelope.correlation_id,
+                runtime.clock.now(),
+                HistoryKind.COMPENSATED,
+                envelope.name,
+                envelope.id,
             )
         )
     if envelope.saga:

@@ -24,6 +24,7 @@ from conveyor.model.errors import (
     Retry,
     UndecodableMessageError,
 )
+from conveyor.model.history import HistoryKind
 from conveyor.model.text import storable_text
 from conveyor.observability.metrics import QUEUE
 from conveyor.observability.tracing import record_failure
@@ -449,7 +450,7 @@ class Worker:
                     leased.queue,
                     describe_error(rejected),
                 )
-                history = self._history(envelope, leased, "dead_lettered", started, rejected)
+                history = self._history(envelope, leased, HistoryKind.DEAD_LETTERED, started, rejected)
                 dead = Commit(bare.settlement, Effects(history=history))
             else:
                 definition = self.queues[leased.queue]
@@ -577,7 +578,8 @@ class Worker:
                     describe_error(error),
                 )
                 return Commit(
-                    settlement, Effects(history=self._history(envelope, leased, "retried", started, error))
+                    settlement,
+                    Effects(history=self._history(envelope, leased, HistoryKind.RETRIED, started, error)),
                 ), "retried"
         self._record_duration(definition.name, started)
         effects = context.buffer.effects
@@ -586,7 +588,9 @@ class Worker:
                 step = saga.completed_step(definition, envelope)
                 extra = {saga.SAGA_STEP: step} if step else None
                 # the step's own entry first, so a timeline reads "step, then what it emitted"
-                effects.history[:0] = self._history(envelope, leased, "succeeded", started, None, extra)
+                effects.history[:0] = self._history(
+                    envelope, leased, HistoryKind.SUCCEEDED, started, None, extra
+                )
                 saga.advance(runtime, envelope, effects)
             except (
                 Exception
@@ -750,7 +754,7 @@ class Worker:
         self,
         envelope: Envelope,
         leased: LeasedJob,
-        kind: str,
+        kind: HistoryKind,
         started: float,
         error: BaseException | None,
         extra: dict[str, Any] | None = None,
@@ -787,7 +791,7 @@ class Worker:
     ) -> Commit:
         info = error_info(error)
         if envelope is not None:
-            effects.history[:0] = self._history(envelope, leased, "dead_lettered", started, error)
+            effects.history[:0] = self._history(envelope, leased, HistoryKind.DEAD_LETTERED, started, error)
             if self.runtime.history_enabled:
                 await saga.start(self.runtime, envelope, effects)
         return Commit(Settlement(leased.id, leased.token, Outcome.DEAD, None, info), effects)
@@ -850,7 +854,7 @@ class Worker:
                         HistoryEntry(
                             envelope.correlation_id,
                             self.runtime.clock.now(),
-                            "compensated",
+                            HistoryKind.COMPENSATED,
                             definition.name,
                             leased.id,
                             leased.attempt,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from conveyor.model.errors import ConveyorError
+from conveyor.model.history import HistoryKind
 
 if TYPE_CHECKING:
     from conveyor.runtime.context import Context
@@ -58,7 +59,7 @@ async def fire_timeout(ctx: Context, job: dict[str, Any]) -> None:
         return  # decided in time: the timer was late to be cancelled
     now = ctx.runtime.clock.now()
     await ctx.states.compare_and_set(key, {**value, "status": "timed_out", "decided_at": now}, version)
-    ctx.history("approval_timed_out", gate)
+    ctx.history(HistoryKind.APPROVAL_TIMED_OUT, gate)
     await ctx.emit(
         f"{gate}_timed_out", {"instance_id": instance_id, "gate": gate, "payload": value.get("payload")}
     )

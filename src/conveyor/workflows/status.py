@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
+from conveyor.model.history import HistoryKind
 from conveyor.model.lifecycle import Seconds, seconds
 from conveyor.ports import Commit, CommitStatus, Effects, HistoryEntry, StateOp, StateWrite
 from conveyor.runtime.context import encode_state
@@ -78,11 +79,11 @@ class WorkflowStatus:
         """Steps and events in the order they happened: the path the instance took."""
         path: list[str] = []
         for entry in self.history:
-            if entry.kind == "succeeded":
+            if entry.kind == HistoryKind.SUCCEEDED:
                 path.append(entry.name)
-            elif entry.kind == "emitted":
+            elif entry.kind == HistoryKind.EMITTED:
                 path.append(f"({entry.name})")
-            elif entry.kind == "dead_lettered":
+            elif entry.kind == HistoryKind.DEAD_LETTERED:
                 path.append(f"{entry.name}✗")
         return path
 
@@ -102,6 +103,15 @@ class WorkflowStatus:
             "steps": [dataclasses.asdict(step) for step in self.steps],
             "history": [dataclasses.asdict(entry) for entry in self.history],
         }
+
+
+_STEP_STATE: dict[str, str] = {
+    HistoryKind.SUCCEEDED: "succeeded",
+    HistoryKind.RETRIED: "retrying",
+    HistoryKind.DEAD_LETTERED: "dead_lettered",
+}
+"""A step's state after an attempt's entry. Keyed by str: kinds are read back as the stored text,
+which a member equals and hashes as."""
 
 
 def _detail(entry: HistoryEntry) -> dict[str, Any]:
@@ -124,19 +134,19 @@ def summarize(
     last_error: str | None = None
     gates: dict[str, bool] = {}
     for entry in history:
-        if entry.kind == "approval_requested":
+        if entry.kind == HistoryKind.APPROVAL_REQUESTED:
             gates[entry.name] = True
             continue
-        if entry.kind in ("approval_decided", "approval_timed_out"):
+        if entry.kind in (HistoryKind.APPROVAL_DECIDED, HistoryKind.APPROVAL_TIMED_OUT):
             gates.pop(entry.name, None)
             continue
-        if entry.kind == "emitted":
+        if entry.kind == HistoryKind.EMITTED:
             events.append(entry.name)
             continue
-        if entry.kind == "compensated":
+        if entry.kind == HistoryKind.COMPENSATED:
             compensations.append(entry.name)
             continue
-        if entry.message_id is None or entry.kind in ("state_changed", "cancelled"):
+        if entry.message_id is None or entry.kind in (HistoryKind.STATE_CHANGED, HistoryKind.CANCELLED):
             continue
         step = steps.setdefault(
             entry.message_id,
@@ -150,18 +160,14 @@ def summarize(
             },
         )
         detail = _detail(entry)
-        if entry.kind == "enqueued":
+        if entry.kind == HistoryKind.ENQUEUED:
             step["enqueued_at"] = entry.at
             if detail.get("available_at", 0) > entry.at:
                 step["state"] = "scheduled"
-        elif entry.kind in ("succeeded", "retried", "dead_lettered"):
+        elif entry.kind in _STEP_STATE:
             step["attempts"] = max(step["attempts"], entry.attempt or 0)
-            step["state"] = {
-                "succeeded": "succeeded",
-                "retried": "retrying",
-                "dead_lettered": "dead_lettered",
-            }[entry.kind]
-            if entry.kind != "retried":
+            step["state"] = _STEP_STATE[entry.kind]
+            if entry.kind != HistoryKind.RETRIED:
                 step["finished_at"] = entry.at
             if "error" in detail:
                 step["last_error"] = last_error = str(detail["error"])
@@ -308,7 +314,11 @@ class Workflows:
             cancels=[(declared.timer_queue, key)],
             history=[
                 HistoryEntry(
-                    instance_id, now, "approval_decided", gate, detail=orjson.dumps(decision).decode()
+                    instance_id,
+                    now,
+                    HistoryKind.APPROVAL_DECIDED,
+                    gate,
+                    detail=orjson.dumps(decision).decode(),
                 )
             ],
         )
