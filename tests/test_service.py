@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from conveyor import App, Context, Service
-from conveyor.model.errors import ConfigurationError, UnknownQueueError
+from conveyor.model.errors import ConfigurationError, UnknownCommandError, UnknownQueueError
 
 
 class Order(BaseModel):
@@ -101,7 +101,7 @@ def test_unknown_queue_and_command_are_clear_errors() -> None:
     app = App([Service("svc")], backend="memory://")
     with pytest.raises(UnknownQueueError, match="queue 'nope'"):
         app.registry.queue("nope")
-    with pytest.raises(UnknownQueueError, match="command 'nope'"):
+    with pytest.raises(UnknownCommandError, match="command 'nope'"):
         app.registry.command("nope")
 
 

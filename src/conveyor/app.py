@@ -20,7 +20,6 @@ from conveyor.model.errors import (
     ConfigurationError,
     ConveyorError,
     EnqueueIncompleteError,
-    StateConflictError,
 )
 from conveyor.model.lifecycle import Seconds, seconds
 from conveyor.model.text import require_storable
@@ -40,7 +39,7 @@ from conveyor.ports import (
     TransactionalOutbox,
 )
 from conveyor.runtime.clock import Clock, SystemClock
-from conveyor.runtime.committer import rejection
+from conveyor.runtime.committer import not_applied, rejection
 from conveyor.runtime.context import encode_state
 from conveyor.runtime.loop import run_to_end
 from conveyor.runtime.messages import (
@@ -386,10 +385,8 @@ class App:
                 f"{type(self.backend).__name__} cannot write inside your transaction (connection=); "
                 "the PostgreSQL backend can"
             )
-        if result.status is CommitStatus.REJECTED:
-            raise rejection(result)
-        if result.status is not CommitStatus.OK:
-            raise StateConflictError(f"commit failed: {result.status.value}")
+        if (error := not_applied(result, "this write")) is not None:
+            raise error
         return result
 
     async def invoke(self, command: str, payload: Any = None) -> Any:

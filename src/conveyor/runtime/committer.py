@@ -12,7 +12,14 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol
 
-from conveyor.model.errors import BackendError, BackendUnavailableError, CommitRejectedError
+from conveyor.model.errors import (
+    BackendError,
+    BackendUnavailableError,
+    CommitRejectedError,
+    ConveyorError,
+    LeaseLostError,
+    StateConflictError,
+)
 from conveyor.model.text import is_storable, text_problem
 from conveyor.ports import Backend, Commit, CommitAndLease, CommitResult, CommitStatus, LeasedJob
 from conveyor.runtime.clock import Clock
@@ -214,6 +221,20 @@ def _rejected(error: Exception) -> CommitRejectedError:
 def rejection(result: CommitResult) -> CommitRejectedError:
     """The error for a commit the backend answered ``REJECTED``."""
     return CommitRejectedError(f"the backend refused this commit: {result.error or 'no reason given'}")
+
+
+def not_applied(result: CommitResult, what: str) -> ConveyorError | None:
+    """The error for ``what`` (a commit the backend answered ``result`` for), named after why
+    nothing of it was applied; None if it was."""
+    match result.status:
+        case CommitStatus.OK:
+            return None
+        case CommitStatus.REJECTED:
+            return rejection(result)
+        case CommitStatus.CONFLICT:
+            return StateConflictError(f"{what}: a compare_and_set found another version; nothing applied")
+        case CommitStatus.STALE:
+            return LeaseLostError(f"{what}: the job's lease was lost; nothing applied")
 
 
 def unstorable(commit: Commit) -> str | None:
