@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Generator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Generator, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -459,6 +459,35 @@ class App:
                     task.cancel()
                 await asyncio.gather(*tasks, *helpers, return_exceptions=True)
                 self._workers.remove(worker)
+
+    @contextlib.asynccontextmanager
+    async def serving(
+        self,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        scheduler: bool = True,
+    ) -> AsyncIterator[App]:
+        """Serve in the background for the block: :meth:`serve` in a task, the block entered once
+        it is ready, and a graceful :meth:`stop` on exit (the block waits for it).
+
+        ``async with app.serving(): await app.enqueue(...)``. What stops ``serve`` from starting
+        (an unknown queue, an unreachable backend) is raised here, before the block runs.
+        """
+        ready = asyncio.Event()
+        task = asyncio.create_task(
+            self.serve(queues=queues, concurrency=concurrency, scheduler=scheduler, ready=ready)
+        )
+        waiter = asyncio.ensure_future(ready.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            waiter.cancel()
+            task.result()
+        try:
+            yield self
+        finally:
+            self.stop()
+            await task
 
     async def _maintain(self) -> None:
         """Hourly: delete workflow history older than ``history_retention``."""
