@@ -165,9 +165,6 @@ class App:
         *,
         resources: Mapping[str, Any] | None = None,
         clock: Clock | None = None,
-        events: str | None = None,
-        queues: str | None = None,
-        states: str | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         history: bool = True,
         history_retention: Seconds | None = DEFAULT_HISTORY_RETENTION,
@@ -180,11 +177,6 @@ class App:
         external_queues: Iterable[str] = (),
     ) -> None:
         self.registry = Registry(services, external_queues)
-        for role, url in (("events", events), ("queues", queues), ("states", states)):
-            if url is not None and url != backend:
-                raise ConfigurationError(
-                    f"{role}={url!r}: a backend per role is not supported yet; every role uses backend="
-                )
         self.backend: Backend = open_backend(backend) if isinstance(backend, str) else backend
         self.clock: Clock = clock or SystemClock()
         self.worker_config = worker or WorkerConfig()
