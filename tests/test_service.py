@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from conveyor import App, Context, Service
-from conveyor.model.errors import ConfigurationError, UnknownQueueError
+from conveyor.model.errors import ConfigurationError, UnknownCommandError, UnknownQueueError
 
 
 class Order(BaseModel):
@@ -101,14 +101,14 @@ def test_unknown_queue_and_command_are_clear_errors() -> None:
     app = App([Service("svc")], backend="memory://")
     with pytest.raises(UnknownQueueError, match="queue 'nope'"):
         app.registry.queue("nope")
-    with pytest.raises(UnknownQueueError, match="command 'nope'"):
+    with pytest.raises(UnknownCommandError, match="command 'nope'"):
         app.registry.command("nope")
 
 
-def test_unknown_backend_scheme_and_per_role_backends_are_refused() -> None:
+def test_unknown_backend_scheme_is_refused_and_there_is_no_per_role_backend() -> None:
     with pytest.raises(ConfigurationError, match="unknown backend URL scheme 'kafka'"):
         App([Service("svc")], backend="kafka://localhost")
     with pytest.raises(ConfigurationError, match=r"NATS JetStream backend .* is not available"):
         App([Service("svc")], backend="nats://127.0.0.1:4222")
-    with pytest.raises(ConfigurationError, match="per role"):
-        App([Service("svc")], backend="memory://", events="redis://localhost")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'events'"):
+        App([Service("svc")], backend="memory://", **{"events": "memory://"})

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Generator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Generator, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -20,7 +20,6 @@ from conveyor.model.errors import (
     ConfigurationError,
     ConveyorError,
     EnqueueIncompleteError,
-    StateConflictError,
 )
 from conveyor.model.lifecycle import Seconds, seconds
 from conveyor.model.text import require_storable
@@ -40,7 +39,7 @@ from conveyor.ports import (
     TransactionalOutbox,
 )
 from conveyor.runtime.clock import Clock, SystemClock
-from conveyor.runtime.committer import rejection
+from conveyor.runtime.committer import not_applied, rejection
 from conveyor.runtime.context import encode_state
 from conveyor.runtime.loop import run_to_end
 from conveyor.runtime.messages import (
@@ -166,9 +165,6 @@ class App:
         *,
         resources: Mapping[str, Any] | None = None,
         clock: Clock | None = None,
-        events: str | None = None,
-        queues: str | None = None,
-        states: str | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         history: bool = True,
         history_retention: Seconds | None = DEFAULT_HISTORY_RETENTION,
@@ -181,11 +177,6 @@ class App:
         external_queues: Iterable[str] = (),
     ) -> None:
         self.registry = Registry(services, external_queues)
-        for role, url in (("events", events), ("queues", queues), ("states", states)):
-            if url is not None and url != backend:
-                raise ConfigurationError(
-                    f"{role}={url!r}: a backend per role is not supported yet; every role uses backend="
-                )
         self.backend: Backend = open_backend(backend) if isinstance(backend, str) else backend
         self.clock: Clock = clock or SystemClock()
         self.worker_config = worker or WorkerConfig()
@@ -386,10 +377,8 @@ class App:
                 f"{type(self.backend).__name__} cannot write inside your transaction (connection=); "
                 "the PostgreSQL backend can"
             )
-        if result.status is CommitStatus.REJECTED:
-            raise rejection(result)
-        if result.status is not CommitStatus.OK:
-            raise StateConflictError(f"commit failed: {result.status.value}")
+        if (error := not_applied(result, "this write")) is not None:
+            raise error
         return result
 
     async def invoke(self, command: str, payload: Any = None) -> Any:
@@ -462,6 +451,35 @@ class App:
                     task.cancel()
                 await asyncio.gather(*tasks, *helpers, return_exceptions=True)
                 self._workers.remove(worker)
+
+    @contextlib.asynccontextmanager
+    async def serving(
+        self,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        scheduler: bool = True,
+    ) -> AsyncIterator[App]:
+        """Serve in the background for the block: :meth:`serve` in a task, the block entered once
+        it is ready, and a graceful :meth:`stop` on exit (the block waits for it).
+
+        ``async with app.serving(): await app.enqueue(...)``. What stops ``serve`` from starting
+        (an unknown queue, an unreachable backend) is raised here, before the block runs.
+        """
+        ready = asyncio.Event()
+        task = asyncio.create_task(
+            self.serve(queues=queues, concurrency=concurrency, scheduler=scheduler, ready=ready)
+        )
+        waiter = asyncio.ensure_future(ready.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            waiter.cancel()
+            task.result()
+        try:
+            yield self
+        finally:
+            self.stop()
+            await task
 
     async def _maintain(self) -> None:
         """Hourly: delete workflow history older than ``history_retention``."""

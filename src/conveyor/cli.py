@@ -32,7 +32,7 @@ from conveyor.model.errors import (
     PayloadTooLargeError,
     PayloadValidationError,
     UndeclaredEmitError,
-    UnknownQueueError,
+    UnknownNameError,
 )
 from conveyor.observability.logging import configure_logging
 
@@ -73,7 +73,7 @@ def load_app(spec: str) -> App:
 
 MISUSE = (
     ConfigurationError,
-    UnknownQueueError,
+    UnknownNameError,  # an unknown queue, command or approval gate
     PayloadValidationError,
     PayloadTooLargeError,
     UndeclaredEmitError,

@@ -10,7 +10,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from conveyor.examples.order_fulfillment import TERMINAL, make_app
-from conveyor.testing import running
 
 STYLE = {"completed": "green", "failed": "red", "compensated": "yellow"}
 
@@ -30,7 +29,7 @@ async def run_demo(backend: str, count: int, console: Console) -> bool:
     app = make_app(backend)
     orders = demo_orders(count)
     console.print(f"[bold]conveyor demo[/]: order fulfillment on [cyan]{backend}[/]")
-    async with app, running(app):
+    async with app, app.serving():
         for order in orders:
             await app.invoke("place_order", order)
         columns = (

@@ -132,7 +132,10 @@ class Envelope:
         if trace is not None:
             if type(trace) is not dict:
                 raise _wrong(data, "trace", "an object of strings or null")
-            for value in trace.values():  # (a loop: all() over a generator costs 4 times more)
+            # A loop: all() over a generator costs 2.5 times more, 339 ns against 134 ns for a
+            # two-entry trace (python -m timeit -s 'd={"traceparent":"00-abc","tracestate":"x"}'
+            # 'all(type(v) is str for v in d.values())', and the loop with a break).
+            for value in trace.values():
                 if type(value) is not str:
                     raise _wrong(data, "trace", "an object of strings or null")
         saga = get("saga")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
+from typing import Self
 
 
 class PermanentError(Exception):
@@ -40,11 +41,13 @@ class UndeclaredEmitError(ConveyorError):
     """A handler emitted an event it did not declare in ``emits=[...]``."""
 
 
-class UnknownQueueError(ConveyorError):
-    """A queue, command or schedule name that no service of the app defines.
+class UnknownNameError(ConveyorError):
+    """A name (queue, command, approval gate) that no service of the app declares.
 
     ``name`` is the unknown name and ``suggestions`` the closest declared ones (maybe none), which
-    the message names too: ``queue 'proces_payment' ...; did you mean 'process_payment'?``.
+    the message names too: ``queue 'proces_payment' ...; did you mean 'process_payment'?``. Catch
+    this to catch any of :class:`UnknownQueueError`, :class:`UnknownCommandError` and
+    :class:`UnknownApprovalGateError`.
     """
 
     def __init__(self, message: str, *, name: str | None = None, suggestions: Sequence[str] = ()) -> None:
@@ -53,7 +56,7 @@ class UnknownQueueError(ConveyorError):
         self.suggestions = list(suggestions)
 
     @classmethod
-    def among(cls, kind: str, name: str, declared: Iterable[str], hint: str = "") -> UnknownQueueError:
+    def among(cls, kind: str, name: str, declared: Iterable[str], hint: str = "") -> Self:
         """The error for ``kind`` ``name`` missing from ``declared``, with the closest names."""
         known = sorted(declared)
         close = difflib.get_close_matches(name, known, n=3)
@@ -64,6 +67,18 @@ class UnknownQueueError(ConveyorError):
             shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
             message += f" (declared: {shown})"
         return cls(message + hint, name=name, suggestions=close)
+
+
+class UnknownQueueError(UnknownNameError):
+    """A queue (or schedule) name that no service of the app declares and that is not external."""
+
+
+class UnknownCommandError(UnknownNameError):
+    """A command name that no service of the app declares (``app.invoke``, ``ctx.invoke``)."""
+
+
+class UnknownApprovalGateError(UnknownNameError):
+    """An approval gate name that no service of the app declares (request or decision)."""
 
 
 class PayloadValidationError(ConveyorError):

@@ -12,7 +12,14 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol
 
-from conveyor.model.errors import BackendError, BackendUnavailableError, CommitRejectedError
+from conveyor.model.errors import (
+    BackendError,
+    BackendUnavailableError,
+    CommitRejectedError,
+    ConveyorError,
+    LeaseLostError,
+    StateConflictError,
+)
 from conveyor.model.text import is_storable, text_problem
 from conveyor.ports import Backend, Commit, CommitAndLease, CommitResult, CommitStatus, LeasedJob
 from conveyor.runtime.clock import Clock
@@ -216,13 +223,29 @@ def rejection(result: CommitResult) -> CommitRejectedError:
     return CommitRejectedError(f"the backend refused this commit: {result.error or 'no reason given'}")
 
 
+def not_applied(result: CommitResult, what: str) -> ConveyorError | None:
+    """The error for ``what`` (a commit the backend answered ``result`` for), named after why
+    nothing of it was applied; None if it was."""
+    match result.status:
+        case CommitStatus.OK:
+            return None
+        case CommitStatus.REJECTED:
+            return rejection(result)
+        case CommitStatus.CONFLICT:
+            return StateConflictError(f"{what}: a compare_and_set found another version; nothing applied")
+        case CommitStatus.STALE:
+            return LeaseLostError(f"{what}: the job's lease was lost; nothing applied")
+
+
 def unstorable(commit: Commit) -> str | None:
     """What text of ``commit``'s effects some backend cannot store, in words; None if all is fine.
 
     The calls that make effects check what they are given; this catches what they do not see
     (a correlation id inherited from a stored message, effects built by hand). About 0.5 µs for a
-    job's usual commit. The settlement is not checked: its job id came from the backend, its error
-    from :func:`~conveyor.runtime.worker.error_info`, which makes it storable.
+    job's usual commit (timeit, 0.5-0.7 µs in docs/BENCHMARKS.md "After the reliability hardening
+    (issue 14)"; the command was not recorded, not re-measured). The settlement is not checked:
+    its job id came from the backend, its error from :func:`~conveyor.runtime.worker.error_info`,
+    which makes it storable.
     """
     effects = commit.effects
     texts = [write.key for write in effects.states]

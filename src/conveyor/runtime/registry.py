@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from conveyor.model.errors import ConfigurationError, UnknownQueueError
+from conveyor.model.errors import (
+    ConfigurationError,
+    UnknownApprovalGateError,
+    UnknownCommandError,
+    UnknownQueueError,
+)
 from conveyor.service import Command, QueueWorker, Route, Service, check_name
 from conveyor.workflows.approval import ApprovalGate
 
@@ -84,13 +89,13 @@ class Registry:
         try:
             return self.commands[name]
         except KeyError:
-            raise UnknownQueueError.among("command", name, self.commands) from None
+            raise UnknownCommandError.among("command", name, self.commands) from None
 
     def gate(self, name: str) -> ApprovalGate:
         try:
             return self.gates[name]
         except KeyError:
-            raise UnknownQueueError.among("approval gate", name, self.gates) from None
+            raise UnknownApprovalGateError.among("approval gate", name, self.gates) from None
 
     @property
     def schedules(self) -> list[QueueWorker[Any]]:

@@ -8,12 +8,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from conveyor.model.errors import PayloadValidationError, StateConflictError
+from conveyor.model.errors import PayloadValidationError
 from conveyor.observability.metrics import Metrics
 from conveyor.observability.tracing import Tracing
-from conveyor.ports import Backend, CommitStatus
+from conveyor.ports import Backend
 from conveyor.runtime.clock import Clock
-from conveyor.runtime.committer import rejection
+from conveyor.runtime.committer import not_applied
 from conveyor.runtime.context import Context, Resources
 from conveyor.runtime.messages import MessageFactory, validate
 from conveyor.runtime.registry import Registry
@@ -78,8 +78,6 @@ class Runtime:
                 ) from exc
         if parent is None and context.buffer.effects:
             [outcome] = await self.backend.commit([context.commit()], self.clock.now())
-            if outcome.status is CommitStatus.REJECTED:
-                raise rejection(outcome)
-            if outcome.status is not CommitStatus.OK:
-                raise StateConflictError(f"command {name!r}: a compare_and_set lost a race")
+            if (error := not_applied(outcome, f"command {name!r}")) is not None:
+                raise error
         return result

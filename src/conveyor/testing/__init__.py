@@ -51,23 +51,12 @@ async def running(
     concurrency: int | None = None,
     scheduler: bool = True,
 ) -> AsyncIterator[App]:
-    """Serve ``app`` in the background inside the block; stop it gracefully on exit.
+    """Serve ``app`` in the background inside the block; stop it gracefully on exit
+    (:meth:`App.serving <conveyor.app.App.serving>`, kept here for existing tests).
 
     >>> # async with running(app):
     >>> #     await app.enqueue("q", {...})
     >>> #     await wait_until(lambda: done)
     """
-    ready = asyncio.Event()
-    task = asyncio.create_task(
-        app.serve(queues=queues, concurrency=concurrency, scheduler=scheduler, ready=ready)
-    )
-    waiter = asyncio.ensure_future(ready.wait())
-    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        waiter.cancel()
-        task.result()
-    try:
+    async with app.serving(queues=queues, concurrency=concurrency, scheduler=scheduler):
         yield app
-    finally:
-        app.stop()
-        await task

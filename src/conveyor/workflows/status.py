@@ -12,6 +12,7 @@ import orjson
 from conveyor.model.history import HistoryKind
 from conveyor.model.lifecycle import Seconds, seconds
 from conveyor.ports import Commit, CommitStatus, Effects, HistoryEntry, StateOp, StateWrite
+from conveyor.runtime.committer import rejection
 from conveyor.runtime.context import encode_state
 from conveyor.runtime.messages import Origin
 from conveyor.workflows.approval import ApprovalError, ApprovalGate
@@ -338,6 +339,8 @@ class Workflows:
             correlation_id=instance_id,
         )
         [result] = await app.backend.commit([Commit(effects=effects)], now)
+        if result.status is CommitStatus.REJECTED:  # not a race: the backend cannot store it
+            raise rejection(result)
         if result.status is not CommitStatus.OK:
             raise ApprovalError(
                 f"workflow {instance_id!r} at gate {gate!r} was decided or timed out meanwhile"

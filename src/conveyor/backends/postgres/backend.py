@@ -298,7 +298,8 @@ class PostgresBackend:
             open=False,
         )
         # The pool's connections are made while the schema is brought up to date: they do not
-        # touch it until connect() returns, and a fresh database makes each take ~10 ms.
+        # touch it until connect() returns, and a fresh database makes each take ~10 ms (commit
+        # 8f28325: connect() median 40.5 -> 36.3 ms over 8 runs; command not recorded, not re-measured).
         opening = asyncio.ensure_future(pool.open(wait=True, timeout=self._pool_timeout))
         try:
             async with conn:
@@ -685,7 +686,9 @@ class PostgresBackend:
         pipeline on a pooled (autocommit) connection: the statements up to the pipeline's sync
         form one implicit transaction, so the commits and the lease apply together or not at
         all, in one round trip and one WAL flush. (An explicit BEGIN/COMMIT inside a pipeline
-        makes psycopg sync around each: 1.4 ms instead of 0.65 ms here.)
+        makes psycopg sync around each: 1.4 ms instead of 0.65 ms here, per commit e721970; the
+        command was not recorded, not re-measured. ``bench/anatomy.py`` and ``bench/commit_cost.py``
+        time ``commit_and_lease`` today: docs/BENCHMARKS.md "Where PostgreSQL's step latency goes".)
         """
         if (
             lease is None

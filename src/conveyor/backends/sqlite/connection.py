@@ -32,7 +32,8 @@ _SQLITE_CANTOPEN = 14
 _SQLITE_TOOBIG = 18
 # SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25, 50, 100 ms: under contention between
 # worker processes a loser sleeps far longer than the winner holds the lock (measured with four
-# processes on one file: worst lease+ack cycle 0.2-1.2 s with it, 0.06-0.4 s with this loop).
+# processes on one file: worst lease+ack cycle 0.2-1.2 s with it, 0.06-0.4 s with this loop;
+# commit c9c827b, the command was not recorded, not re-measured).
 _FIRST_BACKOFF = 0.0002
 _MAX_BACKOFF = 0.004
 
