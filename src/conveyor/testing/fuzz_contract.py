@@ -10,7 +10,7 @@ exactly one lease as ``UndecodableMessageError`` (naming the field that is wrong
 
 ``CONVEYOR_FUZZ_EXAMPLES`` sets the number of batches (default 40, a few seconds per backend; CI
 draws the same ones every run). Soak locally with, say,
-``CONVEYOR_FUZZ_EXAMPLES=5000 .venv/bin/python -m pytest tests/test_fuzz_contract.py -o timeout=0``
+``CONVEYOR_FUZZ_EXAMPLES=5000 .venv/bin/python -m pytest tests/contract/test_fuzz_contract.py -o timeout=0``
 (1,500 batches took 2.5 minutes for the four backends).
 
 Subclass :class:`FuzzContract` and provide ``backend_url`` as for

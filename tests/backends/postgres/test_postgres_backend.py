@@ -1,7 +1,7 @@
 """PostgreSQL-specific behaviour: concurrency, migrations, wake-ups, the outbox, reconnecting.
 
 Each test gets its own schema in the test database (dropped afterwards); the port-level contract
-runs on PostgreSQL from ``test_store_contract.py``.
+runs on PostgreSQL from ``tests/contract/test_store_contract.py``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The app that the crash tests' worker subprocesses run: ``conveyor worker tests.crash_app:app``.
+"""The app that the crash tests' worker subprocesses run: ``conveyor worker tests.e2e.crash_app:app``.
 
 Everything that varies per test comes from ``CONVEYOR_CRASH_*`` environment variables (see
 :class:`Settings`), so a test and its worker subprocesses build the same app on the same backend.

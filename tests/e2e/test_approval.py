@@ -111,7 +111,7 @@ async def _state(app: App, instance: str, state: str) -> bool:
 def test_approve_command_decides_at_the_waiting_gate(tmp_path: Path) -> None:
     db = tmp_path / "approvals.db"
     (tmp_path / "approval_app.py").write_text(
-        "from tests.test_approval import svc, REFUND\n"
+        "from tests.e2e.test_approval import svc, REFUND\n"
         "from conveyor import App\n"
         f"app = App([svc], backend='sqlite:///{db}', workflows=[REFUND])\n"
     )

@@ -1,6 +1,6 @@
 """Crashes and concurrency with real worker processes on every durable backend.
 
-Workers are ``conveyor worker tests.crash_app:app`` subprocesses, killed with SIGKILL mid-batch or
+Workers are ``conveyor worker tests.e2e.crash_app:app`` subprocesses, killed with SIGKILL mid-batch or
 stopped with SIGTERM. Handlers may run more than once (at-least-once), so the assertions are on what
 was committed: state versions, claimed keys, queue stats and dead letters. Every wait is on a
 condition with a generous bound, and every subprocess is killed when its test ends.
@@ -27,19 +27,19 @@ from conveyor.runtime.worker import CANCEL_GRACE
 from conveyor.testing import wait_until
 
 try:  # tests/ imported as a package, or as a plain directory on sys.path (as conftest.py is)
-    from tests.crash_app import BLOCK_SECONDS, Settings, build_app, read_records
+    from tests.e2e.crash_app import BLOCK_SECONDS, Settings, build_app, read_records
 except ModuleNotFoundError:
     from crash_app import BLOCK_SECONDS, Settings, build_app, read_records  # type: ignore[no-redef,import-not-found,unused-ignore]
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORKER_COMMAND = (
     sys.executable,
     "-c",
     "from conveyor.cli import main; main()",
     "worker",
-    "tests.crash_app:app",
+    "tests.e2e.crash_app:app",
 )
 STARTUP = 60.0
 """Bound on a worker's start (imports and connect); generous because CI machines are busy."""
