@@ -9,11 +9,15 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import pytest
+
+from conveyor.backends import open_backend
+from conveyor.ports import Backend
+from tests.helpers import connected
 
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/conveyor_test")
@@ -106,6 +110,13 @@ def backend_url(backend_kind: str, tmp_path: Path) -> Iterator[str]:
     url = fresh_url(backend_kind, tmp_path)
     yield url
     drop(url)
+
+
+@pytest.fixture
+async def opened_backend(backend_url: str) -> AsyncIterator[Backend]:
+    """A backend of ``backend_url``, connected for the test and closed after it."""
+    async with connected(open_backend(backend_url)) as backend:
+        yield backend
 
 
 def drop(url: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +42,6 @@ def state(key: str, value: bytes = b"1") -> Commit:
     return Commit(effects=Effects(states=[StateWrite(key, StateOp.SET, value)]))
 
 
-@pytest.fixture
-async def opened(backend_url: str) -> AsyncIterator[Backend]:
-    backend = open_backend(backend_url)
-    await backend.connect()
-    try:
-        yield backend
-    finally:
-        await backend.close()
-
-
 REFUSED = {
     "sqlite": ["sku:a\ud800b"],
     "postgres": ["sku:a\ud800b", "sku:a\x00b", LONG_KEY],
@@ -60,15 +50,15 @@ REFUSED = {
 
 @pytest.mark.parametrize("backend_kind", sorted(REFUSED))
 async def test_a_refused_commit_fails_its_whole_call_and_applies_nothing(
-    opened: Backend, backend_kind: str
+    opened_backend: Backend, backend_kind: str
 ) -> None:
     for key in REFUSED[backend_kind]:
         with pytest.raises(CommitRejectedError):
-            await opened.commit([state("good"), state(key)], 1.0)
-        assert await opened.get_states(["good"]) == {}, f"a part of the call applied ({key[:12]!r})"
+            await opened_backend.commit([state("good"), state(key)], 1.0)
+        assert await opened_backend.get_states(["good"]) == {}, f"a part of the call applied ({key[:12]!r})"
     # the connection is fine afterwards
-    [result] = await opened.commit([state("good")], 1.0)
-    assert result.status is CommitStatus.OK and list(await opened.get_states(["good"])) == ["good"]
+    [result] = await opened_backend.commit([state("good")], 1.0)
+    assert result.status is CommitStatus.OK and list(await opened_backend.get_states(["good"])) == ["good"]
 
 
 class TestOnPostgres(AppFixtures):

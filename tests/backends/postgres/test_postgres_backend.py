@@ -31,14 +31,14 @@ from conveyor.ports import (
 )
 from conveyor.testing import wait_until
 from tests.conftest import fresh_url, require_server
+from tests.helpers import T0
+from tests.helpers import connected as connected_backend
 
 psycopg = pytest.importorskip("psycopg")
 
 from conveyor.backends.postgres import PostgresBackend  # noqa: E402
 from conveyor.backends.postgres import backend as postgres_backend  # noqa: E402
 from conveyor.backends.postgres.schema import LATEST_VERSION  # noqa: E402
-
-T0 = 1_700_000_000.0
 
 
 def job(job_id: str, queue: str = "q", at: float = T0, key: str | None = None) -> NewJob:
@@ -61,23 +61,13 @@ def pg_url(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 async def backend(pg_url: str) -> AsyncIterator[PostgresBackend]:
-    store = PostgresBackend(pg_url)
-    await store.connect()
-    try:
+    async with connected(pg_url) as store:
         yield store
-    finally:
-        await store.close()
 
 
-@contextlib.asynccontextmanager
-async def connected(pg_url: str, **options: Any) -> AsyncIterator[PostgresBackend]:
+def connected(pg_url: str, **options: Any) -> contextlib.AbstractAsyncContextManager[PostgresBackend]:
     """A backend of ``pg_url`` with keyword ``options``, connected for the block."""
-    store = PostgresBackend(pg_url, **options)
-    await store.connect()
-    try:
-        yield store
-    finally:
-        await store.close()
+    return connected_backend(PostgresBackend(pg_url, **options))
 
 
 async def test_schema_of_a_newer_version_is_refused_and_left_untouched(

@@ -41,60 +41,16 @@ from conveyor.ports import (
     StateWrite,
 )
 from conveyor.testing.differential import QUEUES, ROUTES, Scenario
+from tests.conftest import IN_CI
+from tests.helpers import LEASE, T0, enqueue, new_jobs
 
-try:  # tests/ imported as a package, or as a plain directory on sys.path (as conftest.py is)
-    from tests.conftest import IN_CI, fresh_url
-except ModuleNotFoundError:
-    from conftest import IN_CI, fresh_url  # type: ignore[no-redef,import-not-found,unused-ignore]
-
-T0 = 1_700_000_000.0
-LEASE = {"q": 300.0}  # far longer than any test: every lease stays valid
 DURABLE_PORT = 6390
 FLAKY_PORT = 6391
 LOCKED_PORT = 6392
 
 
-def new_jobs(count: int, queue: str = "q") -> list[NewJob]:
-    return [NewJob(f"job-{i:05d}", queue, b'{"n": %d}' % i, T0, T0) for i in range(count)]
-
-
-def enqueue(*jobs: NewJob) -> list[Commit]:
-    return [Commit(effects=Effects(jobs=list(jobs)))]
-
-
-async def delete_prefix(client: Redis, prefix: str) -> None:
-    """SCAN + UNLINK every key of ``prefix`` (bounded by the number of keys)."""
-    cursor = None
-    while cursor != 0:
-        cursor, keys = await client.scan(cursor or 0, match=f"{prefix}:*", count=1000)
-        if keys:
-            await client.unlink(*keys)
-
-
 async def keys_of(client: Redis, prefix: str) -> set[str]:
     return {key.decode() async for key in client.scan_iter(match=f"{prefix}:*", count=1000)}
-
-
-@pytest.fixture
-async def url(tmp_path: Path) -> AsyncIterator[str]:
-    """A fresh prefix on the shared Redis, whose keys are deleted after the test."""
-    url = fresh_url("redis", tmp_path)
-    yield url
-    client = Redis.from_url(url.split("?", maxsplit=1)[0])
-    try:
-        await delete_prefix(client, RedisBackend(url).prefix)
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-async def backend(url: str) -> AsyncIterator[RedisBackend]:
-    store = RedisBackend(url)
-    await store.connect()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 # concurrency

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -35,36 +34,9 @@ from conveyor.ports import (
     StateWrite,
 )
 from conveyor.testing import running, wait_until
+from tests.helpers import T0
 
-try:  # tests/ imported as a package, or as a plain directory on sys.path (as conftest.py is)
-    from tests.conftest import fresh_url
-except ModuleNotFoundError:
-    from conftest import fresh_url  # type: ignore[no-redef,import-not-found,unused-ignore]
-
-T0 = 1_700_000_000.0
 LEASE = {"q": 300.0, "other": 300.0}
-
-
-@pytest.fixture
-async def url(tmp_path: Path) -> AsyncIterator[str]:
-    """A fresh prefix on the shared Redis; its keys are deleted after the test."""
-    url = fresh_url("redis", tmp_path)
-    yield url
-    async with Redis.from_url(url.split("?", maxsplit=1)[0]) as client:
-        prefix = RedisBackend(url).prefix
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        if keys:
-            await client.unlink(*keys)
-
-
-@pytest.fixture
-async def backend(url: str) -> AsyncIterator[RedisBackend]:
-    store = RedisBackend(url)
-    await store.connect()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 @pytest.fixture

@@ -38,13 +38,9 @@ from conveyor.ports import (
     StateWrite,
 )
 from conveyor.testing.store_contract import StoreContract
+from tests.helpers import T0, connected, new_jobs
 
-T0 = 1_700_000_000.0
 LEASE = {"q": 300.0}  # far longer than any test: every lease stays valid
-
-
-def new_jobs(count: int, queue: str = "q") -> list[NewJob]:
-    return [NewJob(f"job-{i:05d}", queue, b"{}", T0, T0) for i in range(count)]
 
 
 @pytest.fixture
@@ -54,12 +50,8 @@ def url(tmp_path: Path) -> str:
 
 @pytest.fixture
 async def backend(url: str) -> AsyncIterator[SQLiteBackend]:
-    store = SQLiteBackend(url)
-    await store.connect()
-    try:
+    async with connected(SQLiteBackend(url)) as store:
         yield store
-    finally:
-        await store.close()
 
 
 WORKER_SCRIPT = textwrap.dedent(
