@@ -3,7 +3,7 @@
 ``commit_batch`` applies every part of a batch set-wise (all settlements, then all state writes,
 cancels, new jobs, events, history). That equals applying the commits one after the other, the
 reference semantics, as long as no two commits of one call interact in a way the order matters
-for (``tests/test_postgres_differential.py`` checks this against the in-memory backend).
+for (``tests/contract/test_differential.py`` checks this against the in-memory backend).
 :func:`plan_groups` cuts the batch where that could happen; each group is one call, all of them
 in one transaction. Commits that share nothing, the normal case, make a single group.
 """
