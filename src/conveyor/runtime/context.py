@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import BaseModel
 
+from conveyor.definitions.approval import ApprovalGate
 from conveyor.model.envelope import Envelope
 from conveyor.model.errors import ConfigurationError, LeaseLostError, UndeclaredEmitError
 from conveyor.model.history import HistoryKind
@@ -19,7 +20,6 @@ from conveyor.model.lifecycle import Seconds, seconds
 from conveyor.model.text import require_storable
 from conveyor.ports import Commit, Effects, HistoryEntry, LeasedJob, StateOp, StateWrite
 from conveyor.runtime.messages import Origin, available_at, child_id, jsonable
-from conveyor.workflows.approval import ApprovalGate
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from conveyor.definitions.registry import Registry
 from conveyor.model.errors import PayloadValidationError
 from conveyor.observability.metrics import Metrics
 from conveyor.observability.tracing import Tracing
@@ -16,7 +17,6 @@ from conveyor.runtime.clock import Clock
 from conveyor.runtime.committer import not_applied
 from conveyor.runtime.context import Context, Resources
 from conveyor.runtime.messages import MessageFactory, validate
-from conveyor.runtime.registry import Registry
 
 logger = logging.getLogger("conveyor")
 

@@ -21,8 +21,8 @@ from conveyor.ports import Effects, HistoryEntry
 from conveyor.runtime.messages import Origin, child_id
 
 if TYPE_CHECKING:
+    from conveyor.definitions.service import QueueWorker
     from conveyor.runtime.runtime import Runtime
-    from conveyor.service import QueueWorker
 
 SAGA_STEP = "compensable"
 
