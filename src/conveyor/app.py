@@ -44,7 +44,7 @@ from conveyor.ports import (
 from conveyor.runtime import approval
 from conveyor.runtime.clock import Clock, SystemClock
 from conveyor.runtime.committer import not_applied, rejection
-from conveyor.runtime.context import encode_state
+from conveyor.runtime.context import encode_state, run_command
 from conveyor.runtime.loop import run_to_end
 from conveyor.runtime.messages import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -354,7 +354,7 @@ class App:
 
     async def invoke(self, command: str, payload: Any = None) -> Any:
         """Run ``command`` in this process and return its result; its effects commit on success."""
-        return await self.runtime.invoke(command, payload)
+        return await run_command(self.runtime, command, payload)
 
     # operating
 
