@@ -4,7 +4,8 @@ Durable queues with leases, retries and dead letters; events fanned out to durab
 schedules; a state store; effects that commit with the job's acknowledgement.
 """
 
-from conveyor.app import App, DeadLetters
+from conveyor.app import App
+from conveyor.definitions.service import Service
 from conveyor.model.errors import (
     CommitRejectedError,
     ConfigurationError,
@@ -24,10 +25,10 @@ from conveyor.model.errors import (
 )
 from conveyor.model.history import HistoryKind
 from conveyor.model.lifecycle import Lifecycle, RetryStrategy
+from conveyor.operations.dead_letters import DeadLetters
+from conveyor.operations.status import Workflow, WorkflowStatus
 from conveyor.runtime.context import Context
 from conveyor.runtime.worker import WorkerConfig
-from conveyor.service import Service
-from conveyor.workflows.status import Workflow, WorkflowStatus
 
 __all__ = [
     "App",

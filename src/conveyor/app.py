@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Generator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -16,6 +16,8 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from conveyor.backends import open_backend
+from conveyor.definitions.registry import Registry
+from conveyor.definitions.service import Service
 from conveyor.model.errors import (
     ConfigurationError,
     ConveyorError,
@@ -23,24 +25,26 @@ from conveyor.model.errors import (
 )
 from conveyor.model.lifecycle import Seconds, seconds
 from conveyor.model.text import require_storable
-from conveyor.observability.health import HealthReport, HealthThresholds, check_health
 from conveyor.observability.metrics import QUEUE, Metrics
 from conveyor.observability.tracing import Tracing
+from conveyor.operations.dead_letters import DeadLetters
+from conveyor.operations.health import HealthReport, HealthThresholds, check_health
+from conveyor.operations.status import Workflow, Workflows
 from conveyor.ports import (
     Backend,
     Commit,
     CommitResult,
     CommitStatus,
-    DeadLetter,
     Effects,
     QueueStats,
     StateOp,
     StateWrite,
     TransactionalOutbox,
 )
+from conveyor.runtime import approval
 from conveyor.runtime.clock import Clock, SystemClock
 from conveyor.runtime.committer import not_applied, rejection
-from conveyor.runtime.context import encode_state
+from conveyor.runtime.context import encode_state, run_command
 from conveyor.runtime.loop import run_to_end
 from conveyor.runtime.messages import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -51,12 +55,9 @@ from conveyor.runtime.messages import (
     jsonable,
     jsonable_many,
 )
-from conveyor.runtime.registry import Registry
 from conveyor.runtime.runtime import Runtime
 from conveyor.runtime.scheduler import Scheduler
 from conveyor.runtime.worker import Worker, WorkerConfig
-from conveyor.service import Service
-from conveyor.workflows.status import Workflow, Workflows
 
 logger = logging.getLogger("conveyor")
 
@@ -73,36 +74,6 @@ ENQUEUE_IN_FLIGHT = 4
 """Batches of one :meth:`App.enqueue_many` call being stored at once."""
 UNDECLARED_QUEUES_INTERVAL = 300.0
 """How often a worker's metrics look for jobs in queues no service declares (seconds)."""
-
-
-class DeadLetters:
-    """The dead-letter queue of one queue (or of all): ``await`` it for a list, or act on it.
-
-    >>> # entries = await app.dead_letters("process_payment")
-    >>> # await app.dead_letters("process_payment").redrive()
-    """
-
-    def __init__(self, app: App, queue: str | None) -> None:
-        self._app = app
-        self.queue = queue
-
-    def __await__(self) -> Generator[Any, None, list[DeadLetter]]:
-        return self.list().__await__()
-
-    async def list(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
-        return await self._app.backend.dead_letters(self.queue, limit, offset)
-
-    async def redrive(self, ids: Sequence[str] | None = None) -> int:
-        """Put dead jobs back on their queues with fresh attempts (all of this queue's by default)."""
-        if ids is None:
-            ids = [d.id for d in await self.list(limit=1_000_000)]
-        return await self._app.backend.redrive(list(ids), self._app.clock.now())
-
-    async def purge(self, ids: Sequence[str] | None = None) -> int:
-        """Delete dead jobs for good (all of this queue's by default)."""
-        if ids is None and self.queue is None:
-            return await self._app.backend.purge(None, None)
-        return await self._app.backend.purge(None if ids is None else list(ids), self.queue)
 
 
 class AppStates:
@@ -176,7 +147,7 @@ class App:
         workflows: Iterable[Workflow] = (),
         external_queues: Iterable[str] = (),
     ) -> None:
-        self.registry = Registry(services, external_queues)
+        self.registry = Registry(services, external_queues, gate_timer=approval.fire_timeout)
         self.backend: Backend = open_backend(backend) if isinstance(backend, str) else backend
         self.clock: Clock = clock or SystemClock()
         self.worker_config = worker or WorkerConfig()
@@ -194,7 +165,7 @@ class App:
         self._connected = 0
         self._workers: list[Worker] = []
         self._scheduler: Scheduler | None = None
-        self.workflows = Workflows(self)
+        self.workflows = Workflows(self.runtime)
         self.workflows.declare(*workflows)
 
     # lifecycle
@@ -383,13 +354,13 @@ class App:
 
     async def invoke(self, command: str, payload: Any = None) -> Any:
         """Run ``command`` in this process and return its result; its effects commit on success."""
-        return await self.runtime.invoke(command, payload)
+        return await run_command(self.runtime, command, payload)
 
     # operating
 
     def dead_letters(self, queue: str | None = None) -> DeadLetters:
         """The dead-letter queue of ``queue`` (all queues when None)."""
-        return DeadLetters(self, queue)
+        return DeadLetters(self.backend, self.clock, queue)
 
     async def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
         """Counts of ``queues``; by default of every queue this app declares or names external,
@@ -408,7 +379,7 @@ class App:
 
     async def health(self, thresholds: HealthThresholds | None = None) -> HealthReport:
         """ok, warn (dead letters, backlog, old ready jobs) or fail (backend unreachable)."""
-        return await check_health(self, thresholds)
+        return await check_health(self.backend, self.clock, self.registry.known_queues, thresholds)
 
     # running
 

@@ -37,8 +37,8 @@ from conveyor.model.errors import (
 from conveyor.observability.logging import configure_logging
 
 if TYPE_CHECKING:
+    from conveyor.operations.status import State
     from conveyor.ports import DeadLetter
-    from conveyor.workflows.status import State
 
 console = Console()
 T = TypeVar("T")
@@ -411,7 +411,7 @@ def approve(
     app_spec: str, instance_id: str, gate: str | None, approve: bool, note: str | None, by: str | None
 ) -> None:
     """Approve (or --reject) workflow instance ID waiting at an approval gate."""
-    from conveyor.workflows.approval import ApprovalError
+    from conveyor.model.errors import ApprovalError
 
     app = load_app(app_spec)
 
@@ -435,7 +435,7 @@ def approve(
 @click.argument("app_spec", metavar="APP")
 def graph(app_spec: str) -> None:
     """Print APP's workflow graph as Mermaid, from the declared emits and subscriptions."""
-    from conveyor.workflows.graph import build_graph
+    from conveyor.operations.graph import build_graph
 
     app = load_app(app_spec)
     drawn = build_graph(app.registry, app.workflows.declared)
@@ -478,7 +478,7 @@ def health(app_spec: str, max_backlog: int, max_age: float, ignore_dead_letters:
     warn: dead letters, backlog, old jobs, jobs in queues APP does not declare; fail: the backend
     is unreachable or misconfigured.
     """
-    from conveyor.observability.health import HealthReport, HealthThresholds
+    from conveyor.operations.health import HealthReport, HealthThresholds
 
     thresholds = HealthThresholds(max_backlog, max_age, not ignore_dead_letters)
 

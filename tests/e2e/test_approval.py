@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from conveyor import App, Context, Service, WorkerConfig, Workflow
 from conveyor.cli import main
+from conveyor.model.errors import ApprovalError
 from conveyor.testing import FakeClock, running, wait_until
-from conveyor.workflows.approval import ApprovalError
 
 svc = Service("refunds")
 gate = svc.approval_gate("manager_approval", timeout=timedelta(hours=24))

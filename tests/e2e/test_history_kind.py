@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 
 from conveyor import App, HistoryKind, Workflow
+from conveyor.operations.status import Step, summarize
 from conveyor.ports import Commit, Effects, HistoryEntry
 from conveyor.testing import FakeClock
-from conveyor.workflows.status import Step, summarize
 
 T0 = 1_700_000_000.0
 ORDER = Workflow("order", start="order_placed", completed=["order_shipped"], compensated=["order_refunded"])

@@ -24,8 +24,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from conveyor import App, Context, Lifecycle, Service
 from conveyor.cli import main
-from conveyor.observability.health import HealthThresholds
 from conveyor.observability.logging import JSONFormatter
+from conveyor.operations.health import HealthThresholds
 from conveyor.testing import running, wait_until
 
 

@@ -198,8 +198,8 @@ def test_new_ids_are_unique_and_time_ordered() -> None:
 
 def test_workflow_past_its_deadline_is_timed_out() -> None:
     from conveyor import Workflow
+    from conveyor.operations.status import summarize
     from conveyor.ports import HistoryEntry
-    from conveyor.workflows.status import summarize
 
     flow = Workflow("refund", start="refund_requested", completed=["refund_paid"], deadline=3600)
     history = [

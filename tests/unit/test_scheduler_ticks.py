@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from conveyor.definitions.service import Schedule
 from conveyor.runtime.scheduler import MAX_CATCH_UP, next_tick, previous_tick, tick_key, ticks_between
-from conveyor.service import Schedule
 
 
 def ts(text: str) -> float:

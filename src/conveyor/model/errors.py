@@ -77,6 +77,10 @@ class UnknownCommandError(UnknownNameError):
     """A command name that no service of the app declares (``app.invoke``, ``ctx.invoke``)."""
 
 
+class ApprovalError(ConveyorError):
+    """A decision that cannot be taken: nothing requested, or already decided or timed out."""
+
+
 class UnknownApprovalGateError(UnknownNameError):
     """An approval gate name that no service of the app declares (request or decision)."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -11,20 +10,25 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import BaseModel
 
+from conveyor.definitions.approval import ApprovalGate
 from conveyor.model.envelope import Envelope
-from conveyor.model.errors import ConfigurationError, LeaseLostError, UndeclaredEmitError
+from conveyor.model.errors import (
+    ConfigurationError,
+    LeaseLostError,
+    PayloadValidationError,
+    UndeclaredEmitError,
+)
 from conveyor.model.history import HistoryKind
 from conveyor.model.json_value import dump_json
 from conveyor.model.lifecycle import Seconds, seconds
 from conveyor.model.text import require_storable
 from conveyor.ports import Commit, Effects, HistoryEntry, LeasedJob, StateOp, StateWrite
-from conveyor.runtime.messages import Origin, available_at, child_id, jsonable
-from conveyor.workflows.approval import ApprovalGate
+from conveyor.runtime.committer import not_applied
+from conveyor.runtime.messages import Origin, available_at, child_id, jsonable, validate
+from conveyor.runtime.runtime import Resources, Runtime
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
-
-    from conveyor.runtime.runtime import Runtime
 
 
 @dataclass(slots=True, frozen=True)
@@ -36,29 +40,6 @@ class JobInfo:
     attempt: int
     max_attempts: int
     enqueued_at: float
-
-
-class Resources(Mapping[str, Any]):
-    """The app's resources, by attribute (``ctx.resources.inventory``) or by key."""
-
-    def __init__(self, resources: Mapping[str, Any]) -> None:
-        self._resources = dict(resources)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._resources[name]
-        except KeyError:
-            known = ", ".join(sorted(self._resources)) or "none"
-            raise AttributeError(f"no resource named {name!r} (resources: {known})") from None
-
-    def __getitem__(self, name: str) -> Any:
-        return self._resources[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._resources)
-
-    def __len__(self) -> int:
-        return len(self._resources)
 
 
 def encode_state(value: Any, key: str | None = None) -> bytes:
@@ -365,7 +346,7 @@ class Context:
 
     async def invoke(self, command: str, payload: Any = None) -> Any:
         """Run a command in this process; its effects join this job's commit."""
-        return await self.runtime.invoke(command, payload, parent=self)
+        return await run_command(self.runtime, command, payload, parent=self)
 
     async def extend_lease(self, duration: Seconds) -> None:
         """Keep the job's lease for ``duration`` more seconds; raises :class:`LeaseLostError` if lost."""
@@ -380,3 +361,38 @@ class Context:
 
     def commit(self) -> Commit:
         return Commit(effects=self.buffer.effects)
+
+
+async def run_command(runtime: Runtime, name: str, payload: Any, *, parent: Context | None = None) -> Any:
+    """Run command ``name``. Inside a handler (``parent``) its effects join the handler's; outside
+    they commit when it returns."""
+    command = runtime.registry.command(name)
+    argument: Any = payload
+    if command.payload is not None:
+        if isinstance(payload, command.payload):
+            argument = payload
+        else:
+            data = payload.model_dump() if isinstance(payload, BaseModel) else payload
+            argument = validate(command.payload, data, f"command {name!r}")
+    context = Context(
+        runtime,
+        service=command.service.name,
+        service_version=command.service.version,
+        emits=command.emits,
+        envelope=parent.message if parent is not None else None,
+    )
+    if parent is not None:
+        context.buffer = parent.buffer
+    result = await command.handler(context, argument)
+    if command.result is not None and not isinstance(result, command.result):
+        try:
+            result = command.result.model_validate(result)
+        except Exception as exc:
+            raise PayloadValidationError(
+                f"command {name!r} returned {type(result).__name__}, not {command.result.__name__}"
+            ) from exc
+    if parent is None and context.buffer.effects:
+        [outcome] = await runtime.backend.commit([context.commit()], runtime.clock.now())
+        if (error := not_applied(outcome, f"command {name!r}")) is not None:
+            raise error
+    return result

@@ -1,24 +1,39 @@
-"""The runtime's shared parts: backend, clock, registry, resources; commands run here."""
+"""The runtime's shared parts: backend, clock, registry, resources, messages, tracing, metrics."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from pydantic import BaseModel
-
-from conveyor.model.errors import PayloadValidationError
+from conveyor.definitions.registry import Registry
 from conveyor.observability.metrics import Metrics
 from conveyor.observability.tracing import Tracing
 from conveyor.ports import Backend
 from conveyor.runtime.clock import Clock
-from conveyor.runtime.committer import not_applied
-from conveyor.runtime.context import Context, Resources
-from conveyor.runtime.messages import MessageFactory, validate
-from conveyor.runtime.registry import Registry
+from conveyor.runtime.messages import MessageFactory
 
-logger = logging.getLogger("conveyor")
+
+class Resources(Mapping[str, Any]):
+    """The app's resources, by attribute (``ctx.resources.inventory``) or by key."""
+
+    def __init__(self, resources: Mapping[str, Any]) -> None:
+        self._resources = dict(resources)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._resources[name]
+        except KeyError:
+            known = ", ".join(sorted(self._resources)) or "none"
+            raise AttributeError(f"no resource named {name!r} (resources: {known})") from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self._resources[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._resources)
+
+    def __len__(self) -> int:
+        return len(self._resources)
 
 
 class Runtime:
@@ -47,37 +62,3 @@ class Runtime:
     def history_enabled(self) -> bool:
         """Whether workflow history is recorded (one setting, kept by the message factory)."""
         return self.messages.history
-
-    async def invoke(self, name: str, payload: Any, *, parent: Context | None = None) -> Any:
-        """Run command ``name``. Inside a handler its effects join the handler's; outside they
-        commit when it returns."""
-        command = self.registry.command(name)
-        argument: Any = payload
-        if command.payload is not None:
-            if isinstance(payload, command.payload):
-                argument = payload
-            else:
-                data = payload.model_dump() if isinstance(payload, BaseModel) else payload
-                argument = validate(command.payload, data, f"command {name!r}")
-        context = Context(
-            self,
-            service=command.service.name,
-            service_version=command.service.version,
-            emits=command.emits,
-            envelope=parent.message if parent is not None else None,
-        )
-        if parent is not None:
-            context.buffer = parent.buffer
-        result = await command.handler(context, argument)
-        if command.result is not None and not isinstance(result, command.result):
-            try:
-                result = command.result.model_validate(result)
-            except Exception as exc:
-                raise PayloadValidationError(
-                    f"command {name!r} returned {type(result).__name__}, not {command.result.__name__}"
-                ) from exc
-        if parent is None and context.buffer.effects:
-            [outcome] = await self.backend.commit([context.commit()], self.clock.now())
-            if (error := not_applied(outcome, f"command {name!r}")) is not None:
-                raise error
-        return result

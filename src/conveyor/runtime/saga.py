@@ -10,19 +10,17 @@ hidden; a compensation that is dead-lettered stops the chain, visible in the wor
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
+from conveyor.definitions.service import QueueWorker
 from conveyor.model.envelope import Envelope
 from conveyor.model.errors import PayloadValidationError
 from conveyor.model.history import HistoryKind
 from conveyor.ports import Effects, HistoryEntry
 from conveyor.runtime.messages import Origin, child_id
-
-if TYPE_CHECKING:
-    from conveyor.runtime.runtime import Runtime
-    from conveyor.service import QueueWorker
+from conveyor.runtime.runtime import Runtime
 
 SAGA_STEP = "compensable"
 

@@ -17,11 +17,11 @@ from zoneinfo import ZoneInfo
 import orjson
 from croniter import croniter
 
+from conveyor.definitions.service import QueueWorker, Schedule
 from conveyor.model.errors import BackendError
 from conveyor.ports import Commit, CommitStatus, Effects, StateOp, StateWrite
 from conveyor.runtime.messages import Origin
 from conveyor.runtime.runtime import Runtime
-from conveyor.service import QueueWorker, Schedule
 
 logger = logging.getLogger("conveyor.scheduler")
 

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from conveyor.definitions.service import QueueWorker
 from conveyor.model.envelope import Envelope
 from conveyor.model.errors import (
     BackendError,
@@ -43,7 +44,6 @@ from conveyor.runtime import saga
 from conveyor.runtime.committer import Committer
 from conveyor.runtime.context import Context
 from conveyor.runtime.runtime import Runtime
-from conveyor.service import QueueWorker
 
 logger = logging.getLogger("conveyor.worker")
 

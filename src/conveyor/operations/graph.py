@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from conveyor.runtime.registry import Registry
-from conveyor.workflows.status import Workflow
+from conveyor.definitions.registry import Registry
+from conveyor.operations.status import Workflow
 
 
 @dataclass

@@ -16,22 +16,21 @@ import re
 import typing
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
+from conveyor.definitions.approval import ApprovalGate
 from conveyor.model.errors import ConfigurationError
 from conveyor.model.lifecycle import Lifecycle, Seconds, seconds
-
-if TYPE_CHECKING:
-    from conveyor.runtime.context import Context
-    from conveyor.workflows.approval import ApprovalGate
 
 CatchUp = Literal["none", "latest", "all"]
 DefinitionKind = Literal["queue", "subscription", "schedule", "approval"]
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 Handler = Callable[..., Awaitable[Any]]
-DeadLetterHandler = Callable[["Context", Any, BaseException], Awaitable[None]]
+DeadLetterHandler = Callable[[Any, Any, BaseException], Awaitable[None]]
+"""``async def on_dead_letter(ctx, payload, error)``; ``ctx`` is a :class:`~conveyor.Context`, which
+this layer does not import (definitions sit below the runtime)."""
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 
@@ -168,8 +167,13 @@ class Service:
     def __post_init__(self) -> None:
         check_name("service", self.name)
 
+    @property
+    def timer_queues(self) -> set[str]:
+        """The queues of this service's approval gates' timers (the registry defines them)."""
+        return {gate.timer_queue for gate in self.gates.values()}
+
     def _add(self, definition: QueueWorker[Any]) -> None:
-        if definition.name in self.definitions:
+        if definition.name in self.definitions or definition.name in self.timer_queues:
             raise ConfigurationError(f"service {self.name!r} already defines queue {definition.name!r}")
         self.definitions[definition.name] = definition
 
@@ -337,13 +341,13 @@ class Service:
         return decorate
 
     def approval_gate(self, name: str, *, timeout: Seconds, description: str = "") -> ApprovalGate:
-        """Declare a human approval gate (see :mod:`conveyor.workflows.approval`).
+        """Declare a human approval gate (see :mod:`conveyor.definitions.approval`).
 
         Its events are ``<name>_requested``, ``<name>_approved``, ``<name>_rejected`` and
-        ``<name>_timed_out``; subscribe to them to resume the workflow.
+        ``<name>_timed_out``; subscribe to them to resume the workflow. Its timer queue
+        ``<name>.timeout`` is added by the :class:`~conveyor.definitions.registry.Registry`, which is
+        given the runtime's timer handler.
         """
-        from conveyor.workflows.approval import ApprovalGate, fire_timeout
-
         check_name("approval gate", name)
         limit = seconds(timeout)
         if limit <= 0:
@@ -351,19 +355,9 @@ class Service:
         gate = ApprovalGate(name, limit, description)
         if name in self.gates:
             raise ConfigurationError(f"service {self.name!r} already defines approval gate {name!r}")
+        if gate.timer_queue in self.definitions:
+            raise ConfigurationError(f"service {self.name!r} already defines queue {gate.timer_queue!r}")
         self.gates[name] = gate
-        self._add(
-            QueueWorker(
-                self,
-                gate.timer_queue,
-                f"timeout of approval gate {name}",
-                fire_timeout,
-                None,
-                frozenset({gate.event("timed_out")}),
-                Lifecycle(),
-                kind="approval",
-            )
-        )
         return gate
 
     def command(

@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from conveyor.definitions.approval import ApprovalGate
+from conveyor.definitions.service import Command, Handler, QueueWorker, Route, Service, check_name
 from conveyor.model.errors import (
     ConfigurationError,
     UnknownApprovalGateError,
     UnknownCommandError,
     UnknownQueueError,
 )
-from conveyor.service import Command, QueueWorker, Route, Service, check_name
-from conveyor.workflows.approval import ApprovalGate
+from conveyor.model.lifecycle import Lifecycle
 
 EXTERNAL_HINT = (
     " (a queue another app serves: name it in App(external_queues=[...]), "
@@ -24,10 +25,13 @@ class Registry:
     """Queues (workers, subscriptions, schedules), commands and routes of a set of services.
 
     ``external_queues`` are queues no service here declares that this app may still enqueue to,
-    because another app serves them.
+    because another app serves them. ``gate_timer`` is the handler of every approval gate's timer
+    queue (``<gate>.timeout``): the runtime's, given here so that definitions need not import it.
     """
 
-    def __init__(self, services: Iterable[Service], external_queues: Iterable[str] = ()) -> None:
+    def __init__(
+        self, services: Iterable[Service], external_queues: Iterable[str] = (), *, gate_timer: Handler
+    ) -> None:
         self.services = list(services)
         self.external_queues = frozenset(check_name("queue", name) for name in external_queues)
         self.queues: dict[str, QueueWorker[Any]] = {}
@@ -39,13 +43,8 @@ class Registry:
             if service.name in names:
                 raise ConfigurationError(f"two services are named {service.name!r}")
             names.add(service.name)
-            for name, definition in service.definitions.items():
-                if name in self.queues:
-                    other = self.queues[name].service.name
-                    raise ConfigurationError(
-                        f"queue {name!r} is defined by services {other!r} and {service.name!r}"
-                    )
-                self.queues[name] = definition
+            for definition in service.definitions.values():
+                self._add_queue(definition)
             for name, command in service.commands.items():
                 if name in self.commands:
                     raise ConfigurationError(f"command {name!r} is defined twice")
@@ -54,6 +53,18 @@ class Registry:
                 if gate_name in self.gates:
                     raise ConfigurationError(f"approval gate {gate_name!r} is defined twice")
                 self.gates[gate_name] = gate
+                self._add_queue(
+                    QueueWorker(
+                        service,
+                        gate.timer_queue,
+                        f"timeout of approval gate {gate_name}",
+                        gate_timer,
+                        None,
+                        frozenset({gate.event("timed_out")}),
+                        Lifecycle(),
+                        kind="approval",
+                    )
+                )
             for route in service.routes:
                 if route not in self.routes:
                     self.routes.append(route)
@@ -61,6 +72,15 @@ class Registry:
             raise ConfigurationError(
                 f"external_queues names {', '.join(map(repr, both))}, which a service of this app declares"
             )
+
+    def _add_queue(self, definition: QueueWorker[Any]) -> None:
+        name = definition.name
+        if name in self.queues:
+            other = self.queues[name].service.name
+            raise ConfigurationError(
+                f"queue {name!r} is defined by services {other!r} and {definition.service.name!r}"
+            )
+        self.queues[name] = definition
 
     @property
     def known_queues(self) -> set[str]:

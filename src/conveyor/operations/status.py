@@ -5,20 +5,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import orjson
 
 from conveyor.model.history import HistoryKind
 from conveyor.model.lifecycle import Seconds, seconds
-from conveyor.ports import Commit, CommitStatus, Effects, HistoryEntry, StateOp, StateWrite
-from conveyor.runtime.committer import rejection
-from conveyor.runtime.context import encode_state
-from conveyor.runtime.messages import Origin
-from conveyor.workflows.approval import ApprovalError, ApprovalGate
-
-if TYPE_CHECKING:
-    from conveyor.app import App
+from conveyor.ports import HistoryEntry
+from conveyor.runtime import approval
+from conveyor.runtime.runtime import Runtime
 
 State = Literal["unknown", "running", "waiting", "completed", "failed", "compensated", "timed_out"]
 
@@ -245,19 +240,19 @@ def summarize(
 class Workflows:
     """``app.workflows``: status and history of workflow instances (by correlation id)."""
 
-    def __init__(self, app: App) -> None:
-        self._app = app
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
         self.declared: list[Workflow] = []
 
     def declare(self, *workflows: Workflow) -> None:
         self.declared.extend(workflows)
 
     async def history(self, instance_id: str) -> list[HistoryEntry]:
-        return await self._app.backend.history(instance_id)
+        return await self._runtime.backend.history(instance_id)
 
     async def status(self, instance_id: str) -> WorkflowStatus:
-        history = await self._app.backend.history(instance_id)
-        return summarize(instance_id, history, self.declared, self._app.clock.now())
+        history = await self._runtime.backend.history(instance_id)
+        return summarize(instance_id, history, self.declared, self._runtime.clock.now())
 
     async def list(
         self,
@@ -273,7 +268,7 @@ class Workflows:
         instance's history, so filters are applied here, not in the store).
         """
         found: list[WorkflowStatus] = []
-        for summary in await self._app.backend.instances(since, scan):
+        for summary in await self._runtime.backend.instances(since, scan):
             status = await self.status(summary.correlation_id)
             if (workflow is None or status.workflow == workflow) and (state is None or status.state == state):
                 found.append(status)
@@ -287,62 +282,6 @@ class Workflows:
         """Approve or reject ``instance_id`` at ``gate``: emits ``<gate>_approved``/``_rejected`` to
         the instance and cancels the gate's timer, atomically. Returns the event's id.
 
-        Raises :class:`~conveyor.workflows.approval.ApprovalError` if nothing is pending there.
+        Raises :class:`~conveyor.model.errors.ApprovalError` if nothing is pending there.
         """
-        app = self._app
-        runtime = app.runtime
-        declared = app.registry.gate(gate)
-        key = ApprovalGate.state_key(instance_id, gate)
-        request, version = await app.states.get_versioned(key)
-        if request is None:
-            raise ApprovalError(f"workflow {instance_id!r} has no approval request at gate {gate!r}")
-        if request.get("status") != "pending":
-            raise ApprovalError(
-                f"workflow {instance_id!r} at gate {gate!r} is already {request.get('status')}"
-            )
-        now = app.clock.now()
-        outcome = "approved" if approve else "rejected"
-        decision = {"outcome": outcome, "by": by, "note": note}
-        effects = Effects(
-            states=[
-                StateWrite(
-                    key,
-                    StateOp.SET,
-                    encode_state({**request, "status": outcome, "decided_at": now, "by": by, "note": note}),
-                    expected_version=version,
-                )
-            ],
-            cancels=[(declared.timer_queue, key)],
-            history=[
-                HistoryEntry(
-                    instance_id,
-                    now,
-                    HistoryKind.APPROVAL_DECIDED,
-                    gate,
-                    detail=orjson.dumps(decision).decode(),
-                )
-            ],
-        )
-        event = runtime.messages.add_event(
-            effects,
-            declared.event(outcome),
-            {
-                "instance_id": instance_id,
-                "gate": gate,
-                "payload": request.get("payload"),
-                "by": by,
-                "note": note,
-            },
-            message_id=None,
-            origin=Origin(),
-            now=now,
-            correlation_id=instance_id,
-        )
-        [result] = await app.backend.commit([Commit(effects=effects)], now)
-        if result.status is CommitStatus.REJECTED:  # not a race: the backend cannot store it
-            raise rejection(result)
-        if result.status is not CommitStatus.OK:
-            raise ApprovalError(
-                f"workflow {instance_id!r} at gate {gate!r} was decided or timed out meanwhile"
-            )
-        return event.id
+        return await approval.decide(self._runtime, instance_id, gate, approve=approve, note=note, by=by)

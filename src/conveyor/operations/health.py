@@ -3,13 +3,13 @@ unreachable)."""
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from conveyor.model.errors import BackendError
-
-if TYPE_CHECKING:
-    from conveyor.app import App
+from conveyor.ports import Backend
+from conveyor.runtime.clock import Clock
 
 Level = Literal["ok", "warn", "fail"]
 _ORDER: dict[Level, int] = {"ok": 0, "warn": 1, "fail": 2}
@@ -39,15 +39,18 @@ class HealthReport:
         return _ORDER[self.status]
 
 
-async def check_health(app: App, thresholds: HealthThresholds | None = None) -> HealthReport:
+async def check_health(
+    backend: Backend, clock: Clock, known: Set[str], thresholds: HealthThresholds | None = None
+) -> HealthReport:
+    """The health of every queue ``backend`` holds; ``known`` are the queues the app declares or
+    names external (others holding jobs are reported as undeclared)."""
     limits = thresholds or HealthThresholds()
-    known = app.registry.known_queues
     try:
-        names = sorted(known | set(await app.backend.queue_names()))
-        stats = await app.backend.stats(names, app.clock.now())
+        names = sorted(known | set(await backend.queue_names()))
+        stats = await backend.stats(names, clock.now())
     except (BackendError, OSError) as exc:
         return HealthReport("fail", [f"backend unreachable: {exc}"])
-    now = app.clock.now()
+    now = clock.now()
     status: Level = "ok"
     problems: list[str] = []
     queues: dict[str, dict[str, float | int | None]] = {}

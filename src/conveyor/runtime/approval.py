@@ -1,0 +1,108 @@
+"""Approval gates at run time: the timer that times a request out, and the decision.
+
+The gate's declaration is data (:class:`~conveyor.definitions.approval.ApprovalGate`); a handler asks
+with ``ctx.request_approval``, which buffers the request, this module's timer job and the
+``<gate>_requested`` event in its job's commit. Whichever of :func:`decide` and :func:`fire_timeout`
+comes first wins: both move the gate's state by compare-and-set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from conveyor.definitions.approval import ApprovalGate
+from conveyor.model.errors import ApprovalError
+from conveyor.model.history import HistoryKind
+from conveyor.model.text import require_storable
+from conveyor.ports import Commit, CommitStatus, Effects, HistoryEntry, StateOp, StateWrite
+from conveyor.runtime.committer import rejection
+from conveyor.runtime.context import Context, encode_state
+from conveyor.runtime.messages import Origin
+from conveyor.runtime.runtime import Runtime
+
+
+async def fire_timeout(ctx: Context, job: dict[str, Any]) -> None:
+    """The gate's timer (the handler of every gate's ``<gate>.timeout`` queue): if the request is
+    still pending, it times out."""
+    instance_id, gate = str(job["instance_id"]), str(job["gate"])
+    key = ApprovalGate.state_key(instance_id, gate)
+    value, version = await ctx.states.get_versioned(key)
+    if not value or value.get("status") != "pending":
+        return  # decided in time: the timer was late to be cancelled
+    now = ctx.runtime.clock.now()
+    await ctx.states.compare_and_set(key, {**value, "status": "timed_out", "decided_at": now}, version)
+    ctx.history(HistoryKind.APPROVAL_TIMED_OUT, gate)
+    await ctx.emit(
+        f"{gate}_timed_out", {"instance_id": instance_id, "gate": gate, "payload": value.get("payload")}
+    )
+
+
+async def decide(
+    runtime: Runtime,
+    instance_id: str,
+    gate: str,
+    *,
+    approve: bool,
+    note: str | None = None,
+    by: str | None = None,
+) -> str:
+    """Approve or reject ``instance_id`` at ``gate``: emits ``<gate>_approved``/``_rejected`` to
+    the instance and cancels the gate's timer, atomically. Returns the event's id.
+
+    Raises :class:`~conveyor.model.errors.ApprovalError` if nothing is pending there.
+    """
+    declared = runtime.registry.gate(gate)
+    key = ApprovalGate.state_key(instance_id, gate)
+    require_storable(key, "state key")
+    record = (await runtime.backend.get_states([key])).get(key)
+    if record is None:
+        raise ApprovalError(f"workflow {instance_id!r} has no approval request at gate {gate!r}")
+    request, version = orjson.loads(record.value), record.version
+    if request.get("status") != "pending":
+        raise ApprovalError(f"workflow {instance_id!r} at gate {gate!r} is already {request.get('status')}")
+    now = runtime.clock.now()
+    outcome = "approved" if approve else "rejected"
+    decision = {"outcome": outcome, "by": by, "note": note}
+    effects = Effects(
+        states=[
+            StateWrite(
+                key,
+                StateOp.SET,
+                encode_state({**request, "status": outcome, "decided_at": now, "by": by, "note": note}),
+                expected_version=version,
+            )
+        ],
+        cancels=[(declared.timer_queue, key)],
+        history=[
+            HistoryEntry(
+                instance_id,
+                now,
+                HistoryKind.APPROVAL_DECIDED,
+                gate,
+                detail=orjson.dumps(decision).decode(),
+            )
+        ],
+    )
+    event = runtime.messages.add_event(
+        effects,
+        declared.event(outcome),
+        {
+            "instance_id": instance_id,
+            "gate": gate,
+            "payload": request.get("payload"),
+            "by": by,
+            "note": note,
+        },
+        message_id=None,
+        origin=Origin(),
+        now=now,
+        correlation_id=instance_id,
+    )
+    [result] = await runtime.backend.commit([Commit(effects=effects)], now)
+    if result.status is CommitStatus.REJECTED:  # not a race: the backend cannot store it
+        raise rejection(result)
+    if result.status is not CommitStatus.OK:
+        raise ApprovalError(f"workflow {instance_id!r} at gate {gate!r} was decided or timed out meanwhile")
+    return event.id

@@ -1,1 +1,0 @@
-"""Workflow tracking: status from history, graph from code."""
