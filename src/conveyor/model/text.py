@@ -54,7 +54,7 @@ def require_storable(text: str, what: str) -> None:
     conveyor.model.errors.UnstorableTextError: state key 'sku:a\\x00b' holds a NUL character ...
     """
     try:
-        if "\x00" not in text and (text.isascii() or _SURROGATE.search(text) is None):
+        if is_storable(text):
             return
     except TypeError:  # `in` on an int, bytes, ...
         raise UnstorableTextError(f"{what} must be a str, not {type(text).__name__}") from None
