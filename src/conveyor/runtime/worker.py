@@ -97,24 +97,31 @@ def error_info(error: BaseException) -> ErrorInfo:
         else (f"{kind.__module__}.{kind.__qualname__}")
     )
     try:
-        message = str(error) or kind.__name__
-    except Exception as exc:  # a broken __str__ must not cost the job its dead letter
-        message = f"<{kind.__name__} whose str() raised {type(exc).__name__}>"
-    try:
         text = "".join(traceback.format_exception(error))
     except Exception as exc:
         text = f"<traceback could not be formatted: {type(exc).__name__}>"
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = f"{message[:MAX_MESSAGE_CHARS]}… [{len(message) - MAX_MESSAGE_CHARS:,} characters cut]"
     if len(text) > MAX_TRACEBACK_CHARS:  # keep the outermost frames and the last line's end
         half = MAX_TRACEBACK_CHARS // 2
         text = f"{text[:half]}\n… [{len(text) - 2 * half:,} characters cut] …\n{text[-half:]}"
-    return ErrorInfo(storable_text(name), storable_text(message), storable_text(text))
+    return ErrorInfo(storable_text(name), _message(error), storable_text(text))
+
+
+def _message(error: BaseException) -> str:
+    """``error``'s message as :func:`error_info` stores it: cut to length, storable, never raising."""
+    kind = type(error)
+    try:
+        message = str(error) or kind.__name__
+    except Exception as exc:  # a broken __str__ must not cost the job its dead letter
+        message = f"<{kind.__name__} whose str() raised {type(exc).__name__}>"
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = f"{message[:MAX_MESSAGE_CHARS]}… [{len(message) - MAX_MESSAGE_CHARS:,} characters cut]"
+    return storable_text(message)
 
 
 def describe_error(error: BaseException) -> str:
-    """``Type: message`` for a history entry or a log line, as cut and escaped as :func:`error_info`."""
-    return f"{type(error).__name__}: {error_info(error).message}"
+    """``Type: message`` for a history entry or a log line, as cut and escaped as :func:`error_info`
+    (without formatting the traceback, which a retry's history entry and log line do not show)."""
+    return f"{type(error).__name__}: {_message(error)}"
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
