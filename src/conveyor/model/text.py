@@ -77,3 +77,11 @@ def storable_text(text: str) -> str:
 def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` if it is at most ``limit`` characters, else its first ``limit`` and a marked cut
+    (``… [4,996,000 characters cut]``): for error messages, which a handler may make huge."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [{len(text) - limit:,} characters cut]"

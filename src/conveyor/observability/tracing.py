@@ -14,6 +14,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from conveyor.model.envelope import Envelope
+from conveyor.model.text import cut
 
 _TRACER_NAME = "conveyor"
 _NO_SPAN: AbstractContextManager[None] = nullcontext()
@@ -121,8 +122,7 @@ def record_failure(span: Span | None, error: BaseException) -> None:
         message = "(whose str() raised)"
         description = f"{type(error).__name__} {message}"
     else:
-        if len(message) > MAX_STATUS_CHARS:  # a 5 MB message must not reach the exporter whole
-            message = f"{message[:MAX_STATUS_CHARS]}… [{len(message) - MAX_STATUS_CHARS:,} characters cut]"
+        message = cut(message, MAX_STATUS_CHARS)  # a 5 MB message must not reach the exporter whole
         description = f"{type(error).__name__}: {message}"
     with suppress(Exception):  # the SDK calls str(error) too; the message given here wins
         span.record_exception(error, attributes={"exception.message": message})

@@ -26,7 +26,7 @@ from conveyor.model.errors import (
     UndecodableMessageError,
 )
 from conveyor.model.history import HistoryKind
-from conveyor.model.text import storable_text
+from conveyor.model.text import cut, storable_text
 from conveyor.observability.metrics import QUEUE
 from conveyor.observability.tracing import record_failure
 from conveyor.ports import (
@@ -113,9 +113,7 @@ def _message(error: BaseException) -> str:
         message = str(error) or kind.__name__
     except Exception as exc:  # a broken __str__ must not cost the job its dead letter
         message = f"<{kind.__name__} whose str() raised {type(exc).__name__}>"
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = f"{message[:MAX_MESSAGE_CHARS]}… [{len(message) - MAX_MESSAGE_CHARS:,} characters cut]"
-    return storable_text(message)
+    return storable_text(cut(message, MAX_MESSAGE_CHARS))
 
 
 def describe_error(error: BaseException) -> str:
