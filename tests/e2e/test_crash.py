@@ -22,8 +22,8 @@ import pytest
 
 from conveyor import App
 from conveyor.app import FORCED_EXIT_AFTER
+from conveyor.runtime.attempt import CANCEL_GRACE
 from conveyor.runtime.loop import LEFTOVER_GRACE
-from conveyor.runtime.worker import CANCEL_GRACE
 from conveyor.testing import wait_until
 
 try:  # tests/ imported as a package, or as a plain directory on sys.path (as conftest.py is)

@@ -244,7 +244,7 @@ def unstorable(commit: Commit) -> str | None:
     (a correlation id inherited from a stored message, effects built by hand). About 0.5 µs for a
     job's usual commit (timeit, 0.5-0.7 µs in docs/BENCHMARKS.md "After the reliability hardening
     (issue 14)"; the command was not recorded, not re-measured). The settlement is not checked:
-    its job id came from the backend, its error from :func:`~conveyor.runtime.worker.error_info`,
+    its job id came from the backend, its error from :func:`~conveyor.runtime.error_text.error_info`,
     which makes it storable.
     """
     effects = commit.effects

@@ -1,4 +1,5 @@
-"""The worker: leases jobs in batches, runs their handlers, commits outcomes with their effects."""
+"""The worker: leases jobs in batches into its free slots, runs each job's attempt
+(:mod:`~conveyor.runtime.attempt`) and commits the outcome with its effects."""
 
 from __future__ import annotations
 
@@ -6,57 +7,23 @@ import asyncio
 import contextlib
 import heapq
 import logging
-import traceback
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-from pydantic import ValidationError
-
 from conveyor.definitions.service import QueueWorker
-from conveyor.model.envelope import Envelope
-from conveyor.model.errors import (
-    BackendError,
-    CommitRejectedError,
-    HandlerTimeoutError,
-    PayloadValidationError,
-    PermanentError,
-    Retry,
-    UndecodableMessageError,
-)
-from conveyor.model.history import HistoryKind
-from conveyor.model.text import cut, storable_text
-from conveyor.observability.metrics import QUEUE
-from conveyor.observability.tracing import record_failure
-from conveyor.ports import (
-    Commit,
-    CommitResult,
-    CommitStatus,
-    Effects,
-    ErrorInfo,
-    HistoryEntry,
-    LeasedJob,
-    Outcome,
-    Settlement,
-)
-from conveyor.runtime import saga
+from conveyor.model.errors import BackendError, CommitRejectedError
+from conveyor.ports import Commit, CommitResult, CommitStatus, LeasedJob, Outcome, Settlement
+from conveyor.runtime import outcome
+from conveyor.runtime.attempt import CANCEL_GRACE, Attempts
 from conveyor.runtime.committer import Committer
-from conveyor.runtime.context import Context
+from conveyor.runtime.dead_letter import DeadLetters
+from conveyor.runtime.error_text import describe_error, error_info
+from conveyor.runtime.observers import JobHistory, JobMetrics
 from conveyor.runtime.runtime import Runtime
 
 logger = logging.getLogger("conveyor.worker")
 
-MAX_TRACEBACK_CHARS = 16_000
-MAX_MESSAGE_CHARS = 4_000
-"""An error's message and traceback are cut to these lengths (the cut is marked) before they are
-stored with a retry or a dead letter: a handler that raises a 5 MB message must not write it
-into every retry and the dead-letter queue."""
-
-CANCEL_GRACE = 0.5
-"""How long a cancelled handler (past its timeout, or at shutdown once the grace period is over)
-may take to end, running its ``finally`` blocks, before it is abandoned: the attempt is settled
-without it and whatever it does afterwards is discarded."""
 HURRY_BOUND = 1.0
 """After ``stop(now=True)`` (a second signal), how long pending releases may take to commit before
 the worker exits without them (their jobs then run again when their leases expire)."""
@@ -84,68 +51,10 @@ class WorkerConfig:
     commit_batch: int = 500
 
 
-def error_info(error: BaseException) -> ErrorInfo:
-    """What is stored of ``error``: its type's name, its message and traceback, each cut to length
-    and made storable text on every backend (see :func:`storable_text`).
-
-    Never raises, even for an exception whose ``__str__`` does.
-    """
-    kind = type(error)
-    name = (
-        kind.__qualname__
-        if kind.__module__ in ("builtins", "__main__")
-        else (f"{kind.__module__}.{kind.__qualname__}")
-    )
-    try:
-        text = "".join(traceback.format_exception(error))
-    except Exception as exc:
-        text = f"<traceback could not be formatted: {type(exc).__name__}>"
-    if len(text) > MAX_TRACEBACK_CHARS:  # keep the outermost frames and the last line's end
-        half = MAX_TRACEBACK_CHARS // 2
-        text = f"{text[:half]}\n… [{len(text) - 2 * half:,} characters cut] …\n{text[-half:]}"
-    return ErrorInfo(storable_text(name), _message(error), storable_text(text))
-
-
-def _message(error: BaseException) -> str:
-    """``error``'s message as :func:`error_info` stores it: cut to length, storable, never raising."""
-    kind = type(error)
-    try:
-        message = str(error) or kind.__name__
-    except Exception as exc:  # a broken __str__ must not cost the job its dead letter
-        message = f"<{kind.__name__} whose str() raised {type(exc).__name__}>"
-    return storable_text(cut(message, MAX_MESSAGE_CHARS))
-
-
-def describe_error(error: BaseException) -> str:
-    """``Type: message`` for a history entry or a log line, as cut and escaped as :func:`error_info`
-    (without formatting the traceback, which a retry's history entry and log line do not show)."""
-    return f"{type(error).__name__}: {_message(error)}"
-
-
 def _retrieved(future: asyncio.Future[Any]) -> None:
     """A release nobody waits for: its failure is logged, and the job runs after its lease."""
     if not future.cancelled() and future.exception() is not None:
         logger.warning("could not release a job leased while stopping: %s", future.exception())
-
-
-class _Raised(Exception):
-    """A handler's ``BaseException`` carried out of its task as an ordinary exception."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(repr(error))
-        self.error = error
-
-
-async def _contained(call: Awaitable[Any]) -> Any:
-    """Await ``call`` in a task of its own: a task that raises ``SystemExit`` or
-    ``KeyboardInterrupt`` re-raises it into the event loop, which would end the worker process,
-    so it leaves the task wrapped and is raised again by the attempt (and dead-lettered there)."""
-    try:
-        return await call
-    except asyncio.CancelledError:
-        raise
-    except BaseException as exc:
-        raise _Raised(exc) from None
 
 
 class Worker:
@@ -156,7 +65,11 @@ class Worker:
         self.config = config
         self.queues = {definition.name: definition for definition in queues}
         self.lease_map = {name: d.lifecycle.lease_seconds for name, d in self.queues.items()}
-        self._loggers = {name: logging.getLogger(f"conveyor.handler.{name}") for name in self.queues}
+        history = JobHistory(runtime) if runtime.history_enabled else None
+        self._metrics = JobMetrics(runtime.metrics) if runtime.metrics.enabled else None
+        """None when metrics are off (decided when the app connects, before a worker is built)"""
+        self._dead_letters = DeadLetters(runtime, self.queues, history)
+        self._attempts = Attempts(runtime, self.queues, history, self._metrics, self._dead_letters)
         self._committer = Committer(
             runtime.backend, runtime.clock, max_batch=config.commit_batch, refill=self
         )
@@ -165,8 +78,6 @@ class Worker:
         """slots claimed by a lease call on its way (the lease loop's or one riding on a commit)"""
         self._running: dict[asyncio.Task[None], LeasedJob] = {}
         """jobs whose handler (or dead-letter hook) runs: what shutdown cancels, then releases"""
-        self._abandoned: set[asyncio.Future[Any]] = set()
-        """handlers that ignored cancellation and still run; their attempts are settled without them"""
         self._slot_free = asyncio.Event()
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -178,7 +89,6 @@ class Worker:
         self._idle_until: float | None = None
         """when the lease loop's idle wait ends (None while it is not waiting)"""
         self.processed = 0
-        self.lease_extensions = 0
         self.lease_rounds = 0
         """lease calls made: tests wait on it to know the worker has looked for jobs"""
 
@@ -194,7 +104,12 @@ class Worker:
     @property
     def abandoned(self) -> int:
         """Handlers that ignored cancellation and are still running, their attempts settled."""
-        return len(self._abandoned)
+        return len(self._attempts.abandoned)
+
+    @property
+    def lease_extensions(self) -> int:
+        """Leases extended by heartbeats: tests wait on it."""
+        return self._attempts.lease_extensions
 
     async def run(self) -> None:
         if not self.queues:
@@ -287,9 +202,8 @@ class Worker:
             for leased in jobs:
                 self._committer.queue(self._release(leased)).add_done_callback(_retrieved)
             return
-        if self.runtime.metrics.enabled:
-            for leased in jobs:
-                self.runtime.metrics.started.add(1, {QUEUE: leased.queue})
+        if self._metrics is not None:
+            self._metrics.started(jobs)
         for leased in jobs:
             task = asyncio.create_task(self._work(leased), name=f"conveyor job {leased.id} of {leased.queue}")
             self._inflight.add(task)
@@ -346,14 +260,15 @@ class Worker:
             self._inflight.discard(task)
         self._running.clear()
         releases = {asyncio.ensure_future(self._committer.submit(self._release(leased))) for leased in stuck}
-        for handler in self._abandoned:  # those abandoned at their timeout: cancelled once more
+        abandoned = self._attempts.abandoned
+        for handler in abandoned:  # those abandoned at their timeout: cancelled once more
             handler.cancel()
-        if self._abandoned:  # (and those of timed jobs just released, given the same grace)
-            await asyncio.wait(set(self._abandoned), timeout=CANCEL_GRACE)
-        if stuck or self._abandoned:
+        if abandoned:  # (and those of timed jobs just released, given the same grace)
+            await asyncio.wait(set(abandoned), timeout=CANCEL_GRACE)
+        if stuck or abandoned:
             logger.warning(
                 "%d handlers ignore cancellation; their jobs are released and the worker stops without them",
-                len(stuck) + len(self._abandoned),
+                len(stuck) + len(abandoned),
             )
         if self._inflight or releases:
             await self._first(asyncio.wait(set(self._inflight) | releases), self._hurry.wait())
@@ -369,7 +284,7 @@ class Worker:
         assert task is not None
         self._running[task] = leased
         try:
-            commit, describe = await self._run(leased)
+            commit, describe = await self._attempts.run(leased)
         except asyncio.CancelledError:
             if not self._releasing:
                 raise
@@ -400,8 +315,8 @@ class Worker:
         settlement = commit.settlement
         if settlement is None or settlement.outcome is not Outcome.RELEASE:
             self.processed += 1
-        if self.runtime.metrics.enabled:
-            self._count(leased.queue, commit, result.status)
+        if self._metrics is not None:
+            self._metrics.committed(leased.queue, commit, result.status)
         if result.status is CommitStatus.STALE:
             logger.warning(
                 "job %s of %r lost its lease before committing; its effects were discarded "
@@ -428,44 +343,10 @@ class Worker:
     async def _dead_letter_rejected(
         self, leased: LeasedJob, commit: Commit, rejected: CommitRejectedError
     ) -> tuple[Commit, CommitResult] | None:
-        """Dead-letter ``leased`` on this attempt, without the effects that could not be stored:
-        with ``rejected`` as its error, through ``on_dead_letter`` and with its history entry (a
-        refused dead letter keeps its own error, noting the refusal, and gets its history entry
-        only); should that be refused too, bare. None (logged) if neither could be committed."""
-        started = self.runtime.clock.now()
-        settlement = commit.settlement
-        info = error_info(rejected)
-        refused_dead = settlement is not None and settlement.outcome is Outcome.DEAD
-        if refused_dead and settlement is not None and settlement.error is not None:
-            own = settlement.error
-            note = f"dead-lettered without its effects, which could not be stored: {info.message}"
-            info = ErrorInfo(own.type, f"{own.message} ({note})", own.traceback)
-        bare = Commit(Settlement(leased.id, leased.token, Outcome.DEAD, None, info))
-        try:
-            envelope = Envelope.decode(leased.body)
-        except Exception:  # as in _run: whatever decode raises, this job has no envelope
-            dead = bare
-        else:
-            envelope.attempt = leased.attempt
-            if refused_dead:  # on_dead_letter ran already: its effects may be what was refused
-                logger.error(
-                    "job %s of %r: its dead letter could not be stored with its effects; "
-                    "dead-lettered without them: %s",
-                    leased.id,
-                    leased.queue,
-                    describe_error(rejected),
-                )
-                history = self._history(envelope, leased, HistoryKind.DEAD_LETTERED, started, rejected)
-                dead = Commit(bare.settlement, Effects(history=history))
-            else:
-                definition = self.queues[leased.queue]
-                try:
-                    dead = await self._dead_with_hook(leased, definition, envelope, None, rejected, started)
-                except Exception as exc:  # e.g. a saga's history read refused the same text
-                    logger.error("job %s of %r: dead-lettering it bare: %s", leased.id, leased.queue, exc)
-                    dead = bare
+        """Dead-letter ``leased`` on this attempt, without the effects that could not be stored
+        (see :meth:`DeadLetters.after_refusal`). None (logged) if that could not be committed."""
         failure: Exception = rejected
-        for candidate in [bare] if dead is bare else [dead, bare]:
+        for candidate in await self._dead_letters.after_refusal(leased, commit, rejected):
             try:
                 return candidate, await self._committer.submit(candidate)
             except CommitRejectedError as again:
@@ -482,387 +363,13 @@ class Worker:
         )
         return None
 
-    def _record_duration(self, queue: str, started: float) -> None:
-        metrics = self.runtime.metrics
-        if metrics.enabled:
-            metrics.duration.record(max(0.0, self.runtime.clock.now() - started), {QUEUE: queue})
-
-    def _count(self, queue: str, commit: Commit, status: CommitStatus) -> None:
-        metrics = self.runtime.metrics
-        attributes = {QUEUE: queue}
-        settlement = commit.settlement
-        if status is CommitStatus.STALE:
-            metrics.lease_lost.add(1, attributes)
-        elif status is CommitStatus.OK and settlement is not None:
-            counter = {
-                Outcome.ACK: metrics.succeeded,
-                Outcome.RETRY: metrics.failed,
-                Outcome.DEAD: metrics.dead_lettered,
-            }.get(settlement.outcome)
-            if counter is not None:
-                counter.add(1, attributes)
-            for job in commit.effects.jobs:
-                metrics.enqueued.add(1, {QUEUE: job.queue})
-
     async def _retry_after_conflict(self, leased: LeasedJob) -> None:
-        definition = self.queues[leased.queue]
+        # retried even after its last attempt: the next lease dead-letters it, as one past max_attempts
+        lifecycle = self.queues[leased.queue].lifecycle
         error = error_info(RuntimeError("a compare_and_set lost a race with another writer"))
-        settlement = self._failure_settlement(leased, definition, None, error, permanent=False)
-        result = await self._committer.submit(Commit(settlement))
+        at = outcome.retry_at(None, lifecycle, leased.attempt, self.runtime.clock.now())
+        result = await self._committer.submit(
+            Commit(Settlement(leased.id, leased.token, Outcome.RETRY, at, error))
+        )
         if result.status is CommitStatus.OK:
             logger.warning("job %s of %r: state conflict, retrying", leased.id, leased.queue)
-
-    async def _run(self, leased: LeasedJob) -> tuple[Commit, str]:
-        runtime = self.runtime
-        definition = self.queues[leased.queue]
-        started = runtime.clock.now()
-        try:
-            envelope = Envelope.decode(leased.body)
-        except Exception as exc:
-            if not isinstance(exc, UndecodableMessageError):  # a gap in decode's checks: same fate
-                exc = UndecodableMessageError(f"message could not be decoded: {describe_error(exc)}")
-            logger.error("job %s of %r is undecodable, dead-lettered: %s", leased.id, leased.queue, exc)
-            return await self._dead(leased, None, exc, Effects(), started), "undecodable"
-        envelope.attempt = leased.attempt
-        lifecycle = definition.lifecycle
-        if leased.attempt > lifecycle.max_attempts:
-            error = RuntimeError(
-                f"attempt {leased.attempt} exceeds max_attempts={lifecycle.max_attempts}: "
-                "earlier attempts' workers died or lost their lease"
-            )
-            return await self._dead_with_hook(leased, definition, envelope, None, error, started), "dead"
-        try:
-            payload = self._admit(definition, envelope, leased)
-        except Exception as refused:
-            return await self._refuse(leased, envelope, refused, started), "refused"
-        fields: dict[str, object] = {
-            "service": definition.service.name,
-            "queue": definition.name,
-            "job_id": leased.id,
-            "attempt": leased.attempt,
-            "correlation_id": envelope.correlation_id,
-        }
-        with runtime.tracer.consume(envelope, definition.name, leased.id, leased.attempt) as span:
-            try:
-                if span is not None:
-                    fields["trace_id"] = format(span.get_span_context().trace_id, "032x")
-                context = Context(
-                    runtime,
-                    service=definition.service.name,
-                    service_version=definition.service.version,
-                    emits=definition.emits,
-                    envelope=envelope,
-                    leased=leased,
-                    max_attempts=lifecycle.max_attempts,
-                    logger=self._loggers[definition.name],
-                    log_fields=fields,
-                    span=span,
-                )
-            except Exception as broken:  # a bug, but one the job would meet on every lease
-                return await self._refuse(leased, envelope, broken, started), "refused"
-            try:
-                await self._call(definition, context, payload, leased)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as error:
-                record_failure(span, error)
-                self._record_duration(definition.name, started)
-                permanent = isinstance(error, PermanentError)
-                if permanent or leased.attempt >= lifecycle.max_attempts:
-                    return await self._dead_with_hook(
-                        leased, definition, envelope, payload, error, started
-                    ), "dead"
-                settlement = self._failure_settlement(
-                    leased, definition, error, error_info(error), permanent=False
-                )
-                context.logger.warning(
-                    "attempt %d/%d failed, retrying at +%.2fs: %s",
-                    leased.attempt,
-                    lifecycle.max_attempts,
-                    (settlement.available_at or started) - runtime.clock.now(),
-                    describe_error(error),
-                )
-                return Commit(
-                    settlement,
-                    Effects(history=self._history(envelope, leased, HistoryKind.RETRIED, started, error)),
-                ), "retried"
-        self._record_duration(definition.name, started)
-        effects = context.buffer.effects
-        if runtime.history_enabled:
-            try:
-                step = saga.completed_step(definition, envelope)
-                extra = {saga.SAGA_STEP: step} if step else None
-                # the step's own entry first, so a timeline reads "step, then what it emitted"
-                effects.history[:0] = self._history(
-                    envelope, leased, HistoryKind.SUCCEEDED, started, None, extra
-                )
-                saga.advance(runtime, envelope, effects)
-            except (
-                Exception
-            ) as error:  # a step or a chain that cannot be stored: the next attempt could not either
-                return await self._dead_with_hook(
-                    leased, definition, envelope, payload, error, started
-                ), "dead"
-        return Commit(Settlement(leased.id, leased.token, Outcome.ACK), effects), ""
-
-    def _admit(self, definition: QueueWorker[Any], envelope: Envelope, leased: LeasedJob) -> Any:
-        """What the handler gets as its payload; raises what dead-letters the job before its attempt
-        (an event its subscription does not consume, a payload its model refuses)."""
-        if (
-            definition.kind == "subscription"
-            and envelope.kind == "event"
-            and envelope.name != definition.event
-        ):
-            raise PermanentError(
-                f"subscription {definition.name!r} consumes {definition.event!r}, got event {envelope.name!r}"
-            )
-        model = definition.payload
-        if model is None or not definition.accepts_payload:
-            return envelope.payload
-        try:
-            return model.model_validate(envelope.payload)
-        except ValidationError as exc:
-            raise PayloadValidationError(
-                f"payload of job {leased.id} does not match {model.__name__}: {exc}"
-            ) from None
-        except Exception as exc:  # a validator's own error, which pydantic lets through
-            raise PayloadValidationError(
-                f"payload of job {leased.id} does not match {model.__name__}: "
-                f"its validation raised {describe_error(exc)}"
-            ) from exc
-
-    async def _refuse(
-        self, leased: LeasedJob, envelope: Envelope, error: BaseException, started: float
-    ) -> Commit:
-        """Dead-letter a job before its attempt, without ``on_dead_letter`` (which would get the
-        payload that was refused): whatever made it fail here would fail every lease alike."""
-        logger.error(
-            "job %s of %r dead-lettered before its attempt: %s",
-            leased.id,
-            leased.queue,
-            describe_error(error),
-        )
-        return await self._dead(leased, envelope, error, Effects(), started)
-
-    async def _call(
-        self, definition: QueueWorker[Any], context: Context, payload: Any, leased: LeasedJob
-    ) -> None:
-        lifecycle = definition.lifecycle
-        call = (
-            definition.handler(context)
-            if definition.kind == "schedule"
-            else definition.handler(context, payload)
-        )
-        heartbeat = None
-        if lifecycle.heartbeat:
-            heartbeat = asyncio.create_task(self._heartbeat(leased, lifecycle.lease_seconds))
-        try:
-            timeout = lifecycle.timeout_seconds
-            if timeout is None:
-                # inline: no task of its own on the hot path; shutdown still gets past a handler
-                # that ignores cancellation (see _drain)
-                await call
-            else:
-                await self._call_with_timeout(call, timeout, context, leased)
-        finally:
-            if heartbeat is not None:
-                heartbeat.cancel()
-
-    async def _call_with_timeout(
-        self, call: Awaitable[Any], timeout: float, context: Context, leased: LeasedJob
-    ) -> None:
-        """Run the handler in a task of its own, so that its attempt ends at ``timeout`` even if
-        it ignores cancellation (a bare ``except:`` around an ``await``): the task can be abandoned."""
-        handler = asyncio.ensure_future(_contained(call))
-        try:
-            done, _ = await asyncio.wait((handler,), timeout=timeout)
-        except asyncio.CancelledError:  # shutdown: the job is released at once, without the handler
-            if not handler.done():
-                context.buffer.close(f"job {leased.id} of queue {leased.queue!r} was released at shutdown")
-                handler.cancel()
-                self._keep(handler)
-            raise
-        if done:
-            try:
-                handler.result()  # its return, or what it raised (its own TimeoutError stays one)
-            except _Raised as raised:
-                raise raised.error from None
-            return
-        context.buffer.close(
-            f"job {leased.id} of queue {leased.queue!r} timed out after {timeout:g}s; "
-            "nothing this attempt does from now on commits"
-        )
-        handler.cancel()
-        try:
-            await asyncio.wait((handler,), timeout=CANCEL_GRACE)
-        finally:
-            if handler.done():
-                self._abandoned_ended(handler)  # what it raised on its way out is no news
-            else:
-                self._keep(handler)
-                logger.warning(
-                    "the handler of job %s of %r ignored cancellation at its timeout and is still "
-                    "running; the attempt failed without it and what it does from now on is "
-                    "discarded (%d such handlers running)",
-                    leased.id,
-                    leased.queue,
-                    len(self._abandoned),
-                )
-        raise HandlerTimeoutError(f"attempt ran longer than its timeout of {timeout:g}s")
-
-    def _keep(self, handler: asyncio.Future[Any]) -> None:
-        """Hold an abandoned handler until it ends (a task nothing references may vanish mid-run)."""
-        self._abandoned.add(handler)
-        handler.add_done_callback(self._abandoned_ended)
-
-    def _abandoned_ended(self, handler: asyncio.Future[Any]) -> None:
-        self._abandoned.discard(handler)
-        if not handler.cancelled():
-            handler.exception()  # retrieved: its late failure is no news (its attempt was settled)
-
-    async def _heartbeat(self, leased: LeasedJob, lease_seconds: float) -> None:
-        runtime = self.runtime
-        while True:
-            await runtime.clock.sleep(lease_seconds / 3)
-            now = runtime.clock.now()
-            try:
-                ok = await runtime.backend.extend(leased.id, leased.token, now + lease_seconds, now)
-            except BackendError as exc:
-                logger.warning("heartbeat of job %s failed: %s", leased.id, exc)
-                continue
-            if not ok:
-                logger.warning(
-                    "job %s of %r lost its lease; its result will be discarded",
-                    leased.id,
-                    leased.queue,
-                )
-                return
-            self.lease_extensions += 1
-
-    def _failure_settlement(
-        self,
-        leased: LeasedJob,
-        definition: QueueWorker[Any],
-        error: BaseException | None,
-        info: ErrorInfo,
-        *,
-        permanent: bool,
-    ) -> Settlement:
-        now = self.runtime.clock.now()
-        if isinstance(error, Retry) and error.delay is not None:
-            delay = max(0.0, error.delay)
-        else:
-            delay = definition.lifecycle.retry.delay(leased.attempt)
-        return Settlement(leased.id, leased.token, Outcome.RETRY, now + delay, info)
-
-    def _history(
-        self,
-        envelope: Envelope,
-        leased: LeasedJob,
-        kind: HistoryKind,
-        started: float,
-        error: BaseException | None,
-        extra: dict[str, Any] | None = None,
-    ) -> list[HistoryEntry]:
-        """The attempt's history entry (none when history is off)."""
-        runtime = self.runtime
-        if runtime.history_enabled:
-            now = runtime.clock.now()
-            detail: dict[str, Any] = {"started_at": started, "duration": now - started}
-            if extra:
-                detail.update(extra)
-            if error is not None:
-                detail["error"] = describe_error(error)
-            return [
-                HistoryEntry(
-                    envelope.correlation_id,
-                    now,
-                    kind,
-                    leased.queue,
-                    leased.id,
-                    leased.attempt,
-                    orjson.dumps(detail).decode(),
-                )
-            ]
-        return []
-
-    async def _dead(
-        self,
-        leased: LeasedJob,
-        envelope: Envelope | None,
-        error: BaseException,
-        effects: Effects,
-        started: float,
-    ) -> Commit:
-        info = error_info(error)
-        if envelope is not None:
-            effects.history[:0] = self._history(envelope, leased, HistoryKind.DEAD_LETTERED, started, error)
-            if self.runtime.history_enabled:
-                await saga.start(self.runtime, envelope, effects)
-        return Commit(Settlement(leased.id, leased.token, Outcome.DEAD, None, info), effects)
-
-    async def _dead_with_hook(
-        self,
-        leased: LeasedJob,
-        definition: QueueWorker[Any],
-        envelope: Envelope,
-        payload: Any,
-        error: BaseException,
-        started: float,
-    ) -> Commit:
-        """Dead-letter the job; ``on_dead_letter``'s effects commit with the move."""
-        hook = definition.dead_letter_handler
-        effects = Effects()
-        info = error_info(error)
-        # the stored, capped traceback rather than exc_info: a 5 MB message must not reach the log whole
-        expected = isinstance(error, PermanentError | HandlerTimeoutError)
-        logger.error(
-            "job %s of %r dead-lettered after attempt %d: %s: %s%s",
-            leased.id,
-            leased.queue,
-            leased.attempt,
-            type(error).__name__,
-            info.message,
-            "" if expected or not info.traceback else "\n" + info.traceback.rstrip(),
-        )
-        if hook is not None:
-            if payload is None and definition.payload is not None:
-                with contextlib.suppress(Exception):  # invalid, or a validator that raised: None
-                    payload = definition.payload.model_validate(envelope.payload)
-            context = Context(
-                self.runtime,
-                service=definition.service.name,
-                service_version=definition.service.version,
-                emits=definition.dead_letter_emits,
-                envelope=envelope,
-                leased=leased,
-                max_attempts=definition.lifecycle.max_attempts,
-            )
-            try:
-                await hook(context, payload, error)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as hook_error:
-                logger.error(
-                    "on_dead_letter of %r failed for job %s; dead-lettered without its effects",
-                    definition.name,
-                    leased.id,
-                    exc_info=hook_error,
-                )
-                error = RuntimeError(
-                    f"{describe_error(error)} (then on_dead_letter failed: {describe_error(hook_error)})"
-                )
-            else:
-                effects = context.buffer.effects
-                if self.runtime.history_enabled:
-                    effects.history.append(
-                        HistoryEntry(
-                            envelope.correlation_id,
-                            self.runtime.clock.now(),
-                            HistoryKind.COMPENSATED,
-                            definition.name,
-                            leased.id,
-                            leased.attempt,
-                        )
-                    )
-        return await self._dead(leased, envelope, error, effects, started)

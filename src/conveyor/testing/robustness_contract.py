@@ -29,7 +29,7 @@ from conveyor.model.errors import (
     UnstorableTextError,
 )
 from conveyor.ports import Backend, Commit, DeadLetter, Effects, NewJob, StateOp, StateWrite
-from conveyor.runtime.worker import MAX_MESSAGE_CHARS
+from conveyor.runtime.error_text import MAX_MESSAGE_CHARS
 from conveyor.testing import FakeClock, running, wait_until
 from conveyor.testing.runtime_contract import AppFixtures, _store_raw
 
