@@ -36,7 +36,7 @@ kwargs: dict[str, Any] = {}
 if MODE == "on":
     from opentelemetry.sdk.trace import TracerProvider
 
-    kwargs["tracer_provider"] = TracerProvider()
+    kwargs["tracing"] = TracerProvider()
 
 
 async def main() -> None:

@@ -6,6 +6,7 @@ schedules; a state store; effects that commit with the job's acknowledgement.
 
 from conveyor.app import App
 from conveyor.definitions.service import Service
+from conveyor.definitions.workflow import Workflow
 from conveyor.model.errors import (
     CommitRejectedError,
     ConfigurationError,
@@ -26,7 +27,7 @@ from conveyor.model.errors import (
 from conveyor.model.history import HistoryKind
 from conveyor.model.lifecycle import Lifecycle, RetryStrategy
 from conveyor.operations.dead_letters import DeadLetters
-from conveyor.operations.status import Workflow, WorkflowStatus
+from conveyor.operations.status import WorkflowStatus
 from conveyor.runtime.context import Context
 from conveyor.runtime.worker import WorkerConfig
 

@@ -53,7 +53,7 @@ async def test_counters_and_duration_follow_the_jobs() -> None:
     async def bad(ctx: Context, job: dict[str, Any]) -> None:
         raise RuntimeError("no")
 
-    app = App([svc], backend="memory://", meter_provider=MeterProvider(metric_readers=[reader]))
+    app = App([svc], backend="memory://", metrics=MeterProvider(metric_readers=[reader]))
     async with running(app):
         await app.enqueue_many("ok", [{}] * 3)
         await app.enqueue("bad", {})

@@ -54,7 +54,7 @@ async def test_a_three_step_chain_is_one_trace_of_parent_and_child_spans(
     async def step_three(ctx: Context, job: dict[str, Any]) -> None:
         trace_ids.append(ctx.span.get_span_context().trace_id)
 
-    app = App([svc], backend=backend_url, tracer_provider=provider)
+    app = App([svc], backend=backend_url, tracing=provider)
     with caplog.at_level(logging.INFO, logger="conveyor.handler"):
         async with app, running(app):
             job_id = await app.enqueue("step_one", {}, correlation_id="wf-1")
@@ -95,7 +95,7 @@ async def test_a_failed_attempt_records_the_exception_and_error_status(
     async def broken(ctx: Context, job: dict[str, Any]) -> None:
         raise ValueError("no good")
 
-    app = App([svc], backend="memory://", tracer_provider=provider)
+    app = App([svc], backend="memory://", tracing=provider)
     async with running(app):
         await app.enqueue("broken", {})
         await wait_until(lambda: app.dead_letters("broken").list())
@@ -136,7 +136,7 @@ async def test_an_error_whose_str_raises_is_still_dead_lettered_on_its_attempt_w
     async def broken(ctx: Context, job: dict[str, Any]) -> None:
         raise Unprintable
 
-    app = App([svc], backend=backend_url, tracer_provider=provider)
+    app = App([svc], backend=backend_url, tracing=provider)
     async with app, running(app):
         await app.enqueue("broken", {})
         [entry] = await wait_until(lambda: app.dead_letters("broken").list())

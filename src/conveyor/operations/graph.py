@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from conveyor.definitions.registry import Registry
-from conveyor.operations.status import Workflow
+from conveyor.definitions.workflow import Workflow
 
 
 @dataclass

@@ -9,34 +9,16 @@ from typing import Any, Literal
 
 import orjson
 
+from conveyor.definitions.workflow import Workflow
 from conveyor.model.history import HistoryKind
-from conveyor.model.lifecycle import Seconds, seconds
+from conveyor.model.lifecycle import seconds
 from conveyor.ports import HistoryEntry
 from conveyor.runtime import approval
 from conveyor.runtime.runtime import Runtime
 
+__all__ = ["State", "Step", "Workflow", "WorkflowStatus", "Workflows", "summarize"]
+
 State = Literal["unknown", "running", "waiting", "completed", "failed", "compensated", "timed_out"]
-
-
-@dataclass(frozen=True)
-class Workflow:
-    """A workflow's shape: the event that starts an instance and the events that end it.
-
-    >>> Workflow("order_fulfillment", start="order_placed", completed=["confirmation_sent"],
-    ...          failed=["order_backordered"], compensated=["payment_compensated"]).name
-    'order_fulfillment'
-    """
-
-    name: str
-    start: str
-    completed: Iterable[str] = ()
-    failed: Iterable[str] = ()
-    compensated: Iterable[str] = ()
-    deadline: Seconds | None = None
-
-    def __post_init__(self) -> None:
-        for attribute in ("completed", "failed", "compensated"):
-            object.__setattr__(self, attribute, frozenset(getattr(self, attribute)))
 
 
 @dataclass(frozen=True)

@@ -1,29 +1,99 @@
-"""Approval gates at run time: the timer that times a request out, and the decision.
+"""Approval gates at run time: the request, the timer that times it out, and the decision.
 
-The gate's declaration is data (:class:`~conveyor.definitions.approval.ApprovalGate`); a handler asks
-with ``ctx.request_approval``, which buffers the request, this module's timer job and the
-``<gate>_requested`` event in its job's commit. Whichever of :func:`decide` and :func:`fire_timeout`
-comes first wins: both move the gate's state by compare-and-set.
+The gate's declaration is data (:class:`~conveyor.definitions.approval.ApprovalGate`). A handler asks
+with ``ctx.request_approval`` (:func:`request`), which buffers the request, the gate's timer job and
+the ``<gate>_requested`` event in its job's commit. Whichever of :func:`decide` and
+:func:`fire_timeout` comes first wins: both move the gate's state by compare-and-set.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import orjson
 
 from conveyor.definitions.approval import ApprovalGate
-from conveyor.model.errors import ApprovalError
+from conveyor.model.errors import ApprovalError, ConfigurationError
 from conveyor.model.history import HistoryKind
+from conveyor.model.lifecycle import Seconds, seconds
 from conveyor.model.text import require_storable
 from conveyor.ports import Commit, CommitStatus, Effects, HistoryEntry, StateOp, StateWrite
+from conveyor.runtime.buffer import EffectsBuffer
 from conveyor.runtime.committer import rejection
-from conveyor.runtime.context import Context, encode_state
-from conveyor.runtime.messages import Origin
+from conveyor.runtime.messages import Origin, jsonable
 from conveyor.runtime.runtime import Runtime
+from conveyor.runtime.states import States, encode_state
 
 
-async def fire_timeout(ctx: Context, job: dict[str, Any]) -> None:
+class HandlerContext(Protocol):
+    """What a gate uses of a handler's ``ctx`` (:class:`~conveyor.runtime.context.Context`, which
+    calls :func:`request` and so is not imported here)."""
+
+    @property
+    def runtime(self) -> Runtime: ...
+    @property
+    def buffer(self) -> EffectsBuffer: ...
+    @property
+    def states(self) -> States: ...
+    @property
+    def correlation_id(self) -> str | None: ...
+
+    def history(
+        self, kind: HistoryKind, name: str, *, message_id: str | None = None, detail: str | None = None
+    ) -> None: ...
+
+    async def emit(self, event: str, payload: Any = None, *, correlation_id: str | None = None) -> str: ...
+
+    async def enqueue(
+        self,
+        queue: str,
+        payload: Any = None,
+        *,
+        delay: Seconds | None = None,
+        idempotency_key: str | None = None,
+    ) -> str: ...
+
+
+async def request(
+    ctx: HandlerContext,
+    gate: str,
+    payload: Any,
+    timeout: Seconds | None,
+    *,
+    emit: Callable[[str, Any], object],
+) -> None:
+    """``ctx.request_approval``: the pending request (a state only this instance's first request
+    may create), the timer job and the ``<gate>_requested`` event (through ``emit``, which does not
+    ask the handler's ``emits=``: the gate declares it), all in the job's commit."""
+    ctx.buffer.check_open()
+    runtime = ctx.runtime
+    declared = runtime.registry.gate(gate)
+    instance_id = ctx.correlation_id
+    if instance_id is None:
+        raise ConfigurationError(
+            "request_approval needs a workflow instance (a message with a correlation id)"
+        )
+    now = runtime.clock.now()
+    limit = declared.timeout if timeout is None else seconds(timeout)
+    key = ApprovalGate.state_key(instance_id, gate)
+    data = jsonable(payload, None, f"approval gate {gate!r}")
+    pending = {
+        "status": "pending",
+        "gate": gate,
+        "requested_at": now,
+        "deadline": now + limit,
+        "payload": data,
+    }
+    ctx.buffer.effects.states.append(StateWrite(key, StateOp.SET, encode_state(pending), expected_version=0))
+    await ctx.enqueue(
+        declared.timer_queue, {"instance_id": instance_id, "gate": gate}, delay=limit, idempotency_key=key
+    )
+    ctx.history(HistoryKind.APPROVAL_REQUESTED, gate, detail=orjson.dumps({"deadline": now + limit}).decode())
+    emit(declared.event("requested"), {"instance_id": instance_id, "gate": gate, "payload": data})
+
+
+async def fire_timeout(ctx: HandlerContext, job: dict[str, Any]) -> None:
     """The gate's timer (the handler of every gate's ``<gate>.timeout`` queue): if the request is
     still pending, it times out."""
     instance_id, gate = str(job["instance_id"]), str(job["gate"])

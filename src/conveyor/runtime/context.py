@@ -7,25 +7,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from pydantic import BaseModel
 
-from conveyor.definitions.approval import ApprovalGate
 from conveyor.model.envelope import Envelope
-from conveyor.model.errors import (
-    ConfigurationError,
-    LeaseLostError,
-    PayloadValidationError,
-    UndeclaredEmitError,
-)
+from conveyor.model.errors import LeaseLostError, PayloadValidationError, UndeclaredEmitError
 from conveyor.model.history import HistoryKind
-from conveyor.model.json_value import dump_json
 from conveyor.model.lifecycle import Seconds, seconds
 from conveyor.model.text import require_storable
-from conveyor.ports import Commit, Effects, HistoryEntry, LeasedJob, StateOp, StateWrite
+from conveyor.ports import Commit, HistoryEntry, LeasedJob, StateWrite
+from conveyor.runtime import approval, producer
+from conveyor.runtime.buffer import EffectsBuffer
 from conveyor.runtime.committer import not_applied
-from conveyor.runtime.messages import Origin, available_at, child_id, jsonable, validate
+from conveyor.runtime.messages import Origin, validate
 from conveyor.runtime.runtime import Resources, Runtime
+from conveyor.runtime.states import States
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -40,95 +35,6 @@ class JobInfo:
     attempt: int
     max_attempts: int
     enqueued_at: float
-
-
-def encode_state(value: Any, key: str | None = None) -> bytes:
-    """A state value as stored: JSON bytes (a model as ``model_dump(mode="json")``), after the
-    checks of :func:`~conveyor.model.json_value.dump_json` (no NaN, ±Infinity or lone surrogate)
-    and, with ``key``, that the key is storable (:func:`~conveyor.model.text.require_storable`)."""
-    if key is not None:
-        require_storable(key, "state key")
-    data = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-    return dump_json(data, "value of state {!r}", key) if key is not None else dump_json(data, "state value")
-
-
-class EffectsBuffer:
-    """Effects of one handler run, with deterministic ids for what it produces."""
-
-    __slots__ = ("_sequence", "closed", "effects", "parent_id")
-
-    def __init__(self, parent_id: str | None) -> None:
-        self.effects = Effects()
-        self.parent_id = parent_id
-        self._sequence = 0
-        self.closed: str | None = None
-        """Why the attempt ended while its handler still runs (see :meth:`close`); None while open."""
-
-    def close(self, reason: str) -> None:
-        """End the attempt (it timed out, or was released at shutdown) while its handler may still
-        run: every later write raises :class:`LeaseLostError` with ``reason``, so a handler that
-        ignores cancellation learns that nothing it does from now on can commit."""
-        self.closed = reason
-
-    def check_open(self) -> None:
-        if self.closed is not None:
-            raise LeaseLostError(self.closed)
-
-    def next_id(self) -> str | None:
-        if self.parent_id is None:
-            return None
-        self._sequence += 1
-        return child_id(self.parent_id, self._sequence)
-
-
-class States:
-    """``ctx.states``: read through to the store, write into the job's commit.
-
-    Reads see this handler's own buffered writes. ``compare_and_set`` is checked when the job
-    commits; a conflict discards the attempt's effects and retries it.
-    """
-
-    def __init__(self, context: Context) -> None:
-        self._context = context
-        self._written: dict[str, bytes | None] = {}
-
-    async def get(self, key: str, default: Any = None) -> Any:
-        if key in self._written:
-            raw = self._written[key]
-            return default if raw is None else orjson.loads(raw)
-        require_storable(key, "state key")
-        records = await self._context.runtime.backend.get_states([key])
-        record = records.get(key)
-        return default if record is None else orjson.loads(record.value)
-
-    async def get_versioned(self, key: str) -> tuple[Any, int]:
-        """The value and its version (``(None, 0)`` when absent), for ``compare_and_set``."""
-        require_storable(key, "state key")
-        records = await self._context.runtime.backend.get_states([key])
-        record = records.get(key)
-        return (None, 0) if record is None else (orjson.loads(record.value), record.version)
-
-    def _write(self, write: StateWrite) -> None:
-        context = self._context
-        context.buffer.check_open()
-        self._written[write.key] = write.value
-        context.buffer.effects.states.append(write)
-        context.history(HistoryKind.STATE_CHANGED, write.key, detail=write.op.value)
-
-    async def set(self, key: str, value: Any) -> None:
-        """Write ``value`` at ``key`` when the job commits. Both are checked here: a key with a NUL
-        or a lone surrogate raises :class:`~conveyor.model.errors.UnstorableTextError`, a value
-        JSON cannot carry (NaN, ±Infinity, a lone surrogate, an unserializable object)
-        :class:`~conveyor.model.errors.PayloadValidationError`."""
-        self._write(StateWrite(key, StateOp.SET, encode_state(value, key)))
-
-    async def delete(self, key: str) -> None:
-        require_storable(key, "state key")
-        self._write(StateWrite(key, StateOp.DELETE))
-
-    async def compare_and_set(self, key: str, value: Any, version: int) -> None:
-        """Write ``value`` if the stored version is still ``version`` (0: the key must not exist)."""
-        self._write(StateWrite(key, StateOp.SET, encode_state(value, key), expected_version=version))
 
 
 class Context:
@@ -173,7 +79,7 @@ class Context:
     def states(self) -> States:
         """The state store; writes commit with this job."""
         if self._states is None:
-            self._states = States(self)
+            self._states = States(self.runtime, self._journal)
         return self._states
 
     @property
@@ -253,14 +159,13 @@ class Context:
 
     def _emit(self, event: str, payload: Any, correlation_id: str | None = None) -> str:
         self.buffer.check_open()
-        runtime = self.runtime
-        new = runtime.messages.add_event(
+        new = producer.add_event(
+            self.runtime,
             self.buffer.effects,
             event,
-            jsonable(payload, None, f"event {event!r}"),
+            payload,
             message_id=self.buffer.next_id(),
             origin=self._trace(),
-            now=runtime.clock.now(),
             correlation_id=correlation_id or self.correlation_id,
         )
         return new.id
@@ -281,20 +186,18 @@ class Context:
         ``App(external_queues=...)``, raises :class:`UnknownQueueError`.
         """
         self.buffer.check_open()
-        runtime = self.runtime
-        now = runtime.clock.now()
-        definition = runtime.registry.destination(queue)
-        data = jsonable(payload, definition.payload if definition else None, f"queue {queue!r}")
-        new = runtime.messages.add_job(
-            self.buffer.effects,
+        buffer = self.buffer
+        new = producer.add_job(
+            self.runtime,
+            buffer.effects,
             queue,
-            data,
-            message_id=self.buffer.next_id(),
-            origin=self._trace(),
-            now=now,
-            available_at=available_at(now, delay, run_at),
-            idempotency_key=idempotency_key,
-            correlation_id=self.correlation_id,
+            payload,
+            buffer.next_id(),
+            self._trace(),
+            delay,
+            run_at,
+            idempotency_key,
+            self.correlation_id,
         )
         return new.id
 
@@ -306,35 +209,13 @@ class Context:
 
         The request, its timer and the ``<gate>_requested`` event commit with this job.
         """
+        await approval.request(self, gate, payload, timeout, emit=self._emit)
+
+    def _journal(self, write: StateWrite) -> None:
+        """Where ``ctx.states`` hands its writes: into this job's commit, with a history entry."""
         self.buffer.check_open()
-        runtime = self.runtime
-        declared = runtime.registry.gate(gate)
-        instance_id = self.correlation_id
-        if instance_id is None:
-            raise ConfigurationError(
-                "request_approval needs a workflow instance (a message with a correlation id)"
-            )
-        now = runtime.clock.now()
-        limit = declared.timeout if timeout is None else seconds(timeout)
-        key = ApprovalGate.state_key(instance_id, gate)
-        data = jsonable(payload, None, f"approval gate {gate!r}")
-        request = {
-            "status": "pending",
-            "gate": gate,
-            "requested_at": now,
-            "deadline": now + limit,
-            "payload": data,
-        }
-        self.buffer.effects.states.append(
-            StateWrite(key, StateOp.SET, encode_state(request), expected_version=0)
-        )
-        await self.enqueue(
-            declared.timer_queue, {"instance_id": instance_id, "gate": gate}, delay=limit, idempotency_key=key
-        )
-        self.history(
-            HistoryKind.APPROVAL_REQUESTED, gate, detail=orjson.dumps({"deadline": now + limit}).decode()
-        )
-        self._emit(declared.event("requested"), {"instance_id": instance_id, "gate": gate, "payload": data})
+        self.buffer.effects.states.append(write)
+        self.history(HistoryKind.STATE_CHANGED, write.key, detail=write.op.value)
 
     async def cancel(self, queue: str, idempotency_key: str) -> None:
         """Delete the pending (not running) job of ``queue`` with ``idempotency_key``, at commit."""

@@ -1,13 +1,15 @@
-"""Running the event loop of a worker process to its end, past tasks that will not stop."""
+"""Running the event loop of a worker process to its end, past signals and tasks that will not stop."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Coroutine
+from typing import Any, Protocol
 
 logger = logging.getLogger("conveyor")
 
@@ -66,3 +68,55 @@ async def _bounded(wait: Coroutine[Any, Any, None]) -> None:
         await asyncio.wait_for(wait, LEFTOVER_GRACE)
     except TimeoutError:
         logger.warning("exiting while threads of the default executor still run")
+
+
+FORCED_EXIT_AFTER = 3.0
+"""After a second SIGTERM/SIGINT, the longest the release of running jobs may take before the
+process exits without it (a third signal exits at once)."""
+
+
+class Stoppable(Protocol):
+    def stop(self, *, now: bool = False) -> None: ...
+
+
+class SignalStop:
+    """SIGTERM and SIGINT while ``main`` runs: the first stops ``target`` gracefully; a second stops
+    it now (running jobs released at once) and makes :meth:`run` exit with status 1, or the
+    process after :data:`FORCED_EXIT_AFTER` seconds if stopping takes longer; a third exits at once."""
+
+    def __init__(self, target: Stoppable) -> None:
+        self._target = target
+        self.received = 0
+        self._forced_exit: asyncio.TimerHandle | None = None
+
+    async def run(self, main: Awaitable[None]) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # not available off the main thread or on some platforms
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        await main
+        if self._forced_exit is not None:
+            self._forced_exit.cancel()  # stopped in time: no exit from inside the loop's cleanup
+        if self.received > 1:
+            raise SystemExit(1)  # cut short by a second signal: not a clean shutdown
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self.received += 1
+        if self.received == 1:
+            logger.info("%s received: finishing running jobs, then stopping", sig.name)
+            self._target.stop()
+        elif self.received == 2:
+            logger.warning("second %s: releasing running jobs now, then exiting", sig.name)
+            self._target.stop(now=True)
+            self._forced_exit = asyncio.get_running_loop().call_later(
+                FORCED_EXIT_AFTER, _exit_now, "still stopping"
+            )
+        else:
+            _exit_now(f"another {sig.name}")
+
+
+def _exit_now(why: str) -> None:
+    """Leave the event loop at once (raised from a loop callback, ``SystemExit`` ends the run)."""
+    logger.warning("%s: exiting without waiting for running jobs to be released", why)
+    raise SystemExit(1)
