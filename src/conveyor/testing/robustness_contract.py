@@ -31,7 +31,7 @@ from conveyor.model.errors import (
 from conveyor.ports import Backend, Commit, DeadLetter, Effects, NewJob, StateOp, StateWrite
 from conveyor.runtime.worker import MAX_MESSAGE_CHARS
 from conveyor.testing import FakeClock, running, wait_until
-from conveyor.testing.runtime_contract import AppFixtures, _store_raw
+from conveyor.testing.runtime_contract.fixtures import AppFixtures, _store_raw
 
 GOOD_JOBS = 40
 """Good jobs finishing at the same instant as the bad ones, so they share one commit batch."""
