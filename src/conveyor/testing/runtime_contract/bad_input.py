@@ -12,13 +12,7 @@ import pytest
 from conveyor import App, Context, Lifecycle, Service
 from conveyor.model.errors import PayloadTooLargeError, PayloadValidationError, UndeclaredEmitError
 from conveyor.testing import running, wait_until
-from conveyor.testing.runtime_contract.fixtures import (
-    AppFixtures,
-    Item,
-    Recorder,
-    _at_least,
-    _store_raw,
-)
+from conveyor.testing.runtime_contract.fixtures import AppFixtures, Item, Recorder, _at_least, _store_raw
 
 
 class BadInputContract(AppFixtures):

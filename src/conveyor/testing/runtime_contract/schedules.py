@@ -9,12 +9,7 @@ import pytest
 
 from conveyor import App, Context, Service
 from conveyor.testing import FakeClock, running, wait_until
-from conveyor.testing.runtime_contract.fixtures import (
-    AppFixtures,
-    Recorder,
-    _polled,
-    _stats,
-)
+from conveyor.testing.runtime_contract.fixtures import AppFixtures, Recorder, _polled, _stats
 
 
 class SchedulesContract(AppFixtures):

@@ -12,11 +12,7 @@ import pytest
 from conveyor import App, Context, Service, WorkerConfig
 from conveyor.ports import CommitAndLease
 from conveyor.testing import running, wait_until
-from conveyor.testing.runtime_contract.fixtures import (
-    AppFixtures,
-    Item,
-    Recorder,
-)
+from conveyor.testing.runtime_contract.fixtures import AppFixtures, Item, Recorder
 
 
 class ShutdownContract(AppFixtures):
