@@ -3,7 +3,8 @@
 * :class:`FakeClock`: time that moves only when the test says so.
 * :func:`running`: run an app's workers in the background for the duration of a block.
 * :func:`wait_until`: wait for a condition (never a fixed sleep).
-* ``conveyor.testing.store_contract`` / ``conveyor.testing.runtime_contract``: the contract suites.
+* ``conveyor.testing.store_contract`` / ``conveyor.testing.runtime_contract`` /
+  ``conveyor.testing.robustness_contract``: the contract suites, each a package of one module a topic.
 """
 
 from __future__ import annotations
