@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from conveyor.backends import open_backend
 from conveyor.backends.memory import MemoryBackend
 from conveyor.backends.redis import RedisBackend
-from conveyor.backends.redis import backend as redis_backend
+from conveyor.backends.redis import errors as redis_errors
 from conveyor.model.errors import BackendError, BackendUnavailableError, ConfigurationError
 from conveyor.ports import (
     Backend,
@@ -362,7 +362,7 @@ def test_error_messages_do_not_show_the_password() -> None:
     ],
 )
 def test_driver_errors_are_translated(error: Exception, translated: type[BackendError]) -> None:
-    with pytest.raises(translated) as caught, redis_backend._translated():
+    with pytest.raises(translated) as caught, redis_errors.translated():
         raise error
     assert type(caught.value) is translated and caught.value.__cause__ is error
 

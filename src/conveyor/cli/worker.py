@@ -1,0 +1,68 @@
+"""``conveyor worker``: work APP's queues, optionally serving Prometheus metrics."""
+
+from __future__ import annotations
+
+import click
+
+from conveyor.cli.common import load_app
+from conveyor.cli.errors import failed
+from conveyor.model.errors import ConveyorError
+
+
+@click.command()
+@click.argument("app_spec", metavar="APP")
+@click.option("--concurrency", "-c", type=int, default=None, help="jobs run at once")
+@click.option("--queues", "-q", default=None, help="comma-separated queues to work (default: all)")
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    envvar="CONVEYOR_METRICS_PORT",
+    show_envvar=True,
+    help="serve Prometheus metrics on this port",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="CONVEYOR_METRICS_HOST",
+    show_envvar=True,
+    help="address of the metrics endpoint (0.0.0.0: every interface, so anyone who reaches the "
+    "host reads queue names and depths)",
+)
+def worker(
+    app_spec: str, concurrency: int | None, queues: str | None, metrics_port: int | None, metrics_host: str
+) -> None:
+    """Work APP's queues and fire its schedules until SIGTERM (graceful) or a second SIGINT."""
+    import logging
+
+    if logging.getLogger("conveyor").level > logging.INFO:
+        logging.getLogger("conveyor").setLevel(logging.INFO)
+    if metrics_port is not None:
+        serve_prometheus(metrics_host, metrics_port)
+    app = load_app(app_spec)
+    names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    try:
+        app.run(queues=names, concurrency=concurrency)
+    except ConveyorError as exc:
+        raise failed(exc) from exc
+
+
+def serve_prometheus(host: str, port: int) -> None:
+    """Install an OpenTelemetry SDK meter provider exporting to a Prometheus endpoint."""
+    try:
+        from opentelemetry import metrics
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from opentelemetry.sdk.metrics import MeterProvider
+        from prometheus_client import start_http_server
+    except ImportError as exc:
+        raise click.ClickException(
+            "--metrics-port needs the OpenTelemetry SDK and its Prometheus exporter: "
+            f"pip install 'conveyor[otel]' ({exc})"
+        ) from exc
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        raise click.ClickException(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+    metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+    click.echo(f"metrics: http://{host}:{port}/metrics", err=True)
