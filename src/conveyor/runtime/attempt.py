@@ -138,9 +138,10 @@ class Attempts:
                 raise
             except BaseException as error:
                 record_failure(span, error)
+                ended = runtime.clock.now()
                 if self.metrics is not None:
-                    self.metrics.ended(definition.name, started, runtime.clock.now())
-                decision = decide(error, lifecycle, leased.attempt, runtime.clock.now())
+                    self.metrics.ended(definition.name, started, ended)
+                decision = decide(error, lifecycle, leased.attempt, ended)
                 if decision.outcome is Outcome.DEAD:
                     return await self.dead_letters.with_hook(
                         leased, definition, envelope, payload, error, started
@@ -150,7 +151,7 @@ class Attempts:
                     "attempt %d/%d failed, retrying at +%.2fs: %s",
                     leased.attempt,
                     lifecycle.max_attempts,
-                    (retry_at or started) - runtime.clock.now(),
+                    (retry_at or ended) - ended,
                     describe_error(error),
                 )
                 effects = Effects()
@@ -164,9 +165,8 @@ class Attempts:
         if self.history is not None:
             try:
                 self.history.succeeded(definition, envelope, leased, started, effects)
-            except (
-                Exception
-            ) as error:  # a step or a chain that cannot be stored: the next attempt could not either
+            # a step or a chain that cannot be stored: the next attempt could not store it either
+            except Exception as error:
                 return await self.dead_letters.with_hook(
                     leased, definition, envelope, payload, error, started
                 ), "dead"

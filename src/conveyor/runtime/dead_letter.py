@@ -40,9 +40,12 @@ class DeadLetters:
         error: BaseException,
         effects: Effects,
         started: float,
+        info: ErrorInfo | None = None,
     ) -> Commit:
-        """Dead-letter the job with ``effects``, its history entry and its saga's compensation."""
-        info = error_info(error)
+        """Dead-letter the job with ``effects``, its history entry and its saga's compensation
+        (``info``: what is stored of ``error``, when the caller has it already)."""
+        if info is None:
+            info = error_info(error)
         if envelope is not None and self.history is not None:
             await self.history.dead_lettered(envelope, leased, started, error, effects)
         return Commit(Settlement(leased.id, leased.token, Outcome.DEAD, None, info), effects)
@@ -99,11 +102,12 @@ class DeadLetters:
                 error = RuntimeError(
                     f"{describe_error(error)} (then on_dead_letter failed: {describe_error(hook_error)})"
                 )
+                info = error_info(error)
             else:
                 effects = context.buffer.effects
                 if self.history is not None:
                     self.history.dead_letter_handled(definition, envelope, leased, effects)
-        return await self.dead(leased, envelope, error, effects, started)
+        return await self.dead(leased, envelope, error, effects, started, info)
 
     async def after_refusal(
         self, leased: LeasedJob, commit: Commit, rejected: CommitRejectedError
