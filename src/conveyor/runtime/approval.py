@@ -17,7 +17,6 @@ from conveyor.definitions.approval import ApprovalGate
 from conveyor.model.errors import ApprovalError, ConfigurationError
 from conveyor.model.history import HistoryKind
 from conveyor.model.lifecycle import Seconds, seconds
-from conveyor.model.text import require_storable
 from conveyor.ports import Commit, CommitStatus, Effects, HistoryEntry, StateOp, StateWrite
 from conveyor.runtime.buffer import EffectsBuffer
 from conveyor.runtime.committer import rejection
@@ -101,11 +100,13 @@ async def fire_timeout(ctx: HandlerContext, job: dict[str, Any]) -> None:
     value, version = await ctx.states.get_versioned(key)
     if not value or value.get("status") != "pending":
         return  # decided in time: the timer was late to be cancelled
-    now = ctx.runtime.clock.now()
+    runtime = ctx.runtime
+    now = runtime.clock.now()
     await ctx.states.compare_and_set(key, {**value, "status": "timed_out", "decided_at": now}, version)
     ctx.history(HistoryKind.APPROVAL_TIMED_OUT, gate)
     await ctx.emit(
-        f"{gate}_timed_out", {"instance_id": instance_id, "gate": gate, "payload": value.get("payload")}
+        runtime.registry.gate(gate).event("timed_out"),
+        {"instance_id": instance_id, "gate": gate, "payload": value.get("payload")},
     )
 
 
@@ -125,11 +126,9 @@ async def decide(
     """
     declared = runtime.registry.gate(gate)
     key = ApprovalGate.state_key(instance_id, gate)
-    require_storable(key, "state key")
-    record = (await runtime.backend.get_states([key])).get(key)
-    if record is None:
+    request, version = await States(runtime).get_versioned(key)
+    if request is None:
         raise ApprovalError(f"workflow {instance_id!r} has no approval request at gate {gate!r}")
-    request, version = orjson.loads(record.value), record.version
     if request.get("status") != "pending":
         raise ApprovalError(f"workflow {instance_id!r} at gate {gate!r} is already {request.get('status')}")
     now = runtime.clock.now()
