@@ -14,10 +14,9 @@ from conveyor.model.errors import LeaseLostError, PayloadValidationError, Undecl
 from conveyor.model.history import HistoryKind
 from conveyor.model.lifecycle import Seconds, seconds
 from conveyor.model.text import require_storable
-from conveyor.ports import Commit, HistoryEntry, LeasedJob, StateWrite
+from conveyor.ports import HistoryEntry, LeasedJob, StateWrite
 from conveyor.runtime import approval, producer
 from conveyor.runtime.buffer import EffectsBuffer
-from conveyor.runtime.committer import not_applied
 from conveyor.runtime.messages import Origin, validate
 from conveyor.runtime.runtime import Resources, Runtime
 from conveyor.runtime.states import States
@@ -185,8 +184,8 @@ class Context:
         keeps its own id). A queue that no service declares, and that is not in
         ``App(external_queues=...)``, raises :class:`UnknownQueueError`.
         """
-        self.buffer.check_open()
         buffer = self.buffer
+        buffer.check_open()
         new = producer.add_job(
             self.runtime,
             buffer.effects,
@@ -240,9 +239,6 @@ class Context:
         if not await runtime.backend.extend(leased.id, leased.token, now + seconds(duration), now):
             raise LeaseLostError(f"job {leased.id} of queue {leased.queue!r} lost its lease")
 
-    def commit(self) -> Commit:
-        return Commit(effects=self.buffer.effects)
-
 
 async def run_command(runtime: Runtime, name: str, payload: Any, *, parent: Context | None = None) -> Any:
     """Run command ``name``. Inside a handler (``parent``) its effects join the handler's; outside
@@ -273,7 +269,5 @@ async def run_command(runtime: Runtime, name: str, payload: Any, *, parent: Cont
                 f"command {name!r} returned {type(result).__name__}, not {command.result.__name__}"
             ) from exc
     if parent is None and context.buffer.effects:
-        [outcome] = await runtime.backend.commit([context.commit()], runtime.clock.now())
-        if (error := not_applied(outcome, f"command {name!r}")) is not None:
-            raise error
+        await producer.commit(runtime, context.buffer.effects, what=f"command {name!r}")
     return result

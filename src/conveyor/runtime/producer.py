@@ -182,9 +182,12 @@ async def emit(
     return new.id
 
 
-async def commit(runtime: Runtime, effects: Effects, connection: Any = None) -> CommitResult:
+async def commit(
+    runtime: Runtime, effects: Effects, connection: Any = None, what: str = "this write"
+) -> CommitResult:
     """Commit ``effects`` now, or inside the caller's transaction ``connection`` (on a backend that
-    is a :class:`~conveyor.ports.TransactionalOutbox`); raises what kept them from applying."""
+    is a :class:`~conveyor.ports.TransactionalOutbox`); raises what kept them from applying
+    (naming ``what``, see :func:`~conveyor.runtime.committer.not_applied`)."""
     backend, commits = runtime.backend, [Commit(effects=effects)]
     if connection is None:
         [result] = await backend.commit(commits, runtime.clock.now())
@@ -195,6 +198,6 @@ async def commit(runtime: Runtime, effects: Effects, connection: Any = None) -> 
             f"{type(backend).__name__} cannot write inside your transaction (connection=); "
             "the PostgreSQL backend can"
         )
-    if (error := not_applied(result, "this write")) is not None:
+    if (error := not_applied(result, what)) is not None:
         raise error
     return result
