@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 
 from conveyor import App, Context, Lifecycle, Service, WorkerConfig
-from conveyor.ports import Commit, DeadLetter, Effects, NewJob, StateOp, StateWrite
+from conveyor.ports import DeadLetter, StateOp, StateWrite
 from conveyor.testing import running, wait_until
-from conveyor.testing.runtime_contract.fixtures import AppFixtures, _at_least, _stats
+from conveyor.testing.runtime_contract.fixtures import AppFixtures, _at_least, _stats, _store_raw
 
 GOOD_JOBS = 40
 """Good jobs finishing at the same instant as the bad ones, so they share one commit batch."""
@@ -172,5 +172,4 @@ async def _enqueue_raw(app: App, n: int) -> None:
             "created_at": app.clock.now(),
         }
     )
-    now = app.clock.now()
-    await app.backend.commit([Commit(effects=Effects(jobs=[NewJob(f"raw{n}", "work", body, now, now)]))], now)
+    await _store_raw(app, "work", body, job_id=f"raw{n}")
