@@ -152,8 +152,6 @@ async def assert_good_jobs_committed_once(app: App, runs: Counter[int]) -> None:
 
 
 def _payload(body: bytes) -> dict[str, str]:
-    import orjson
-
     payload: dict[str, str] = orjson.loads(body)["payload"]
     return payload
 
