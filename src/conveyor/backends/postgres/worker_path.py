@@ -144,8 +144,7 @@ class WorkerPath(Connections):
         )
         try:
             async with conn.transaction(force_rollback=True):
-                params = {"queues": [tag], "seconds": [1.0], "now": 0.0, "limit": 1}
-                await conn.execute(self._queries["lease"], params)
+                await conn.execute(self._queries["lease"], _lease_params({tag: 1.0}, 1, 0.0))
                 await self._apply(conn, [flatten([warm_up], [0])], 0.0, 0)
         except psycopg.Error as exc:
             if conn.broken or conn.closed:

@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 
 from conveyor import App, Context, Lifecycle, Service, WorkerConfig
-from conveyor.ports import Commit, DeadLetter, Effects, NewJob, StateOp, StateWrite
+from conveyor.ports import DeadLetter, StateOp, StateWrite
 from conveyor.testing import running, wait_until
-from conveyor.testing.runtime_contract.fixtures import AppFixtures, _at_least
+from conveyor.testing.runtime_contract.fixtures import AppFixtures, _at_least, _stats, _store_raw
 
 GOOD_JOBS = 40
 """Good jobs finishing at the same instant as the bad ones, so they share one commit batch."""
@@ -135,7 +135,10 @@ async def beside_good_jobs(
         gate.set()
         expected = total - GOOD_JOBS
         dead = await wait_until(lambda: _at_least(app.dead_letters("work").list(), expected))
-        await wait_until(lambda: _settled(app), message="every job settled")
+        await wait_until(
+            lambda: _stats(app, "work", lambda s: s.ready == s.leased == s.scheduled == 0),
+            message="every job settled",
+        )
     by_kind = {_payload(entry.body)["kind"]: entry for entry in dead}
     return app, by_kind, runs
 
@@ -149,8 +152,6 @@ async def assert_good_jobs_committed_once(app: App, runs: Counter[int]) -> None:
 
 
 def _payload(body: bytes) -> dict[str, str]:
-    import orjson
-
     payload: dict[str, str] = orjson.loads(body)["payload"]
     return payload
 
@@ -169,10 +170,4 @@ async def _enqueue_raw(app: App, n: int) -> None:
             "created_at": app.clock.now(),
         }
     )
-    now = app.clock.now()
-    await app.backend.commit([Commit(effects=Effects(jobs=[NewJob(f"raw{n}", "work", body, now, now)]))], now)
-
-
-async def _settled(app: App) -> bool:
-    [stats] = await app.stats(["work"])
-    return stats.ready == stats.leased == stats.scheduled == 0
+    await _store_raw(app, "work", body, job_id=f"raw{n}")

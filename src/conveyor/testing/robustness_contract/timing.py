@@ -15,7 +15,7 @@ from conveyor import App, Context, Lifecycle, Retry, Service, WorkerConfig
 from conveyor.model.errors import LeaseLostError
 from conveyor.ports import Backend
 from conveyor.testing import FakeClock, running, wait_until
-from conveyor.testing.runtime_contract.fixtures import AppFixtures, _at_least
+from conveyor.testing.runtime_contract.fixtures import AppFixtures, _at_least, _stats
 
 
 class TimingContract(AppFixtures):
@@ -128,7 +128,7 @@ class TimingContract(AppFixtures):
         app = _polling_every_minute(svc, backends(), clock)
         async with running(app):
             await app.enqueue_many("spread", [{"n": n} for n in range(count)])
-            await wait_until(lambda: _scheduled(app, "spread", count))
+            await wait_until(lambda: _stats(app, "spread", lambda s: s.scheduled == count))
             step, last, start = 0.001, max(due.values()), clock.now()
             while clock.now() < last:
                 clock.advance(step)
@@ -161,7 +161,7 @@ class TimingContract(AppFixtures):
         app = _polling_every_minute(svc, backends(), clock)
         async with running(app):
             await app.enqueue("parent", {})
-            await wait_until(lambda: _scheduled(app, "child", 1))
+            await wait_until(lambda: _stats(app, "child", lambda s: s.scheduled == 1))
             due = clock.now() + 0.25
             clock.advance(0.2501)  # (a hair past: a strict sleep may end a rounding error after due)
             await wait_until(lambda: started, timeout=5, message="the delayed job to start")
@@ -225,11 +225,6 @@ def _polling_every_minute(svc: Service, backend: Backend, clock: FakeClock) -> A
     """An app whose worker looks for jobs only once a minute unless it knows one comes due sooner."""
     worker = WorkerConfig(concurrency=50, poll_interval=60.0, shutdown_grace=5)
     return App([svc], backend=backend, clock=clock, worker=worker)
-
-
-async def _scheduled(app: App, queue: str, count: int) -> bool:
-    [stats] = await app.stats([queue])
-    return stats.scheduled == count
 
 
 async def _released_unspent(app: App, queue: str, clock: FakeClock) -> None:

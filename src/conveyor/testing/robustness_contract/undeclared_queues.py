@@ -10,7 +10,7 @@ import pytest
 from conveyor import App, Context, Lifecycle, PermanentError, Service
 from conveyor.model.errors import UnknownQueueError
 from conveyor.testing import running, wait_until
-from conveyor.testing.runtime_contract.fixtures import AppFixtures
+from conveyor.testing.runtime_contract.fixtures import AppFixtures, _stats
 
 
 class UndeclaredQueuesContract(AppFixtures):
@@ -59,7 +59,7 @@ class UndeclaredQueuesContract(AppFixtures):
             await app.enqueue("order", {"n": "1"})
             await app.enqueue("billing.charge", {"n": "2"})
             await app.enqueue("mail.send", {"n": "3"}, external=True)  # one call, not declared
-            await wait_until(lambda: _ready(app, "billing.charge", 2))
+            await wait_until(lambda: _stats(app, "billing.charge", lambda s: s.ready == 2))
             report = await app.health()
         assert report.undeclared_queues == ["mail.send"]
         assert report.problems == [
@@ -96,8 +96,3 @@ class UndeclaredQueuesContract(AppFixtures):
         assert report.status == "warn" and report.undeclared_queues == ["legacy"]
         assert report.problems[0] == "legacy: 1 dead letter(s)"
         assert report.problems[1].startswith("legacy: 2 job(s) in a queue no service of this app declares")
-
-
-async def _ready(app: App, queue: str, count: int) -> bool:
-    [stats] = await app.stats([queue])
-    return stats.ready == count

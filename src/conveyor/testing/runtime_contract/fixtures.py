@@ -92,9 +92,9 @@ async def _state_is(app: App, key: str, value: Any) -> bool:
     return bool(await app.states.get(key) == value)
 
 
-async def _store_raw(app: App, queue: str, body: bytes) -> None:
-    """Store a message as if a foreign or broken producer had written it."""
+async def _store_raw(app: App, queue: str, body: bytes, job_id: str | None = None) -> None:
+    """Store a message as if a foreign or broken producer had written it (its job named after the
+    time unless ``job_id`` is given)."""
     now = app.clock.now()
-    await app.backend.commit(
-        [Commit(effects=Effects(jobs=[NewJob(f"raw-{now}", queue, body, now, now)]))], now
-    )
+    job = NewJob(job_id or f"raw-{now}", queue, body, now, now)
+    await app.backend.commit([Commit(effects=Effects(jobs=[job]))], now)
