@@ -45,16 +45,12 @@ class AppFixtures:
 
     @pytest.fixture
     async def backends(self, backend_url: str) -> AsyncIterator[Callable[[], Backend]]:
-        """New backend objects on the same store (the same object for ``memory://``)."""
-        opened: list[Backend] = []
+        """New backend objects on the same store (the same object for ``memory://``); each is
+        connected and closed by the app it is given to."""
         shared = open_backend(backend_url) if backend_url.startswith("memory") else None
 
         def make() -> Backend:
-            if shared is not None:
-                return shared
-            backend = open_backend(backend_url)
-            opened.append(backend)
-            return backend
+            return shared if shared is not None else open_backend(backend_url)
 
         yield make
 
