@@ -5,8 +5,6 @@ from __future__ import annotations
 import click
 
 from conveyor.cli.common import load_app
-from conveyor.cli.errors import failed
-from conveyor.model.errors import ConveyorError
 
 
 @click.command()
@@ -42,10 +40,7 @@ def worker(
         serve_prometheus(metrics_host, metrics_port)
     app = load_app(app_spec)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-    try:
-        app.run(queues=names, concurrency=concurrency)
-    except ConveyorError as exc:
-        raise failed(exc) from exc
+    app.run(queues=names, concurrency=concurrency)  # a ConveyorError ends it as every command's does
 
 
 def serve_prometheus(host: str, port: int) -> None:
