@@ -19,16 +19,24 @@ from conveyor.ports import (
     CommitResult,
     CommitStatus,
     DeadLetter,
+    DeadLetterFilter,
+    ErrorInfo,
     HistoryEntry,
     InstanceSummary,
+    JobRecord,
+    JobState,
     LeasedJob,
+    LeaseInfo,
+    MinuteCounts,
     NewJob,
     Outcome,
     QueueStats,
     Settlement,
     StateOp,
     StateRecord,
+    WorkerInfo,
 )
+from conveyor.ports.operations import bucket, matches
 
 
 @dataclass(slots=True)
@@ -39,9 +47,16 @@ class _Job:
     available_at: float
     enqueued_at: float
     idempotency_key: str | None
+    priority: int = 0
+    lease_seconds: float | None = None
     attempts: int = 0
     token: int = 0
     leased: bool = False
+    leased_at: float = 0.0
+    worker: str = ""
+    extensions: int = 0
+    cancel_requested: bool = False
+    last_error: ErrorInfo | None = None
 
 
 class MemoryBackend:
@@ -53,8 +68,9 @@ class MemoryBackend:
             DEFAULT_IDEMPOTENCY_RETENTION if idempotency_retention is None else idempotency_retention
         )
         self._jobs: dict[str, _Job] = {}
-        # per queue: heap of (available_at, seq, job_id, token-at-push); stale entries skipped lazily
-        self._ready: dict[str, list[tuple[float, int, str, int]]] = {}
+        # per queue and priority: heap of (available_at, seq, job_id, token-at-push); stale entries
+        # skipped lazily
+        self._ready: dict[str, dict[int, list[tuple[float, int, str, int]]]] = {}
         self._seq = itertools.count()
         self._tokens = itertools.count(1)
         # (queue, key) -> (job_id, expires_at or None while the job exists)
@@ -63,6 +79,10 @@ class MemoryBackend:
         self._states: dict[str, StateRecord] = {}
         self._dead: dict[str, DeadLetter] = {}
         self._history: dict[str, list[HistoryEntry]] = {}
+        self._paused: dict[str, float] = {}
+        self._counts: dict[tuple[str, float], list[int]] = {}
+        """(queue, bucket) -> [completed, retried, dead]"""
+        self._workers: dict[str, WorkerInfo] = {}
         self._wakeup = asyncio.Event()
 
     # lifecycle
@@ -76,40 +96,49 @@ class MemoryBackend:
     # queue store
 
     def _push(self, job: _Job) -> None:
-        heap = self._ready.setdefault(job.queue, [])
+        heap = self._ready.setdefault(job.queue, {}).setdefault(job.priority, [])
         heapq.heappush(heap, (job.available_at, next(self._seq), job.id, job.token))
 
-    async def lease(self, queues: Mapping[str, float], limit: int, now: float) -> list[LeasedJob]:
+    async def lease(
+        self, queues: Mapping[str, float], limit: int, now: float, worker: str = ""
+    ) -> list[LeasedJob]:
         leased: list[LeasedJob] = []
-        candidates: list[tuple[float, int, str, int, str]] = []
+        candidates: list[tuple[int, float, int, str, int, str]] = []
         for queue in queues:
-            heap = self._ready.get(queue)
-            taken = 0  # up to `limit` from every queue, so the oldest overall are among them
-            while heap and taken < limit:
-                available_at, seq, job_id, token = heap[0]
-                job = self._jobs.get(job_id)
-                if job is None or job.token != token or job.available_at != available_at:
-                    heapq.heappop(heap)  # superseded entry
-                    continue
-                if available_at > now:
-                    break
-                heapq.heappop(heap)
-                candidates.append((available_at, seq, job_id, token, queue))
-                taken += 1
+            lanes = self._ready.get(queue)
+            if not lanes or queue in self._paused:
+                continue
+            taken = 0  # up to `limit` from every queue, so the first overall are among them
+            for priority in sorted(lanes, reverse=True):
+                heap = lanes[priority]
+                while heap and taken < limit:
+                    available_at, seq, job_id, token = heap[0]
+                    job = self._jobs.get(job_id)
+                    if job is None or job.token != token or job.available_at != available_at:
+                        heapq.heappop(heap)  # superseded entry
+                        continue
+                    if available_at > now:
+                        break
+                    heapq.heappop(heap)
+                    candidates.append((-priority, available_at, seq, job_id, token, queue))
+                    taken += 1
         candidates.sort()
         seen: set[str] = set()
-        for available_at, seq, job_id, token, queue in candidates:
+        for negated, available_at, seq, job_id, token, queue in candidates:
             job = self._jobs[job_id]
             if job_id in seen:  # two heap entries of one job: lease it once
                 continue
             seen.add(job_id)
             if len(leased) >= limit:
-                heapq.heappush(self._ready[queue], (available_at, seq, job_id, token))
+                heapq.heappush(self._ready[queue][-negated], (available_at, seq, job_id, token))
                 continue
             job.attempts += 1
             job.token = next(self._tokens)
             job.leased = True
-            job.available_at = now + queues[queue]
+            job.leased_at = now
+            job.worker = worker
+            job.extensions = 0
+            job.available_at = now + (job.lease_seconds if job.lease_seconds is not None else queues[queue])
             self._push(job)
             leased.append(
                 LeasedJob(
@@ -138,6 +167,7 @@ class MemoryBackend:
         if until > job.available_at:
             job.available_at = until
             self._push(job)
+        job.extensions += 1
         return True
 
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
@@ -150,7 +180,7 @@ class MemoryBackend:
         rows.sort(key=lambda d: (d.failed_at, d.id))
         return rows[offset : offset + limit]
 
-    async def redrive(self, ids: Sequence[str], now: float) -> int:
+    async def redrive(self, ids: Sequence[str], now: float, available_at: float | None = None) -> int:
         count = 0
         for dead_id in ids:
             if dead_id in self._jobs:  # a live job holds the id: replacing it would break its lease
@@ -158,7 +188,8 @@ class MemoryBackend:
             dead = self._dead.pop(dead_id, None)
             if dead is None:
                 continue
-            job = _Job(dead.id, dead.queue, dead.body, now, dead.enqueued_at, None)
+            at = now if available_at is None else available_at
+            job = _Job(dead.id, dead.queue, dead.body, at, dead.enqueued_at, None)
             self._jobs[job.id] = job
             self._push(job)
             count += 1
@@ -188,6 +219,7 @@ class MemoryBackend:
                     leased=sum(1 for j in jobs if j.leased),
                     dead=sum(1 for d in self._dead.values() if d.queue == queue),
                     oldest_ready_at=min((j.available_at for j in ready), default=None),
+                    paused=queue in self._paused,
                 )
             )
         return result
@@ -247,10 +279,15 @@ class MemoryBackend:
         return results
 
     async def commit_and_lease(
-        self, commits: Sequence[Commit], now: float, queues: Mapping[str, float], limit: int
+        self,
+        commits: Sequence[Commit],
+        now: float,
+        queues: Mapping[str, float],
+        limit: int,
+        worker: str = "",
     ) -> tuple[list[CommitResult], list[LeasedJob]]:
         """:meth:`commit`, then :meth:`lease`: the reference for the backends that do it in one call."""
-        return await self.commit(commits, now), await self.lease(queues, limit, now)
+        return await self.commit(commits, now), await self.lease(queues, limit, now, worker)
 
     def _key_holder(self, queue: str, key: str, now: float) -> str | None:
         held = self._keys.get((queue, key))
@@ -284,6 +321,7 @@ class MemoryBackend:
         # From here on nothing can fail: apply everything.
         if settlement is not None and job is not None:
             self._settle(job, settlement.outcome, settlement, now)
+            self._count(job.queue, settlement.outcome, now)
         for write in effects.states:
             if write.op is StateOp.DELETE:
                 self._states.pop(write.key, None)
@@ -334,6 +372,8 @@ class MemoryBackend:
                 job.available_at = now
             else:
                 job.available_at = settlement.available_at if settlement.available_at is not None else now
+            if settlement.error is not None:
+                job.last_error = settlement.error
             self._push(job)
 
     def _enqueue(self, new: NewJob, now: float) -> str:
@@ -344,7 +384,183 @@ class MemoryBackend:
             self._keys[(new.queue, new.idempotency_key)] = (new.id, None)
         if new.id in self._jobs:
             return new.id
-        job = _Job(new.id, new.queue, new.body, new.available_at, new.enqueued_at, new.idempotency_key)
+        job = _Job(
+            new.id,
+            new.queue,
+            new.body,
+            new.available_at,
+            new.enqueued_at,
+            new.idempotency_key,
+            new.priority,
+            new.lease_seconds,
+        )
         self._jobs[job.id] = job
         self._push(job)
         return job.id
+
+    def _count(self, queue: str, outcome: Outcome, now: float) -> None:
+        column = _COUNTED.get(outcome)
+        if column is not None:
+            self._counts.setdefault((queue, bucket(now)), [0, 0, 0])[column] += 1
+
+    # operations
+
+    async def pause(self, queue: str, now: float) -> bool:
+        if queue in self._paused:
+            return False
+        self._paused[queue] = now
+        return True
+
+    async def resume(self, queue: str) -> bool:
+        if self._paused.pop(queue, None) is None:
+            return False
+        self._wakeup.set()
+        return True
+
+    async def paused_queues(self) -> dict[str, float]:
+        return dict(self._paused)
+
+    async def leases(self, queue: str | None, limit: int = 100, after: str | None = None) -> list[LeaseInfo]:
+        held = sorted(
+            (j for j in self._jobs.values() if j.leased and (queue is None or j.queue == queue)),
+            key=lambda j: j.id,
+        )
+        return [_lease_info(j) for j in held if after is None or j.id > after][:limit]
+
+    async def queue_counts(self, queues: Sequence[str], since: float) -> list[MinuteCounts]:
+        start, wanted = bucket(since), set(queues)
+        return [
+            MinuteCounts(queue, minute, *counts)
+            for (queue, minute), counts in sorted(self._counts.items())
+            if queue in wanted and minute >= start
+        ]
+
+    async def prune_counts(self, before: float) -> int:
+        doomed = [key for key in self._counts if key[1] < before]
+        for key in doomed:
+            del self._counts[key]
+        return len(doomed)
+
+    async def job(self, job_id: str, now: float) -> JobRecord | None:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            live = job.leased and job.available_at >= now
+            state = (
+                JobState.RUNNING
+                if live
+                else JobState.READY
+                if job.available_at <= now or job.leased
+                else JobState.SCHEDULED
+            )
+            return JobRecord(
+                job.id,
+                job.queue,
+                state,
+                job.body,
+                job.attempts,
+                job.enqueued_at,
+                job.available_at,
+                job.priority,
+                job.idempotency_key,
+                job.last_error,
+                _lease_info(job) if job.leased else None,
+                job.cancel_requested,
+            )
+        dead = self._dead.get(job_id)
+        if dead is None:
+            return None
+        return JobRecord(
+            dead.id,
+            dead.queue,
+            JobState.DEAD,
+            dead.body,
+            dead.attempts,
+            dead.enqueued_at,
+            None,
+            last_error=dead.error,
+            failed_at=dead.failed_at,
+        )
+
+    async def job_for_key(self, queue: str, key: str, now: float) -> str | None:
+        return self._key_holder(queue, key, now)
+
+    async def job_history(self, job_id: str) -> list[HistoryEntry]:
+        # (a scan: the memory backend is for tests and one process)
+        return [e for entries in self._history.values() for e in entries if e.message_id == job_id]
+
+    async def cancel_jobs(
+        self, ids: Sequence[str], now: float, history: Sequence[HistoryEntry] = ()
+    ) -> list[str]:
+        cancelled: list[str] = []
+        for job_id in ids:
+            job = self._jobs.get(job_id)
+            if job is None or (job.leased and job.available_at >= now) or job_id in cancelled:
+                continue
+            del self._jobs[job_id]
+            if job.idempotency_key is not None:
+                self._keys.pop((job.queue, job.idempotency_key), None)
+            cancelled.append(job_id)
+        done = set(cancelled)
+        for entry in history:
+            if entry.message_id in done:
+                self._history.setdefault(entry.correlation_id, []).append(entry)
+        return cancelled
+
+    async def request_cancel(self, job_id: str) -> bool:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return False
+        job.cancel_requested = True
+        return True
+
+    async def cancel_requests(self, job_ids: Sequence[str]) -> list[str]:
+        jobs = self._jobs
+        return [i for i in job_ids if (job := jobs.get(i)) is not None and job.cancel_requested]
+
+    async def register_worker(self, worker: WorkerInfo) -> None:
+        self._workers[worker.id] = worker
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        self._workers.pop(worker_id, None)
+
+    async def workers(self, alive_since: float) -> list[WorkerInfo]:
+        for worker_id in [w.id for w in self._workers.values() if w.last_seen < alive_since]:
+            del self._workers[worker_id]
+        return sorted(self._workers.values(), key=lambda w: w.id)
+
+    async def find_dead_letters(
+        self, where: DeadLetterFilter, limit: int = 100, before: tuple[float, str] | None = None
+    ) -> list[DeadLetter]:
+        found = sorted(
+            (
+                d
+                for d in self._dead.values()
+                if matches(where, d) and (before is None or (d.failed_at, d.id) < before)
+            ),
+            key=lambda d: (d.failed_at, d.id),
+            reverse=True,
+        )
+        return found[:limit]
+
+    async def count_dead_letters(self, where: DeadLetterFilter) -> int:
+        return sum(1 for d in self._dead.values() if matches(where, d))
+
+    async def dead_letter(self, dead_id: str) -> DeadLetter | None:
+        return self._dead.get(dead_id)
+
+
+_COUNTED = {Outcome.ACK: 0, Outcome.RETRY: 1, Outcome.DEAD: 2}
+"""The column of :meth:`MemoryBackend.queue_counts` each outcome counts in."""
+
+
+def _lease_info(job: _Job) -> LeaseInfo:
+    return LeaseInfo(
+        job.id,
+        job.queue,
+        job.attempts,
+        job.token,
+        job.worker,
+        job.leased_at,
+        job.available_at,
+        job.extensions,
+    )

@@ -12,7 +12,8 @@ of an empty, isolated backend (a fresh SQLite file, a fresh Redis prefix, a fres
 
 The tests live by topic in the modules of this package, one class each, every one usable on its own
 (each is a :class:`~conveyor.testing.store_contract.fixtures.StoreFixtures`): :mod:`.leases`,
-:mod:`.commits`, :mod:`.dead_letters`, :mod:`.events_states_history`, :mod:`.backend_instances`.
+:mod:`.commits`, :mod:`.dead_letters`, :mod:`.events_states_history`, :mod:`.backend_instances`,
+:mod:`.operations`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from conveyor.testing.store_contract.dead_letters import DeadLettersContract
 from conveyor.testing.store_contract.events_states_history import EventsStatesHistoryContract
 from conveyor.testing.store_contract.fixtures import ERR, T0, enqueue, job, settle
 from conveyor.testing.store_contract.leases import LeasesContract
+from conveyor.testing.store_contract.operations import OperationsContract
 
 __all__ = ["ERR", "T0", "StoreContract", "drain", "enqueue", "job", "settle"]
 
@@ -30,6 +32,7 @@ __all__ = ["ERR", "T0", "StoreContract", "drain", "enqueue", "job", "settle"]
 # pytest collects the tests of base classes from the last base to the first: listed last topic
 # first, they run in the order of the topics above.
 class StoreContract(
+    OperationsContract,
     BackendInstancesContract,
     EventsStatesHistoryContract,
     DeadLettersContract,

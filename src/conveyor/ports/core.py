@@ -1,48 +1,4 @@
-"""The backend ports: what a backend must do, split by role.
-
-Backends store and move data; policy (retry delays, dead-letter decisions, schedule ticks) lives in
-the runtime. Every time a backend compares against "now" it is given ``now`` by the caller, so one
-injectable clock drives leases, delays and schedules on every backend.
-
-A job row, whatever the storage, holds: ``id``, ``queue``, ``body`` (the encoded envelope),
-``available_at``, ``attempts`` (leases taken so far), ``token`` (fencing token of the current lease,
-an integer that only grows), ``enqueued_at``, ``idempotency_key``. A lease moves ``available_at`` to the
-lease deadline, so a job whose worker died becomes available again by the same rule as a delayed one.
-
-The unit of writing is a :class:`Commit`: an optional :class:`Settlement` of a leased job (ack,
-retry, dead-letter, release) plus the :class:`Effects` its handler buffered. A backend applies each
-commit atomically: all of it or none of it. A batch of commits may share one round trip or one
-transaction, but the commits stay independent: one stale commit does not sink the others.
-
-A commit the backend cannot store must not sink the others either. The runtime refuses, at the
-call that produced it, every key, name and id with a NUL or a lone surrogate and every payload or
-state value JSON cannot carry (see :mod:`conveyor.model.text`), and checks each worker commit's text
-again before it joins a batch; what is left is what only one backend refuses (a key longer than its
-index takes, a corrupt record in the way). For such a commit a backend does one of two things:
-
-1. (best: one round trip) check every commit of the call before applying any of it, answer
-   :attr:`CommitStatus.REJECTED` with :attr:`CommitResult.error` saying why for each one it cannot
-   store, apply nothing of those and the others as usual;
-2. raise :class:`~conveyor.model.errors.CommitRejectedError` (the driver's error chained) having
-   applied nothing of the call: its transaction rolled back, or nothing sent.
-
-Either way never part of a call and then an exception, nor part of one commit. The worker's
-committer (``conveyor.runtime.committer``) splits a call that raised anything but
-:class:`~conveyor.model.errors.BackendUnavailableError` into halves and commits them again, down to
-single commits, so the others of the batch commit in the same pass and the culprit's job is
-dead-lettered with the reason on that attempt. A commit that fails alone with another error than
-``CommitRejectedError`` counts as rejected only if some other commit of its batch went through;
-otherwise the failure is taken for the backend's (every commit failed) and its jobs are leased
-again when their leases expire, as after any failed commit.
-
-The records built once or more per job (:class:`NewJob`, :class:`NewEvent`, :class:`LeasedJob`,
-:class:`StateWrite`, :class:`HistoryEntry`, :class:`Settlement`, :class:`CommitResult`) are plain
-slotted dataclasses, not frozen ones: a frozen dataclass's ``__init__`` sets each field through
-``object.__setattr__`` and costs about four times as much, which a 1,000-job enqueue pays 2,000 times
-(1.8 µs against 0.4 µs: docs/BENCHMARKS.md "What changed since the first measurements", item 1;
-the command was not recorded, not re-measured).
-Nothing mutates them after construction; treat them as values.
-"""
+"""The core records and store roles of the backend ports (see :mod:`conveyor.ports`)."""
 
 from __future__ import annotations
 
@@ -50,6 +6,11 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+PRIORITIES = range(-10, 11)
+"""The priorities a job may have. A backend keeps one ordered lane per priority a queue has used
+(few, and 0 for nearly every job), so the lease reads each lane's oldest due jobs off an index
+rather than sorting a queue's whole backlog by priority."""
 
 
 @dataclass(slots=True)
@@ -62,6 +23,10 @@ class NewJob:
     available_at: float
     enqueued_at: float
     idempotency_key: str | None = None
+    priority: int = 0
+    """Higher first among a queue's due jobs; an int in ``PRIORITIES`` (0 unless asked)."""
+    lease_seconds: float | None = None
+    """This job's own visibility timeout, in place of its queue's (None: the queue's)."""
 
 
 @dataclass(slots=True)
@@ -236,21 +201,30 @@ class QueueStats:
     leased: int
     dead: int
     oldest_ready_at: float | None
+    paused: bool = False
+    """The queue is paused (see :meth:`~conveyor.ports.operations.QueueAdmin.pause`)."""
 
 
 @runtime_checkable
 class QueueStore(Protocol):
     """Durable jobs: enqueue, lease with a fencing token, extend, settle, dead letters."""
 
-    async def lease(self, queues: Mapping[str, float], limit: int, now: float) -> list[LeasedJob]:
+    async def lease(
+        self, queues: Mapping[str, float], limit: int, now: float, worker: str = ""
+    ) -> list[LeasedJob]:
         """Lease up to ``limit`` jobs with ``available_at <= now`` from ``queues`` (name → lease
-        seconds), oldest ``available_at`` first. Each gets ``attempts + 1``, a new token, and
-        ``available_at = now + lease seconds``."""
+        seconds), leaving out paused queues: the highest priority first, then the oldest
+        ``available_at`` (the same order within a queue and across them). Each gets
+        ``attempts + 1``, a new token, and ``available_at = now + lease seconds`` (the job's own
+        ``lease_seconds`` when it has one). The lease records ``worker`` (the leasing
+        worker's id), ``now`` as its start and no extensions yet, for
+        :meth:`~conveyor.ports.operations.QueueAdmin.leases`."""
         ...
 
     async def extend(self, job_id: str, token: int, until: float, now: float) -> bool:
         """Move a live lease's deadline to ``until``, never earlier (an earlier ``until`` keeps the
-        deadline and still returns True). False if the token is stale or the lease expired."""
+        deadline and still returns True), and count one extension of the lease. False if the token
+        is stale or the lease expired."""
         ...
 
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
@@ -262,8 +236,9 @@ class QueueStore(Protocol):
         self, queue: str | None, limit: int = 100, offset: int = 0
     ) -> list[DeadLetter]: ...
 
-    async def redrive(self, ids: Sequence[str], now: float) -> int:
-        """Move dead letters back to their queues as new attempts (attempts reset). Returns the count.
+    async def redrive(self, ids: Sequence[str], now: float, available_at: float | None = None) -> int:
+        """Move dead letters back to their queues as new attempts (attempts reset), available at
+        ``available_at`` (``now`` when None), with priority 0 and their queue's lease. Returns the count.
 
         A dead letter whose id a live job holds (the same event delivered again) stays where it is:
         replacing that job would break its lease and could run it twice at once."""
@@ -339,37 +314,16 @@ class CommitAndLease(Protocol):
     """
 
     async def commit_and_lease(
-        self, commits: Sequence[Commit], now: float, queues: Mapping[str, float], limit: int
+        self,
+        commits: Sequence[Commit],
+        now: float,
+        queues: Mapping[str, float],
+        limit: int,
+        worker: str = "",
     ) -> tuple[list[CommitResult], list[LeasedJob]]:
         """:meth:`Backend.commit`, then :meth:`QueueStore.lease` seeing its writes.
 
         When the call raises, the commits are in doubt as for ``commit``; a job the lease may have
         taken is not lost, it becomes available again when its lease expires.
-        """
-        ...
-
-
-@runtime_checkable
-class Backend(QueueStore, TopicStore, StateStore, HistoryStore, Protocol):
-    """A backend serving every role, committing settlements and effects atomically."""
-
-    async def connect(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def commit(self, commits: Sequence[Commit], now: float) -> list[CommitResult]:
-        """Apply each commit atomically and independently; results in the same order.
-
-        A commit whose content this backend cannot store is answered ``REJECTED``, or the call
-        raises :class:`~conveyor.model.errors.CommitRejectedError` having applied nothing (see
-        the module's docstring); an unreachable backend raises
-        :class:`~conveyor.model.errors.BackendUnavailableError`, and the commits are in doubt.
-
-        For a settlement: check the token (and that ``available_at >= now``, the lease is live),
-        then ACK deletes the job, RETRY/RELEASE end the lease (RELEASE also gives the attempt back),
-        DEAD moves the job to the dead-letter queue. Then the effects: state writes (checked against
-        ``expected_version`` before anything is applied), cancels, new jobs (idempotency keys are
-        unique per queue while the job exists and for ``idempotency_retention`` after its ack),
-        events fanned out into every subscribed queue, history entries.
         """
         ...
