@@ -22,7 +22,7 @@ from conveyor.definitions.registry import Registry
 from conveyor.definitions.service import Service
 from conveyor.definitions.workflow import Workflow
 from conveyor.model.errors import ConveyorError
-from conveyor.model.lifecycle import Seconds, seconds
+from conveyor.model.lifecycle import JobOptions, Seconds, seconds
 from conveyor.observability.metrics import Metrics
 from conveyor.observability.tracing import Tracing
 from conveyor.operations.dead_letters import DeadLetters
@@ -145,8 +145,15 @@ class App:
         correlation_id: str | None = None,
         connection: Any = None,
         external: bool = False,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        visibility_timeout: Seconds | None = None,
     ) -> str:
         """Store a job on ``queue`` and return its id (the first job's id on an idempotency-key hit).
+
+        ``priority`` (an int from -10 to 10, higher first among the queue's due jobs),
+        ``max_attempts`` and ``visibility_timeout`` are the job's own, in place of its queue's
+        (see :class:`~conveyor.model.lifecycle.JobOptions`).
 
         With ``connection`` (a psycopg ``AsyncConnection`` in a transaction, on the PostgreSQL
         backend) the job is written inside that transaction: the transactional outbox.
@@ -162,6 +169,9 @@ class App:
             correlation_id=correlation_id,
             connection=connection,
             external=external,
+            priority=priority,
+            max_attempts=max_attempts,
+            visibility_timeout=visibility_timeout,
         )
         return job_id
 
@@ -176,6 +186,9 @@ class App:
         correlation_id: str | None = None,
         connection: Any = None,
         external: bool = False,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        visibility_timeout: Seconds | None = None,
     ) -> list[str]:
         """Store many jobs on ``queue``; their ids, in order.
 
@@ -186,8 +199,10 @@ class App:
         :data:`ENQUEUE_IN_FLIGHT` on the way at once. If one batch fails,
         :class:`EnqueueIncompleteError` says which jobs were stored (give the jobs idempotency keys
         to retry safely). With ``connection=`` the batches are written one after the other inside
-        the caller's transaction, so all or none commit. ``external`` is as for :meth:`enqueue`.
+        the caller's transaction, so all or none commit. ``external``, ``priority``,
+        ``max_attempts`` and ``visibility_timeout`` are as for :meth:`enqueue`, for every job.
         """
+        options = JobOptions(priority, max_attempts, visibility_timeout)
         now = self.clock.now()
         return await producer.enqueue_many(
             self.runtime,
@@ -199,6 +214,7 @@ class App:
             correlation_id=correlation_id,
             connection=connection,
             external=external,
+            options=options,
         )
 
     async def emit(

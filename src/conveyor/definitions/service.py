@@ -80,6 +80,9 @@ class QueueWorker(Generic[F]):
     """Saga shape: the queue that undoes this step (see :mod:`conveyor.runtime.saga`)."""
     dead_letter_emits: frozenset[str] | None = None
     """What ``on_dead_letter`` may emit; ``None``: anything (not declared)."""
+    dead_letter_event: str | None = None
+    """The event emitted, in the same commit, when one of this queue's jobs is dead-lettered
+    (payload: job_id, queue, attempts, error {type, message}, and the job's payload)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.handler(*args, **kwargs)
@@ -186,6 +189,7 @@ class Service:
         emits: Iterable[str] = (),
         lifecycle: Lifecycle | None = None,
         compensate: str | None = None,
+        dead_letter_event: str | None = None,
     ) -> Callable[[F], QueueWorker[F]]:
         """Declare the queue ``name`` and its handler ``async def handler(ctx, job)``.
 
@@ -193,9 +197,14 @@ class Service:
         omitted); a job that fails validation goes to the dead-letter queue without retry.
         ``compensate`` names the queue that undoes this step (it gets this step's payload) when a
         later step of the same workflow instance is dead-lettered; see :mod:`conveyor.runtime.saga`.
+        ``dead_letter_event`` names an event emitted when a job of this queue is dead-lettered,
+        committed with the move (subscribe to it to alert or compensate declaratively; it runs
+        beside ``on_dead_letter``, which it does not replace).
         """
         if compensate is not None:
             check_name("queue", compensate)
+        if dead_letter_event is not None:
+            check_name("event", dead_letter_event)
         check_name("queue", name)
         declared = frozenset(check_name("event", e) for e in emits)
 
@@ -210,6 +219,7 @@ class Service:
                 declared,
                 lifecycle or Lifecycle(),
                 compensate=compensate,
+                dead_letter_event=dead_letter_event,
             )
             self._add(definition)
             return definition
@@ -229,6 +239,7 @@ class Service:
         payload: type[BaseModel] | None = None,
         emits: Iterable[str] = (),
         lifecycle: Lifecycle | None = None,
+        dead_letter_event: str | None = None,
     ) -> Callable[[F], QueueWorker[F]]: ...
 
     def subscription(
@@ -241,6 +252,7 @@ class Service:
         payload: type[BaseModel] | None = None,
         emits: Iterable[str] = (),
         lifecycle: Lifecycle | None = None,
+        dead_letter_event: str | None = None,
     ) -> Callable[[F], Any]:
         """React to ``event``.
 
@@ -249,9 +261,12 @@ class Service:
         when called; used as a decorator it returns the function unchanged.
 
         Handler form: ``async def handler(ctx, event)`` runs in a queue of its own (named after the
-        function unless ``name=`` is given) with lease, retry and dead-letter like any queue.
+        function unless ``name=`` is given) with lease, retry and dead-letter like any queue
+        (``dead_letter_event`` as for :meth:`queue_worker`).
         """
         check_name("event", event)
+        if dead_letter_event is not None:
+            check_name("event", dead_letter_event)
         if enqueue is not None:
             self.routes.append(Route(event, check_name("queue", enqueue)))
 
@@ -274,6 +289,7 @@ class Service:
                 lifecycle or Lifecycle(),
                 kind="subscription",
                 event=event,
+                dead_letter_event=dead_letter_event,
             )
             self._add(definition)
             self.routes.append(Route(event, queue))

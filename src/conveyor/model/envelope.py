@@ -28,7 +28,16 @@ def new_ids(count: int) -> list[str]:
     return [stamp + noise[at : at + 16] for at in range(0, 16 * count, 16)]
 
 
-OPTIONAL_FIELDS = ("causation_id", "idempotency_key", "trace", "service", "service_version", "saga")
+OPTIONAL_FIELDS = (
+    "causation_id",
+    "idempotency_key",
+    "trace",
+    "service",
+    "service_version",
+    "saga",
+    "max_attempts",
+    "visibility_timeout",
+)
 """Envelope fields stored only when set."""
 
 
@@ -55,6 +64,10 @@ class Envelope:
     service_version: str | None = None
     saga: list[dict[str, Any]] | None = None
     """On a compensation job: the compensations still to run after it, in order."""
+    max_attempts: int | None = None
+    """This job's own ``max_attempts`` (``enqueue(max_attempts=...)``), in place of its queue's."""
+    visibility_timeout: float | None = None
+    """This job's own lease in seconds (``enqueue(visibility_timeout=...)``), in place of its queue's."""
     attempt: int = field(default=0, compare=False)
 
     def encode(self) -> bytes:
@@ -141,6 +154,13 @@ class Envelope:
         saga = get("saga")
         if saga is not None and (type(saga) is not list or not all(map(_is_compensation, saga))):
             raise _wrong(data, "saga", 'an array of compensations ({"queue": name, "payload": ...}) or null')
+        max_attempts, lease = get("max_attempts"), get("visibility_timeout")
+        if max_attempts is not None and (type(max_attempts) is not int or max_attempts < 1):
+            raise _wrong(data, "max_attempts", "an integer of at least 1 or null")
+        if lease is not None:
+            if (type(lease) is not float and type(lease) is not int) or not 0 < lease < float("inf"):
+                raise _wrong(data, "visibility_timeout", "a positive number of seconds or null")
+            lease = float(lease)
         return cls(
             ident,
             kind,
@@ -154,6 +174,8 @@ class Envelope:
             get("service"),
             get("service_version"),
             saga,
+            max_attempts,
+            lease,
         )
 
 

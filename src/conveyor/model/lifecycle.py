@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -98,3 +99,51 @@ class Lifecycle:
     @property
     def timeout_seconds(self) -> float | None:
         return None if self.timeout is None else seconds(self.timeout)
+
+
+PRIORITY_RANGE = range(-10, 11)
+"""The priorities a job may be enqueued with (the backends' ``conveyor.ports.PRIORITIES``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    """What one enqueue may set for its jobs beyond their queue's :class:`Lifecycle`.
+
+    * ``priority``: an int from -10 to 10, 0 by default; among a queue's due jobs the higher
+      priority is leased first (then the oldest). A job keeps it through its retries.
+    * ``max_attempts``: this job's own attempts before it is dead-lettered.
+    * ``visibility_timeout``: this job's own lease (a long job's, say), in place of its queue's.
+    """
+
+    priority: int = 0
+    max_attempts: int | None = None
+    visibility_timeout: Seconds | None = None
+
+    def __post_init__(self) -> None:
+        if type(self.priority) is not int or self.priority not in PRIORITY_RANGE:
+            raise ConfigurationError(f"priority must be an int from -10 to 10, not {self.priority!r}")
+        if self.max_attempts is not None and (type(self.max_attempts) is not int or self.max_attempts < 1):
+            raise ConfigurationError(f"max_attempts must be an int of at least 1, not {self.max_attempts!r}")
+        if self.visibility_timeout is not None:
+            lease = seconds(self.visibility_timeout)
+            if not lease > 0 or lease == float("inf"):
+                raise ConfigurationError(
+                    f"visibility_timeout must be a positive, finite duration, not {self.visibility_timeout!r}"
+                )
+            object.__setattr__(self, "visibility_timeout", lease)
+
+    @property
+    def lease_seconds(self) -> float | None:
+        return None if self.visibility_timeout is None else seconds(self.visibility_timeout)
+
+    def applied_to(self, lifecycle: Lifecycle) -> Lifecycle:
+        """``lifecycle`` with this job's own attempts and lease in place of its queue's."""
+        changes: dict[str, object] = {}
+        if self.max_attempts is not None:
+            changes["max_attempts"] = self.max_attempts
+        if self.visibility_timeout is not None:
+            changes["visibility_timeout"] = self.visibility_timeout
+        return dataclasses.replace(lifecycle, **changes) if changes else lifecycle  # type: ignore[arg-type]
+
+
+DEFAULT_OPTIONS = JobOptions()

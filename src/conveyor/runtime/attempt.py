@@ -19,6 +19,7 @@ from conveyor.model.errors import (
     PermanentError,
     UndecodableMessageError,
 )
+from conveyor.model.lifecycle import JobOptions, Lifecycle
 from conveyor.observability.tracing import record_failure
 from conveyor.ports import Commit, Effects, LeasedJob, Outcome, Settlement
 from conveyor.runtime.context import Context
@@ -34,6 +35,14 @@ CANCEL_GRACE = 0.5
 """How long a cancelled handler (past its timeout, or at shutdown once the grace period is over)
 may take to end, running its ``finally`` blocks, before it is abandoned: the attempt is settled
 without it and whatever it does afterwards is discarded."""
+
+
+def job_lifecycle(lifecycle: Lifecycle, envelope: Envelope | None) -> Lifecycle:
+    """The queue's ``lifecycle`` with the job's own ``max_attempts`` and ``visibility_timeout``
+    (``enqueue(max_attempts=..., visibility_timeout=...)``) in place of the queue's."""
+    if envelope is None or (envelope.max_attempts is None and envelope.visibility_timeout is None):
+        return lifecycle
+    return JobOptions(0, envelope.max_attempts, envelope.visibility_timeout).applied_to(lifecycle)
 
 
 class _Raised(Exception):
@@ -94,7 +103,7 @@ class Attempts:
             logger.error("job %s of %r is undecodable, dead-lettered: %s", leased.id, leased.queue, exc)
             return await self.dead_letters.dead(leased, None, exc, Effects(), started), "undecodable"
         envelope.attempt = leased.attempt
-        lifecycle = definition.lifecycle
+        lifecycle = job_lifecycle(definition.lifecycle, envelope)
         if leased.attempt > lifecycle.max_attempts:
             error = RuntimeError(
                 f"attempt {leased.attempt} exceeds max_attempts={lifecycle.max_attempts}: "
@@ -214,7 +223,7 @@ class Attempts:
     async def _call(
         self, definition: QueueWorker[Any], context: Context, payload: Any, leased: LeasedJob
     ) -> None:
-        lifecycle = definition.lifecycle
+        lifecycle = job_lifecycle(definition.lifecycle, context.message)
         call = (
             definition.handler(context)
             if definition.kind == "schedule"

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from conveyor.model.envelope import Envelope
 from conveyor.model.errors import LeaseLostError, PayloadValidationError, UndeclaredEmitError
 from conveyor.model.history import HistoryKind
-from conveyor.model.lifecycle import Seconds, seconds
+from conveyor.model.lifecycle import DEFAULT_OPTIONS, JobOptions, Seconds, seconds
 from conveyor.model.text import require_storable
 from conveyor.ports import HistoryEntry, LeasedJob, StateWrite
 from conveyor.runtime import approval, producer
@@ -177,15 +177,25 @@ class Context:
         delay: Seconds | None = None,
         run_at: datetime | float | None = None,
         idempotency_key: str | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        visibility_timeout: Seconds | None = None,
     ) -> str:
         """Enqueue a job on ``queue``; it is stored when this job commits.
 
         Returns the new job's id (with an ``idempotency_key`` that is already taken, the stored job
         keeps its own id). A queue that no service declares, and that is not in
-        ``App(external_queues=...)``, raises :class:`UnknownQueueError`.
+        ``App(external_queues=...)``, raises :class:`UnknownQueueError`. ``priority`` (-10 to 10:
+        higher first), ``max_attempts`` and ``visibility_timeout`` are this job's own (see
+        :class:`~conveyor.model.lifecycle.JobOptions`).
         """
         buffer = self.buffer
         buffer.check_open()
+        options = (
+            DEFAULT_OPTIONS
+            if priority == 0 and max_attempts is None and visibility_timeout is None
+            else JobOptions(priority, max_attempts, visibility_timeout)
+        )
         new = producer.add_job(
             self.runtime,
             buffer.effects,
@@ -197,6 +207,7 @@ class Context:
             run_at,
             idempotency_key,
             self.correlation_id,
+            options,
         )
         return new.id
 

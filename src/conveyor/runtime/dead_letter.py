@@ -15,8 +15,10 @@ from conveyor.model.envelope import Envelope
 from conveyor.model.errors import CommitRejectedError, HandlerTimeoutError, PermanentError
 from conveyor.model.history import HistoryKind
 from conveyor.ports import Commit, Effects, ErrorInfo, LeasedJob, Outcome, Settlement
+from conveyor.runtime import producer
 from conveyor.runtime.context import Context
 from conveyor.runtime.error_text import describe_error, error_info
+from conveyor.runtime.messages import Origin
 from conveyor.runtime.observers import JobHistory
 from conveyor.runtime.runtime import Runtime
 
@@ -48,7 +50,31 @@ class DeadLetters:
             info = error_info(error)
         if envelope is not None and self.history is not None:
             await self.history.dead_lettered(envelope, leased, started, error, effects)
+        definition = self.queues.get(leased.queue)
+        if definition is not None and definition.dead_letter_event is not None:
+            self._announce(definition.dead_letter_event, leased, envelope, info, effects)
         return Commit(Settlement(leased.id, leased.token, Outcome.DEAD, None, info), effects)
+
+    def _announce(
+        self, event: str, leased: LeasedJob, envelope: Envelope | None, info: ErrorInfo, effects: Effects
+    ) -> None:
+        """The queue's ``dead_letter_event`` into the dead letter's commit. Its id is the job's and
+        attempt's, so the same dead letter committed twice announces itself once."""
+        producer.add_event(
+            self.runtime,
+            effects,
+            event,
+            {
+                "job_id": leased.id,
+                "queue": leased.queue,
+                "attempts": leased.attempt,
+                "error": {"type": info.type, "message": info.message},
+                "payload": envelope.payload if envelope is not None else None,
+            },
+            message_id=f"{leased.id}.dead.{leased.attempt}",
+            origin=Origin(envelope),
+            correlation_id=envelope.correlation_id if envelope is not None else leased.id,
+        )
 
     async def with_hook(
         self,
@@ -86,7 +112,7 @@ class DeadLetters:
                 emits=definition.dead_letter_emits,
                 envelope=envelope,
                 leased=leased,
-                max_attempts=definition.lifecycle.max_attempts,
+                max_attempts=envelope.max_attempts or definition.lifecycle.max_attempts,
             )
             try:
                 await hook(context, payload, error)

@@ -15,7 +15,7 @@ from conveyor.model.envelope import Envelope, Kind, new_id, new_ids
 from conveyor.model.errors import ConfigurationError, PayloadTooLargeError, PayloadValidationError
 from conveyor.model.history import HistoryKind
 from conveyor.model.json_value import dump_json, has_non_finite, json_problem, null_in, unjsonable
-from conveyor.model.lifecycle import Seconds, seconds
+from conveyor.model.lifecycle import DEFAULT_OPTIONS, JobOptions, Seconds, seconds
 from conveyor.model.text import require_storable
 from conveyor.ports import Effects, HistoryEntry, NewEvent, NewJob
 
@@ -130,6 +130,7 @@ class MessageFactory:
         idempotency_key: str | None,
         now: float,
         saga: list[dict[str, Any]] | None = None,
+        options: JobOptions = DEFAULT_OPTIONS,
     ) -> tuple[Envelope, bytes]:
         parent = origin.parent
         envelope = Envelope(
@@ -145,6 +146,8 @@ class MessageFactory:
             service=origin.service,
             service_version=origin.service_version,
             saga=saga,
+            max_attempts=options.max_attempts,
+            visibility_timeout=options.lease_seconds,
         )
         return envelope, self._encode(kind, name, envelope.as_dict())
 
@@ -179,13 +182,23 @@ class MessageFactory:
         idempotency_key: str | None = None,
         correlation_id: str | None = None,
         saga: list[dict[str, Any]] | None = None,
+        options: JobOptions = DEFAULT_OPTIONS,
     ) -> NewJob:
         """Build the job (and its "enqueued" history entry) into ``effects``; returns it."""
         check_names("queue name", queue, correlation_id)
         if idempotency_key is not None:
             require_storable(idempotency_key, "idempotency key")
         envelope, body = self._envelope(
-            "job", queue, message_id or new_id(), data, origin, correlation_id, idempotency_key, now, saga
+            "job",
+            queue,
+            message_id or new_id(),
+            data,
+            origin,
+            correlation_id,
+            idempotency_key,
+            now,
+            saga,
+            options,
         )
         new = NewJob(
             envelope.id,
@@ -194,6 +207,8 @@ class MessageFactory:
             available_at if available_at is not None else now,
             now,
             idempotency_key,
+            options.priority,
+            options.lease_seconds,
         )
         effects.jobs.append(new)
         if self.history:
@@ -221,6 +236,7 @@ class MessageFactory:
         now: float,
         available_at: float | None = None,
         correlation_id: str | None = None,
+        options: JobOptions = DEFAULT_OPTIONS,
     ) -> None:
         """:meth:`add_job` for many new jobs of one queue (``payloads`` from :func:`jsonable_many`,
         one idempotency key or None each, checked with :func:`check_names`), with what the jobs
@@ -238,7 +254,10 @@ class MessageFactory:
             created_at=now,
             service=origin.service,
             service_version=origin.service_version,
+            max_attempts=options.max_attempts,
+            visibility_timeout=options.lease_seconds,
         ).as_dict()
+        priority, lease = options.priority, options.lease_seconds
         when = available_at if available_at is not None else now
         detail = _enqueued_detail(now, available_at)
         jobs, history = effects.jobs, effects.history
@@ -253,7 +272,7 @@ class MessageFactory:
             if key is not None:
                 fields["idempotency_key"] = key
             body = self._encode("job", queue, fields, checked=True)
-            jobs.append(NewJob(job_id, queue, body, when, now, key))
+            jobs.append(NewJob(job_id, queue, body, when, now, key, priority, lease))
             if self.history:
                 history.append(HistoryEntry(correlation, now, enqueued, queue, job_id, None, detail))
 

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from conveyor.model.errors import ConfigurationError, ConveyorError, EnqueueIncompleteError
-from conveyor.model.lifecycle import Seconds
+from conveyor.model.lifecycle import DEFAULT_OPTIONS, JobOptions, Seconds
 from conveyor.observability.metrics import QUEUE
 from conveyor.ports import Commit, CommitResult, Effects, NewEvent, NewJob, TransactionalOutbox
 from conveyor.runtime.committer import not_applied
@@ -52,6 +52,7 @@ def add_job(
     run_at: datetime | float | None,
     idempotency_key: str | None,
     correlation_id: str | None,
+    options: JobOptions = DEFAULT_OPTIONS,
     /,
 ) -> NewJob:
     """Check one job for ``queue`` and build it into ``effects``; returns it. (Positional: a
@@ -69,6 +70,7 @@ def add_job(
         available_at=None if delay is None and run_at is None else available_at(now, delay, run_at),
         idempotency_key=idempotency_key,
         correlation_id=correlation_id,
+        options=options,
     )
 
 
@@ -105,6 +107,7 @@ async def enqueue_many(
     correlation_id: str | None,
     connection: Any,
     external: bool,
+    options: JobOptions = DEFAULT_OPTIONS,
 ) -> list[str]:
     """Check every job (available at ``when``; None: ``now``), then store them in batches of
     :data:`ENQUEUE_BATCH`, up to :data:`ENQUEUE_IN_FLIGHT` on the way at once (see
@@ -131,6 +134,7 @@ async def enqueue_many(
                     now=now,
                     available_at=when,
                     correlation_id=correlation_id,
+                    options=options,
                 )
                 if connection is not None:
                     ids.extend((await commit(runtime, effects, connection)).job_ids)

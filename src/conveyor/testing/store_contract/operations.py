@@ -109,15 +109,15 @@ class OperationsContract(StoreFixtures):
         await backend.lease({"q2": 30.0}, 1, T0 + 1, "host:2:w2")
         [a] = await backend.leases("q", limit=1)
         assert (a.job_id, a.queue, a.attempt, a.worker) == ("a", "q", 1, "host:1:w1")
-        assert (a.leased_at, a.expires_at, a.extensions) == (pytest.approx(T0), pytest.approx(T0 + 30), 0)
+        assert (a.leased_at, a.expires_at) == pytest.approx((T0, T0 + 30)) and a.extensions == 0
         assert await backend.extend("a", a.token, T0 + 90, T0 + 5)
         assert await backend.extend("a", a.token, T0 + 95, T0 + 6)
         [a] = await backend.leases("q", limit=1)
-        assert (a.expires_at, a.extensions) == (pytest.approx(T0 + 95), 2)
+        assert a.expires_at == pytest.approx(T0 + 95) and a.extensions == 2
         assert [x.job_id for x in await backend.leases("q", limit=10, after="a")] == ["b", "c"]
         assert [x.job_id for x in await backend.leases(None, limit=10)] == ["a", "b", "c", "d"]
         [d] = await backend.leases("q2")
-        assert (d.worker, d.leased_at) == ("host:2:w2", pytest.approx(T0 + 1))
+        assert d.worker == "host:2:w2" and d.leased_at == pytest.approx(T0 + 1)
 
     async def test_a_settled_job_leaves_the_leases(self, backend: Backend) -> None:
         await backend.commit([enqueue(job("a"), job("b"))], T0)
@@ -173,13 +173,8 @@ class OperationsContract(StoreFixtures):
             4,
             "order-1",
         )
-        assert (r.body, r.enqueued_at, r.lease, r.last_error, r.cancel_requested) == (
-            b'{"n": "r"}',
-            pytest.approx(T0),
-            None,
-            None,
-            False,
-        )
+        assert (r.body, r.lease, r.last_error, r.cancel_requested) == (b'{"n": "r"}', None, None, False)
+        assert r.enqueued_at == pytest.approx(T0)
         s = await backend.job("s", T0)
         assert s is not None and s.state is JobState.SCHEDULED and s.available_at == pytest.approx(T0 + 50)
         [leased] = await backend.lease({"q": 30.0}, 1, T0, "w1")
@@ -196,11 +191,8 @@ class OperationsContract(StoreFixtures):
         [x] = await backend.lease({"q2": 30.0}, 1, T0)
         await backend.commit([Commit(settle(x.id, x.token, Outcome.DEAD, error=ERR))], T0 + 3)
         dead = await backend.job("x", T0 + 4)
-        assert dead is not None and (dead.state, dead.failed_at, dead.last_error) == (
-            JobState.DEAD,
-            pytest.approx(T0 + 3),
-            ERR,
-        )
+        assert dead is not None and (dead.state, dead.last_error) == (JobState.DEAD, ERR)
+        assert dead.failed_at == pytest.approx(T0 + 3)
         assert await backend.job("missing", T0) is None
 
     async def test_job_for_key_finds_the_holder_while_held_and_after_its_ack(self, backend: Backend) -> None:
