@@ -21,14 +21,16 @@ from conveyor.backends import open_backend
 from conveyor.definitions.registry import Registry
 from conveyor.definitions.service import Service
 from conveyor.definitions.workflow import Workflow
-from conveyor.model.errors import ConveyorError
+from conveyor.model.errors import ConfigurationError, ConveyorError
 from conveyor.model.lifecycle import JobOptions, Seconds, seconds
 from conveyor.observability.metrics import Metrics
 from conveyor.observability.tracing import Tracing
 from conveyor.operations.dead_letters import DeadLetters
 from conveyor.operations.health import HealthReport, HealthThresholds, check_health
+from conveyor.operations.jobs import Jobs
+from conveyor.operations.queues import Queues
 from conveyor.operations.status import Workflows
-from conveyor.ports import Backend, QueueStats
+from conveyor.ports import Backend, DeadLetterFilter, QueueStats
 from conveyor.runtime import approval, maintenance, producer
 from conveyor.runtime.clock import Clock, SystemClock
 from conveyor.runtime.context import run_command
@@ -96,6 +98,10 @@ class App:
         self._scheduler: Scheduler | None = None
         self.workflows = Workflows(self.runtime)
         self.workflows.declare(*workflows)
+        self.queues = Queues(self.backend, self.clock, self.registry)
+        """Pause and resume queues, their metrics and leases (:class:`~conveyor.operations.queues.Queues`)."""
+        self.jobs = Jobs(self.backend, self.clock)
+        """Look jobs up and cancel them (:class:`~conveyor.operations.jobs.Jobs`)."""
 
     # lifecycle
 
@@ -232,9 +238,20 @@ class App:
 
     # operating
 
-    def dead_letters(self, queue: str | None = None) -> DeadLetters:
-        """The dead-letter queue of ``queue`` (all queues when None)."""
-        return DeadLetters(self.backend, self.clock, queue)
+    def dead_letters(
+        self,
+        queue: str | None = None,
+        *,
+        error_type: str | None = None,
+        since: datetime | float | None = None,
+        until: datetime | float | None = None,
+        text: str | None = None,
+    ) -> DeadLetters:
+        """The dead letters of ``queue`` (all queues when None) that match every filter given:
+        ``error_type`` (the stored type, or its last dotted part: ``PaymentDeclined``), failed
+        at or after ``since`` and before ``until``, ``text`` in the error's message (any case)."""
+        where = DeadLetterFilter(queue, error_type, _timestamp(since), _timestamp(until), text)
+        return DeadLetters(self.backend, self.clock, where)
 
     async def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
         """Counts of ``queues``; by default of every queue this app declares or names external,
@@ -341,6 +358,14 @@ class App:
         release that takes over ``FORCED_EXIT_AFTER`` seconds, exits without waiting.
         """
         run_to_end(SignalStop(self).run(self.serve(queues=queues, concurrency=concurrency)))
+
+
+def _timestamp(value: datetime | float | None) -> float | None:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ConfigurationError("give a timezone-aware datetime (naive ones are ambiguous)")
+        return value.timestamp()
+    return value
 
 
 __all__ = ["ENQUEUE_BATCH", "ENQUEUE_IN_FLIGHT", "FORCED_EXIT_AFTER", "App", "ConveyorError", "DeadLetters"]

@@ -29,9 +29,12 @@ class HealthThresholds:
 class HealthReport:
     status: Level
     problems: list[str] = field(default_factory=list)
-    queues: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
+    queues: dict[str, dict[str, float | int | bool | None]] = field(default_factory=dict)
     undeclared_queues: list[str] = field(default_factory=list)
     """Queues holding jobs or dead letters that no service of the app declares (nor names external)."""
+    paused_queues: dict[str, float] = field(default_factory=dict)
+    """Paused queues, with when each was paused. A pause is an operator's choice, so it does not
+    make the status warn (a probe must not restart workers for it); it is reported beside it."""
 
     @property
     def exit_code(self) -> int:
@@ -48,12 +51,13 @@ async def check_health(
     try:
         names = sorted(known | set(await backend.queue_names()))
         stats = await backend.stats(names, clock.now())
+        paused = await backend.paused_queues()
     except (BackendError, OSError) as exc:
         return HealthReport("fail", [f"backend unreachable: {exc}"])
     now = clock.now()
     status: Level = "ok"
     problems: list[str] = []
-    queues: dict[str, dict[str, float | int | None]] = {}
+    queues: dict[str, dict[str, float | int | bool | None]] = {}
     undeclared: list[str] = []
     for s in stats:
         age = None if s.oldest_ready_at is None else max(0.0, now - s.oldest_ready_at)
@@ -63,6 +67,7 @@ async def check_health(
             "leased": s.leased,
             "dead": s.dead,
             "oldest_ready_age": age,
+            "paused": s.paused,
         }
         if s.dead and limits.dead_letters_warn:
             problems.append(f"{s.queue}: {s.dead} dead letter(s)")
@@ -81,4 +86,4 @@ async def check_health(
             problems.append(f"{s.queue}: oldest ready job waited {age:.0f}s (over {limits.max_age:g}s)")
     if problems:
         status = "warn"
-    return HealthReport(status, problems, queues, undeclared)
+    return HealthReport(status, problems, queues, undeclared, paused)
