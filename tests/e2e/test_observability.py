@@ -244,3 +244,25 @@ def test_metrics_host_chooses_the_address_of_the_endpoint(tmp_path: Path) -> Non
         assert "conveyor_" in text
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+async def test_queue_gauges_show_scheduled_in_flight_and_paused() -> None:
+    reader = InMemoryMetricReader()
+    svc = Service("svc")
+
+    @svc.queue_worker("later")
+    async def later(ctx: Context, job: dict[str, Any]) -> None:
+        pass
+
+    app = App([svc], backend="memory://", metrics=MeterProvider(metric_readers=[reader]))
+    async with app:
+        await app.enqueue_many("later", [{}] * 2, delay=60)
+        await app.queues.pause("later")
+        app.runtime.metrics.record_stats(await app.stats(), app.clock.now())
+        points = _points(reader)
+        assert points[("conveyor.queue.scheduled", "later")].value == 2
+        assert points[("conveyor.queue.in_flight", "later")].value == 0
+        assert points[("conveyor.queue.paused", "later")].value == 1
+        await app.queues.resume("later")
+        app.runtime.metrics.record_stats(await app.stats(), app.clock.now())
+        assert _points(reader)[("conveyor.queue.paused", "later")].value == 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from conveyor.cli import dead_letters, demo, jobs, monitoring, worker, workflows
+from conveyor.cli import dead_letters, demo, jobs, monitoring, operations, worker, workflows
 from conveyor.cli.errors import ConveyorGroup
 from conveyor.observability.logging import configure_logging
 
@@ -43,4 +43,11 @@ main.add_command(workflows.approve)
 main.add_command(workflows.graph)
 main.add_command(monitoring.health)
 main.add_command(monitoring.stats)
+main.add_command(operations.queues)
+main.add_command(operations.pause)
+main.add_command(operations.resume)
+main.add_command(operations.leases)
+main.add_command(operations.job)
+main.add_command(operations.cancel)
+main.add_command(operations.workers)
 main.add_command(demo.demo)

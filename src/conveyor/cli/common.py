@@ -61,3 +61,53 @@ def parse_json(text: str) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise click.BadParameter(f"payload is not JSON: {exc}") from exc
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_time(text: str, now: float) -> float:
+    """A ``--since``/``--until`` value: an ISO 8601 time (UTC unless it says otherwise) or how long
+    ago (``90s``, ``15m``, ``2h``, ``3d``, ``1w``)."""
+    value = text.strip()
+    unit = _UNITS.get(value[-1:].lower())
+    if unit is not None:
+        try:
+            return now - float(value[:-1]) * unit
+        except ValueError:
+            pass
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither an ISO 8601 time (2026-12-07T10:00) nor a time ago (90s, 15m, 2h, 3d)"
+        ) from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def ago(seconds: float | None) -> str:
+    """A duration as a few characters: ``-``, ``850ms``, ``42s``, ``7m 05s``, ``3h 20m``, ``2d 4h``."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{seconds:.0f}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d {whole % 86400 // 3600}h"
+
+
+def echo_json(value: Any) -> None:
+    """``value`` as indented JSON on stdout (what every ``--json`` prints)."""
+    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
+
+
+def whole(table: Any, header: str, values: list[str], **options: Any) -> None:
+    """Add a column to a rich ``table`` that never cuts its values (ids a user must copy): as wide
+    as the longest, never wrapped nor cropped."""
+    width = max([len(header), *map(len, values)])
+    table.add_column(header, no_wrap=True, min_width=width, overflow="ignore", **options)

@@ -15,6 +15,11 @@ from conveyor.cli.common import load_app, parse_json, run
 @click.option("--key", "idempotency_key", default=None, help="idempotency key")
 @click.option("--correlation-id", default=None, help="workflow instance id")
 @click.option(
+    "--priority", type=click.IntRange(-10, 10), default=0, show_default=True, help="higher runs first"
+)
+@click.option("--max-attempts", type=click.IntRange(min=1), default=None, help="in place of the queue's")
+@click.option("--visibility-timeout", type=float, default=None, help="lease seconds, in place of the queue's")
+@click.option(
     "--external",
     is_flag=True,
     help="QUEUE is served by another app: enqueue although APP does not declare it",
@@ -26,6 +31,9 @@ def enqueue(
     delay: float | None,
     idempotency_key: str | None,
     correlation_id: str | None,
+    priority: int,
+    max_attempts: int | None,
+    visibility_timeout: float | None,
     external: bool,
 ) -> None:
     """Enqueue one job: conveyor enqueue APP QUEUE '{"order_id": "42"}'.
@@ -45,6 +53,9 @@ def enqueue(
                 idempotency_key=idempotency_key,
                 correlation_id=correlation_id,
                 external=external,
+                priority=priority,
+                max_attempts=max_attempts,
+                visibility_timeout=visibility_timeout,
             )
 
     click.echo(run(go))

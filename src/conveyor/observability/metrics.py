@@ -7,7 +7,7 @@ configured nothing is recorded at all, so the hot path pays one attribute check.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from opentelemetry import metrics
@@ -67,6 +67,18 @@ class Metrics:
         meter.create_observable_gauge(
             "conveyor.queue.dead_letters", [self._observe_dead], "{job}", "jobs in the dead-letter queue"
         )
+        meter.create_observable_gauge(
+            "conveyor.queue.scheduled",
+            [self._observe("scheduled")],
+            "{job}",
+            "jobs waiting for their time (delayed or retrying)",
+        )
+        meter.create_observable_gauge(
+            "conveyor.queue.in_flight", [self._observe("leased")], "{job}", "jobs leased now"
+        )
+        meter.create_observable_gauge(
+            "conveyor.queue.paused", [self._observe("paused")], "1", "1 while the queue is paused"
+        )
 
     def record_stats(self, stats: Sequence[QueueStats], now: float) -> None:
         self._stats = {s.queue: s for s in stats}
@@ -83,3 +95,11 @@ class Metrics:
 
     def _observe_dead(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(s.dead, {QUEUE: q}) for q, s in self._stats.items()]
+
+    def _observe(self, field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        """A gauge callback of one :class:`QueueStats` field (a bool counts as 0 or 1)."""
+
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(int(getattr(s, field)), {QUEUE: q}) for q, s in self._stats.items()]
+
+        return observe
