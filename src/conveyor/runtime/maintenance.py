@@ -13,6 +13,8 @@ MAINTENANCE_INTERVAL = 3600.0
 """How often old workflow history is pruned (seconds)."""
 QUEUE_METRICS_INTERVAL = 15.0
 """How often the queue gauges are fed from a stats query (seconds)."""
+COUNTS_RETENTION = 7 * 86400.0
+"""How long the per-minute settlement counts (queue metrics' rates, dashboards' charts) are kept."""
 UNDECLARED_QUEUES_INTERVAL = 300.0
 """How often a worker's metrics look for jobs in queues no service declares (seconds)."""
 
@@ -24,12 +26,16 @@ async def undeclared_queues(runtime: Runtime) -> list[str]:
 
 
 async def prune_history(runtime: Runtime, retention: float | None) -> None:
-    """Hourly: delete workflow history older than ``retention`` seconds (None: keep it all)."""
-    while retention is not None:
+    """Hourly: delete workflow history older than ``retention`` seconds (None: keep it all), and
+    the per-minute settlement counts older than :data:`COUNTS_RETENTION`."""
+    while True:
+        now = runtime.clock.now()
         try:
-            removed = await runtime.backend.prune_history(runtime.clock.now() - retention)
-            if removed:
-                logger.info("pruned %d history entries older than %.0fs", removed, retention)
+            if retention is not None:
+                removed = await runtime.backend.prune_history(now - retention)
+                if removed:
+                    logger.info("pruned %d history entries older than %.0fs", removed, retention)
+            await runtime.backend.prune_counts(now - COUNTS_RETENTION)
         except ConveyorError as exc:
             logger.warning("history pruning failed: %s", exc)
         await runtime.clock.sleep(MAINTENANCE_INTERVAL)
