@@ -112,3 +112,19 @@ def test_unknown_backend_scheme_is_refused_and_there_is_no_per_role_backend() ->
         App([Service("svc")], backend="nats://127.0.0.1:4222")
     with pytest.raises(TypeError, match="unexpected keyword argument 'events'"):
         App([Service("svc")], backend="memory://", **{"events": "memory://"})
+
+
+def test_a_queues_dead_letter_event_is_drawn_as_a_dead_letter_edge() -> None:
+    from conveyor.operations.graph import build_graph
+
+    svc = Service("shop")
+
+    @svc.queue_worker("charge", dead_letter_event="charge_failed")
+    async def charge(ctx: Context, job: dict[str, Any]) -> None: ...
+
+    @svc.subscription("charge_failed")
+    async def alert(ctx: Context, event: dict[str, Any]) -> None: ...
+
+    graph = build_graph(App([svc], backend="memory://").registry)
+    assert "queue_charge -. dead letter .-> event_charge_failed" in graph.mermaid
+    assert not any("charge_failed" in warning for warning in graph.warnings)

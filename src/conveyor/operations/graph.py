@@ -62,7 +62,10 @@ def build_graph(registry: Registry, workflows: Iterable[Workflow] = ()) -> Graph
         for event in sorted(definition.emits):
             edges.append(f"{node('queue', definition.name)} --> {node('event', event)}")
             emitted.add(event)
-        for event in sorted(definition.dead_letter_emits or ()):
+        dead_letter_events = set(definition.dead_letter_emits or ())
+        if definition.dead_letter_event is not None:
+            dead_letter_events.add(definition.dead_letter_event)
+        for event in sorted(dead_letter_events):
             edges.append(f"{node('queue', definition.name)} -. dead letter .-> {node('event', event)}")
             emitted.add(event)
     for route in registry.routes:
