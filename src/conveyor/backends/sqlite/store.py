@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sqlite3
 from collections.abc import Mapping, Sequence
 from operator import itemgetter
@@ -62,6 +63,8 @@ _OK_EMPTY = CommitResult(CommitStatus.OK)
 _STALE = CommitResult(CommitStatus.STALE)
 _CONFLICT = CommitResult(CommitStatus.CONFLICT)
 _by_token = itemgetter(4)
+_LIKE_METACHARACTERS = re.compile("[!%_]")
+"""What ``dead_where_text`` escapes (with ``!``: a backslash would need escaping in Python and SQL)."""
 _COUNTED = {Outcome.ACK: 0, Outcome.RETRY: 1, Outcome.DEAD: 2}
 """The column of ``queue_counts`` (completed, retried, dead) each outcome counts in."""
 
@@ -433,7 +436,9 @@ def _dead_letter_conditions(where: DeadLetterFilter) -> tuple[set[str], dict[str
         "until": where.until,
         "text": where.text,
     }
-    params = {name: value for name, value in given.items() if value is not None}
+    params: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+    if where.text is not None:
+        params["text"] = "%" + _LIKE_METACHARACTERS.sub(r"!\g<0>", where.text) + "%"
     return set(params), params
 
 
