@@ -141,13 +141,15 @@ async def test_operator_queries_walk_indexes_not_tables(backend: SQLiteBackend) 
         lease_statement(1, returning=True),
         {"queue0": "q", "priority0": 0, "lease0": 30.0, "now": T0, "limit": 5, "base": 0, "worker": ""},
     )
-    assert "COVERING INDEX jobs_by_queue_priority_available (queue=? AND priority=? AND available_at<?)" in lease
+    lane = "COVERING INDEX jobs_by_queue_priority_available (queue=? AND priority=? AND available_at<?)"
+    assert lane in lease
     stats = plan(db, QUERIES["queue_stats"], {"queue": "q", "now": T0})
     assert stats.count("COVERING INDEX jobs_by_queue_priority_available") == 2
     assert stats.count("INDEX jobs_leased_by_queue (queue=?)") == 2
     assert "SCAN jobs" not in stats
     for of_queue in (True, False):
-        leases = plan(db, leases_statement(of_queue=of_queue, after=True), {"queue": "q", "after": "a", "limit": 5})
+        leases_sql = leases_statement(of_queue=of_queue, after=True)
+        leases = plan(db, leases_sql, {"queue": "q", "after": "a", "limit": 5})
         assert "jobs_leased_by_queue" in leases
     assert "USING INDEX sqlite_autoindex_jobs_1 (id=?)" in plan(db, QUERIES["job"], ("a",))
     assert "history_by_message (message_id=?)" in plan(db, QUERIES["job_history"], ("a",))
