@@ -122,7 +122,7 @@ async def test_schema_is_created_once_by_concurrent_openers(url: str) -> None:
     await asyncio.gather(*(b.connect() for b in openers))
     await asyncio.gather(*(b.close() for b in openers))
     with closing(sqlite3.connect(database_path(url))) as db:
-        assert db.execute("SELECT version FROM conveyor_schema").fetchall() == [(1,)]
+        assert db.execute("SELECT version FROM conveyor_schema").fetchall() == [(1,), (2,)]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
@@ -136,12 +136,13 @@ async def test_newer_schema_version_is_refused_and_left_untouched(url: str) -> N
         db.execute("INSERT INTO conveyor_schema (version) VALUES (99)")
 
     newer = SQLiteBackend(url)
-    with pytest.raises(SchemaVersionError, match=r"schema version 99.*versions up to 1"):
+    with pytest.raises(SchemaVersionError, match=r"schema version 99.*versions up to 2"):
         await newer.connect()
 
     with closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT version FROM conveyor_schema ORDER BY 1").fetchall() == [
             (1,),
+            (2,),
             (99,),
         ]
         assert db.execute("SELECT count(*) FROM jobs").fetchone() == (3,)

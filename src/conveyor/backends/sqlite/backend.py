@@ -22,11 +22,16 @@ from conveyor.ports import (
     Commit,
     CommitResult,
     DeadLetter,
+    DeadLetterFilter,
     HistoryEntry,
     InstanceSummary,
+    JobRecord,
     LeasedJob,
+    LeaseInfo,
+    MinuteCounts,
     QueueStats,
     StateRecord,
+    WorkerInfo,
 )
 
 T = TypeVar("T")
@@ -180,11 +185,13 @@ class SQLiteBackend:
 
     # queue store
 
-    async def lease(self, queues: Mapping[str, float], limit: int, now: float) -> list[LeasedJob]:
+    async def lease(
+        self, queues: Mapping[str, float], limit: int, now: float, worker: str = ""
+    ) -> list[LeasedJob]:
         store = self._store_or_raise()
         if self._watcher is not None:
             self._leased_at_generation[frozenset(queues)] = self._watcher.generation
-        return await self._run(store.lease, dict(queues), limit, now)
+        return await self._run(store.lease, dict(queues), limit, now, worker)
 
     async def extend(self, job_id: str, token: int, until: float, now: float) -> bool:
         return await self._run(self._store_or_raise().extend, job_id, token, until, now)
@@ -203,10 +210,10 @@ class SQLiteBackend:
     async def dead_letters(self, queue: str | None, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         return await self._run(self._store_or_raise().dead_letters, queue, limit, offset)
 
-    async def redrive(self, ids: Sequence[str], now: float) -> int:
-        count = await self._run(self._store_or_raise().redrive, list(ids), now)
-        if count and self._watcher is not None:
-            self._watcher.notify()
+    async def redrive(self, ids: Sequence[str], now: float, available_at: float | None = None) -> int:
+        count = await self._run(self._store_or_raise().redrive, list(ids), now, available_at)
+        if count:
+            self._notify()
         return count
 
     async def purge(self, ids: Sequence[str] | None, queue: str | None = None) -> int:
@@ -248,6 +255,74 @@ class SQLiteBackend:
         if not commits:
             return []
         results, made_available = await self._run(self._store_or_raise().commit, list(commits), now)
-        if made_available and self._watcher is not None:
-            self._watcher.notify()
+        if made_available:
+            self._notify()
         return results
+
+    def _notify(self) -> None:
+        """Wake this instance's idle workers now (other processes' see the file change)."""
+        if self._watcher is not None:
+            self._watcher.notify()
+
+    # operations
+
+    async def pause(self, queue: str, now: float) -> bool:
+        return await self._run(self._store_or_raise().pause, queue, now)
+
+    async def resume(self, queue: str) -> bool:
+        resumed = await self._run(self._store_or_raise().resume, queue)
+        if resumed:
+            self._notify()
+        return resumed
+
+    async def paused_queues(self) -> dict[str, float]:
+        return await self._run(self._store_or_raise().paused_queues)
+
+    async def leases(self, queue: str | None, limit: int = 100, after: str | None = None) -> list[LeaseInfo]:
+        return await self._run(self._store_or_raise().leases, queue, limit, after)
+
+    async def queue_counts(self, queues: Sequence[str], since: float) -> list[MinuteCounts]:
+        return await self._run(self._store_or_raise().queue_counts, list(queues), since)
+
+    async def prune_counts(self, before: float) -> int:
+        return await self._run(self._store_or_raise().prune_counts, before)
+
+    async def job(self, job_id: str, now: float) -> JobRecord | None:
+        return await self._run(self._store_or_raise().job, job_id, now)
+
+    async def job_for_key(self, queue: str, key: str, now: float) -> str | None:
+        return await self._run(self._store_or_raise().job_for_key, queue, key, now)
+
+    async def job_history(self, job_id: str) -> list[HistoryEntry]:
+        return await self._run(self._store_or_raise().job_history, job_id)
+
+    async def cancel_jobs(
+        self, ids: Sequence[str], now: float, history: Sequence[HistoryEntry] = ()
+    ) -> list[str]:
+        return await self._run(self._store_or_raise().cancel_jobs, list(ids), now, list(history))
+
+    async def request_cancel(self, job_id: str) -> bool:
+        return await self._run(self._store_or_raise().request_cancel, job_id)
+
+    async def cancel_requests(self, job_ids: Sequence[str]) -> list[str]:
+        return await self._run(self._store_or_raise().cancel_requests, list(job_ids))
+
+    async def register_worker(self, worker: WorkerInfo) -> None:
+        await self._run(self._store_or_raise().register_worker, worker)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._run(self._store_or_raise().unregister_worker, worker_id)
+
+    async def workers(self, alive_since: float) -> list[WorkerInfo]:
+        return await self._run(self._store_or_raise().workers, alive_since)
+
+    async def find_dead_letters(
+        self, where: DeadLetterFilter, limit: int = 100, before: tuple[float, str] | None = None
+    ) -> list[DeadLetter]:
+        return await self._run(self._store_or_raise().find_dead_letters, where, limit, before)
+
+    async def count_dead_letters(self, where: DeadLetterFilter) -> int:
+        return await self._run(self._store_or_raise().count_dead_letters, where)
+
+    async def dead_letter(self, dead_id: str) -> DeadLetter | None:
+        return await self._run(self._store_or_raise().dead_letter, dead_id)

@@ -13,9 +13,9 @@ from conveyor.backends.sql_files import Migration, load_migrations, load_queries
 
 _HERE = files(__package__)
 
-# SQLite refuses compound selects of more than 500 terms; past this many queues lease() uses the
-# slower single-statement selection instead of one indexed sub-select per queue.
-MAX_QUEUES_PER_COMPOUND = 200
+# SQLite refuses compound selects of more than 500 terms; past this many lanes lease() uses the
+# slower single-statement selection instead of one indexed sub-select per lane.
+MAX_LANES_PER_COMPOUND = 200
 
 
 QUERIES: dict[str, str] = load_queries(_HERE / "queries.sql")
@@ -28,15 +28,35 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
 @lru_cache(maxsize=64)
-def lease_statement(queue_count: int, *, returning: bool) -> str:
-    """The lease statement for ``queue_count`` queues (parameters ``:queue{i}`` and ``:lease{i}``).
+def lease_statement(lane_count: int, *, returning: bool) -> str:
+    """The lease statement for ``lane_count`` lanes (parameters ``:queue{i}``, ``:priority{i}``
+    and ``:lease{i}``, or ``:lanes`` past :data:`MAX_LANES_PER_COMPOUND`).
 
     With ``returning`` it is one ``UPDATE ... RETURNING``; without (SQLite < 3.35) it is the
     ``SELECT`` whose rows the caller then marks leased with ``update_leased``.
     """
-    if queue_count > MAX_QUEUES_PER_COMPOUND:
-        ready = QUERIES["ready_in_many_queues"]
+    if lane_count > MAX_LANES_PER_COMPOUND:
+        ready = QUERIES["ready_in_many_lanes"]
     else:
-        template = QUERIES["ready_in_queue"]
-        ready = "\n    UNION ALL\n    ".join(template.format(i=i) for i in range(queue_count))
+        template = QUERIES["ready_in_lane"]
+        ready = "\n    UNION ALL\n    ".join(template.format(i=i) for i in range(lane_count))
     return QUERIES["lease" if returning else "lease_select"].format(ready=ready)
+
+
+@lru_cache(maxsize=8)
+def leases_statement(*, of_queue: bool, after: bool) -> str:
+    """The ``leases`` query of one queue or of all, from the first lease or after ``:after``."""
+    return QUERIES["leases"].format(
+        where="queue = :queue AND" if of_queue else "", after="AND id > :after" if after else ""
+    )
+
+
+DEAD_LETTER_CONDITIONS = ("queue", "error_type", "since", "until", "text", "before")
+"""The conditions a dead-letter query may hold (``dead_where_<name>`` in ``queries.sql``)."""
+
+
+@lru_cache(maxsize=128)
+def dead_letters_statement(name: str, conditions: frozenset[str]) -> str:
+    """``find_dead_letters`` or ``count_dead_letters`` with the given conditions."""
+    where = "\n".join(QUERIES[f"dead_where_{c}"] for c in DEAD_LETTER_CONDITIONS if c in conditions)
+    return QUERIES[name].format(where=where)

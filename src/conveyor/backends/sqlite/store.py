@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sqlite3
 from collections.abc import Mapping, Sequence
 from operator import itemgetter
@@ -17,25 +18,38 @@ from typing import Any
 import orjson
 
 from conveyor.backends.sqlite.connection import Connection
-from conveyor.backends.sqlite.sql import MAX_QUEUES_PER_COMPOUND, QUERIES, lease_statement
+from conveyor.backends.sqlite.sql import (
+    MAX_LANES_PER_COMPOUND,
+    QUERIES,
+    dead_letters_statement,
+    lease_statement,
+    leases_statement,
+)
 from conveyor.model.errors import CommitRejectedError
 from conveyor.ports import (
     Commit,
     CommitResult,
     CommitStatus,
     DeadLetter,
+    DeadLetterFilter,
     Effects,
     ErrorInfo,
     HistoryEntry,
     InstanceSummary,
+    JobRecord,
+    JobState,
     LeasedJob,
+    LeaseInfo,
+    MinuteCounts,
     NewJob,
     Outcome,
     QueueStats,
     Settlement,
     StateOp,
     StateRecord,
+    WorkerInfo,
 )
+from conveyor.ports.operations import bucket
 
 Q = QUERIES
 RETURNING_SUPPORTED = sqlite3.sqlite_version_info >= (3, 35, 0)
@@ -49,6 +63,10 @@ _OK_EMPTY = CommitResult(CommitStatus.OK)
 _STALE = CommitResult(CommitStatus.STALE)
 _CONFLICT = CommitResult(CommitStatus.CONFLICT)
 _by_token = itemgetter(4)
+_LIKE_METACHARACTERS = re.compile("[!%_]")
+"""What ``dead_where_text`` escapes (with ``!``: a backslash would need escaping in Python and SQL)."""
+_COUNTED = {Outcome.ACK: 0, Outcome.RETRY: 1, Outcome.DEAD: 2}
+"""The column of ``queue_counts`` (completed, retried, dead) each outcome counts in."""
 
 
 class Store:
@@ -70,35 +88,37 @@ class Store:
 
     # queue store
 
-    def lease(self, queues: Mapping[str, float], limit: int, now: float) -> list[LeasedJob]:
+    def lease(self, queues: Mapping[str, float], limit: int, now: float, worker: str) -> list[LeasedJob]:
         if not queues or limit <= 0:
             return []
-        names = list(queues)
-        probe = {"queues": json.dumps(names), "now": now}
-        if self.connection.read(lambda db: db.execute(Q["any_ready"], probe).fetchone()) is None:
+        probe = {"queues": json.dumps(list(queues)), "now": now}
+        lanes = self.connection.read(lambda db: db.execute(Q["due_lanes"], probe).fetchall())
+        if not lanes:
             return []
-        params: dict[str, Any] = {"now": now, "limit": limit}
-        if len(names) > MAX_QUEUES_PER_COMPOUND:
-            params["queue_leases"] = json.dumps({name: float(s) for name, s in queues.items()})
+        params: dict[str, Any] = {"now": now, "limit": limit, "worker": worker}
+        if len(lanes) > MAX_LANES_PER_COMPOUND:
+            params["lanes"] = json.dumps([[q, p, float(queues[q])] for q, p in lanes])
         else:
-            for i, name in enumerate(names):
-                params[f"queue{i}"] = name
-                params[f"lease{i}"] = float(queues[name])
-        sql = lease_statement(len(names), returning=self.returning)
+            for i, (queue, priority) in enumerate(lanes):
+                params[f"queue{i}"] = queue
+                params[f"priority{i}"] = priority
+                params[f"lease{i}"] = float(queues[queue])
+        sql = lease_statement(len(lanes), returning=self.returning)
         return self.connection.write(lambda db: self._lease(db, sql, params))
 
     def _lease(self, db: sqlite3.Connection, sql: str, params: dict[str, Any]) -> list[LeasedJob]:
         base: int = db.execute(Q["token_counter"]).fetchone()[0]
         if self.returning:
             rows = db.execute(sql, {**params, "base": base}).fetchall()
-            rows.sort(key=_by_token)  # token = base + rank restores oldest-first
+            rows.sort(key=_by_token)  # token = base + rank restores the lease order
             leased = [LeasedJob(*row) for row in rows]
         else:
             leased, updates = [], []
+            worker, now = params["worker"], params["now"]
             selected = db.execute(sql, params).fetchall()
             for rank, (seq, job_id, queue, body, attempt, deadline, enqueued_at) in enumerate(selected, 1):
                 token = base + rank
-                updates.append((token, deadline, seq))
+                updates.append((token, deadline, worker, now, seq))
                 leased.append(LeasedJob(job_id, queue, body, attempt, token, deadline, enqueued_at))
             db.executemany(Q["update_leased"], updates)
         if leased:
@@ -114,16 +134,17 @@ class Store:
         rows = self.connection.read(lambda db: db.execute(Q["dead_letters"], params).fetchall())
         return [DeadLetter.from_row(row) for row in rows]
 
-    def redrive(self, ids: Sequence[str], now: float) -> int:
+    def redrive(self, ids: Sequence[str], now: float, available_at: float | None) -> int:
         if not ids:
             return 0
-        params = {"ids": json.dumps(list(ids)), "now": now}
+        at = now if available_at is None else available_at
+        params = {"ids": json.dumps(list(ids)), "available_at": at}
 
         def move(db: sqlite3.Connection) -> int:
             movable = [row[0] for row in db.execute(Q["redrive_movable"], params)]
             if not movable:
                 return 0
-            chosen = {"ids": json.dumps(movable), "now": now}
+            chosen = {"ids": json.dumps(movable), "available_at": at}
             db.execute(Q["redrive_insert"], chosen)
             return int(db.execute(Q["redrive_delete"], chosen).rowcount)
 
@@ -141,8 +162,10 @@ class Store:
             result = []
             for queue in queues:
                 row = db.execute(Q["queue_stats"], {"queue": queue, "now": now}).fetchone()
-                ready, scheduled, leased, oldest, dead = row
-                result.append(QueueStats(queue, ready, scheduled, leased, dead, oldest))
+                due, not_due, leased, leased_due, oldest, dead, paused = row
+                ready = due - leased_due
+                scheduled = not_due - (leased - leased_due)
+                result.append(QueueStats(queue, ready, scheduled, leased, dead, oldest, bool(paused)))
             return result
 
         return self.connection.read(count)
@@ -186,6 +209,150 @@ class Store:
         rows = self.connection.read(lambda db: db.execute(Q["instances"], (after, limit)).fetchall())
         return [InstanceSummary(*row) for row in rows]
 
+    # operations
+
+    def pause(self, queue: str, now: float) -> bool:
+        return bool(self.connection.write(lambda db: db.execute(Q["pause"], (queue, now)).rowcount))
+
+    def resume(self, queue: str) -> bool:
+        return bool(self.connection.write(lambda db: db.execute(Q["resume"], (queue,)).rowcount))
+
+    def paused_queues(self) -> dict[str, float]:
+        rows = self.connection.read(lambda db: db.execute(Q["paused_queues"]).fetchall())
+        return dict(rows)
+
+    def leases(self, queue: str | None, limit: int, after: str | None) -> list[LeaseInfo]:
+        sql = leases_statement(of_queue=queue is not None, after=after is not None)
+        params = {"queue": queue, "after": after, "limit": limit}
+        rows = self.connection.read(lambda db: db.execute(sql, params).fetchall())
+        return [LeaseInfo(*row) for row in rows]
+
+    def queue_counts(self, queues: Sequence[str], since: float) -> list[MinuteCounts]:
+        params = {"queues": json.dumps(list(queues)), "since": bucket(since)}
+        rows = self.connection.read(lambda db: db.execute(Q["queue_counts"], params).fetchall())
+        return [MinuteCounts(*row) for row in rows]
+
+    def prune_counts(self, before: float) -> int:
+        return int(self.connection.write(lambda db: db.execute(Q["prune_counts"], (before,)).rowcount))
+
+    def job(self, job_id: str, now: float) -> JobRecord | None:
+        def look(db: sqlite3.Connection) -> tuple[Any, Any]:
+            row = db.execute(Q["job"], (job_id,)).fetchone()
+            return row, None if row is not None else db.execute(Q["dead_letter"], (job_id,)).fetchone()
+
+        row, dead_row = self.connection.read(look)
+        if row is not None:
+            return _job_record(row, now)
+        if dead_row is None:
+            return None
+        dead = DeadLetter.from_row(dead_row)
+        return JobRecord(
+            dead.id,
+            dead.queue,
+            JobState.DEAD,
+            dead.body,
+            dead.attempts,
+            dead.enqueued_at,
+            None,
+            last_error=dead.error,
+            failed_at=dead.failed_at,
+        )
+
+    def job_for_key(self, queue: str, key: str, now: float) -> str | None:
+        row = self.connection.read(lambda db: db.execute(Q["key_holder"], (queue, key)).fetchone())
+        if row is None or (row[1] is not None and row[1] <= now):
+            return None
+        holder: str = row[0]
+        return holder
+
+    def job_history(self, job_id: str) -> list[HistoryEntry]:
+        rows = self.connection.read(lambda db: db.execute(Q["job_history"], (job_id,)).fetchall())
+        return [HistoryEntry(*row) for row in rows]
+
+    def cancel_jobs(self, ids: Sequence[str], now: float, history: Sequence[HistoryEntry]) -> list[str]:
+        def cancel(db: sqlite3.Connection) -> list[str]:
+            cancelled: list[str] = []
+            for job_id in dict.fromkeys(ids):
+                row = db.execute(Q["cancellable_job"], (job_id, now)).fetchone()
+                if row is None:
+                    continue
+                rowid, queue, key = row
+                db.execute(Q["delete_job"], (rowid,))
+                if key is not None:
+                    db.execute(Q["free_job_key"], (queue, key, job_id))
+                cancelled.append(job_id)
+            done = set(cancelled)
+            entries = [
+                (e.correlation_id, e.at, e.kind, e.name, e.message_id, e.attempt, e.detail)
+                for e in history
+                if e.message_id in done
+            ]
+            if entries:
+                db.executemany(Q["insert_history"], entries)
+            return cancelled
+
+        return self.connection.write(cancel)
+
+    def request_cancel(self, job_id: str) -> bool:
+        return bool(self.connection.write(lambda db: db.execute(Q["request_cancel"], (job_id,)).rowcount))
+
+    def cancel_requests(self, job_ids: Sequence[str]) -> list[str]:
+        if not job_ids:
+            return []
+        param = (json.dumps(list(job_ids)),)
+        rows = self.connection.read(lambda db: db.execute(Q["cancel_requests"], param).fetchall())
+        requested = {job_id for (job_id,) in rows}
+        return [job_id for job_id in job_ids if job_id in requested]
+
+    def register_worker(self, worker: WorkerInfo) -> None:
+        row = (
+            worker.id,
+            worker.host,
+            worker.pid,
+            json.dumps(list(worker.queues)),
+            worker.concurrency,
+            worker.started_at,
+            worker.last_seen,
+            worker.settled,
+        )
+        self.connection.write(lambda db: db.execute(Q["register_worker"], row))
+
+    def unregister_worker(self, worker_id: str) -> None:
+        self.connection.write(lambda db: db.execute(Q["unregister_worker"], (worker_id,)))
+
+    def workers(self, alive_since: float) -> list[WorkerInfo]:
+        def forget_and_list(db: sqlite3.Connection) -> list[Any]:
+            db.execute(Q["forget_workers"], (alive_since,))
+            return db.execute(Q["workers"]).fetchall()
+
+        rows = self.connection.write(forget_and_list)
+        return [
+            WorkerInfo(worker_id, host, pid, tuple(json.loads(queues)), concurrency, started, seen, settled)
+            for worker_id, host, pid, queues, concurrency, started, seen, settled in rows
+        ]
+
+    def find_dead_letters(
+        self, where: DeadLetterFilter, limit: int, before: tuple[float, str] | None
+    ) -> list[DeadLetter]:
+        conditions, params = _dead_letter_conditions(where)
+        if before is not None:
+            conditions.add("before")
+            params["before_at"], params["before_id"] = before
+        params["limit"] = limit
+        sql = dead_letters_statement("find_dead_letters", frozenset(conditions))
+        rows = self.connection.read(lambda db: db.execute(sql, params).fetchall())
+        return [DeadLetter.from_row(row) for row in rows]
+
+    def count_dead_letters(self, where: DeadLetterFilter) -> int:
+        conditions, params = _dead_letter_conditions(where)
+        sql = dead_letters_statement("count_dead_letters", frozenset(conditions))
+        count: int = self.connection.read(lambda db: db.execute(sql, params).fetchone())[0]
+        return count
+
+    def dead_letter(self, dead_id: str) -> DeadLetter | None:
+        row = self.connection.read(lambda db: db.execute(Q["dead_letter"], (dead_id,)).fetchone())
+        return None if row is None else DeadLetter.from_row(row)
+
     # commit
 
     def commit(self, commits: Sequence[Commit], now: float) -> tuple[list[CommitResult], bool]:
@@ -198,6 +365,7 @@ class Store:
             batch = _Batch(db, now, self.idempotency_retention, returning=self.returning)
             results = [batch.apply(commit) for commit in commits]
             batch.flush()
+            batch.write_counts()
             if now >= self._next_key_sweep:
                 db.execute(Q["sweep_expired_keys"], (now,))
             return results, batch.made_available
@@ -209,6 +377,69 @@ class Store:
         if now >= self._next_key_sweep:
             self._next_key_sweep = now + KEY_SWEEP_INTERVAL
         return results, made_available
+
+
+def _job_record(row: Sequence[Any], now: float) -> JobRecord:
+    """A ``job`` query's row as the operations port's record, its state told as of ``now``."""
+    (
+        job_id,
+        queue,
+        body,
+        attempts,
+        enqueued_at,
+        available_at,
+        priority,
+        key,
+        last_error,
+        cancel_requested,
+        leased,
+        token,
+        worker,
+        leased_at,
+        extensions,
+    ) = row
+    if leased and available_at >= now:
+        state = JobState.RUNNING
+    elif leased or available_at <= now:
+        state = JobState.READY  # due, or its lease expired: due again
+    else:
+        state = JobState.SCHEDULED
+    error = None
+    if last_error is not None:
+        stored = orjson.loads(last_error)
+        error = ErrorInfo(stored["type"], stored["message"], stored.get("traceback"))
+    lease = None
+    if leased:
+        lease = LeaseInfo(job_id, queue, attempts, token, worker, leased_at, available_at, extensions)
+    return JobRecord(
+        job_id,
+        queue,
+        state,
+        bytes(body),
+        attempts,
+        enqueued_at,
+        available_at,
+        priority,
+        key,
+        error,
+        lease,
+        bool(cancel_requested),
+    )
+
+
+def _dead_letter_conditions(where: DeadLetterFilter) -> tuple[set[str], dict[str, Any]]:
+    """The ``dead_where_*`` conditions of ``where`` and their parameters."""
+    given = {
+        "queue": where.queue,
+        "error_type": where.error_type,
+        "since": where.since,
+        "until": where.until,
+        "text": where.text,
+    }
+    params: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+    if where.text is not None:
+        params["text"] = "%" + _LIKE_METACHARACTERS.sub(r"!\g<0>", where.text) + "%"
+    return set(params), params
 
 
 class _Batch:
@@ -226,8 +457,11 @@ class _Batch:
         self.returning = returning
         self.now = now
         self.retention = retention
-        self.jobs: list[tuple[str, str, bytes, float, float, str | None]] = []
+        self.jobs: list[tuple[str, str, bytes, float, float, str | None, int, float | None]] = []
+        self.lanes: set[tuple[str, int]] = set()
         self.pending_ids: set[str] = set()
+        self.counts: dict[str, list[int]] = {}
+        """queue -> [completed, retried, dead] of this batch, all in the bucket of ``now``"""
         self.history: list[tuple[Any, ...]] = []
         self.routes: dict[str, list[str]] | None = None
         self.made_available = False
@@ -247,6 +481,7 @@ class _Batch:
                 if row is None:
                     return _STALE
                 self._retire_key(row[0], row[1], settlement.job_id)
+                self._count(row[0], 0)
                 settlement = None
             else:
                 live = db.execute(Q["live_lease"], (settlement.job_id, settlement.token, self.now)).fetchone()
@@ -290,6 +525,8 @@ class _Batch:
         db, now = self.db, self.now
         rowid, queue, key = live
         outcome = settlement.outcome
+        if outcome is not Outcome.RELEASE:
+            self._count(queue, _COUNTED[outcome])
         if outcome is Outcome.ACK or outcome is Outcome.DEAD:
             if outcome is Outcome.DEAD:
                 error = settlement.error or ErrorInfo("Unknown", "dead-lettered without an error")
@@ -307,10 +544,25 @@ class _Batch:
             available_at = now if settlement.available_at is None else settlement.available_at
             error_text = None
             if settlement.error is not None:
+                error = settlement.error
                 error_text = orjson.dumps(
-                    {"type": settlement.error.type, "message": settlement.error.message}
+                    {"type": error.type, "message": error.message, "traceback": error.traceback}
                 ).decode()
             db.execute(Q["retry_job"], (available_at, error_text, rowid))
+
+    def _count(self, queue: str, column: int) -> None:
+        counts = self.counts.get(queue)
+        if counts is None:
+            counts = self.counts[queue] = [0, 0, 0]
+        counts[column] += 1
+
+    def write_counts(self) -> None:
+        """One upsert per queue settled in this batch (see ``QueueAdmin.queue_counts``)."""
+        if self.counts:
+            minute = bucket(self.now)
+            self.db.executemany(
+                Q["count_settlements"], [(queue, minute, *c) for queue, c in self.counts.items()]
+            )
 
     def _holder(self, queue: str, key: str) -> str | None:
         row = self.db.execute(Q["key_holder"], (queue, key)).fetchone()
@@ -326,8 +578,19 @@ class _Batch:
                 return holder
             self.db.execute(Q["hold_key"], (new.queue, new.idempotency_key, new.id))
         self.jobs.append(
-            (new.id, new.queue, new.body, new.available_at, new.enqueued_at, new.idempotency_key)
+            (
+                new.id,
+                new.queue,
+                new.body,
+                new.available_at,
+                new.enqueued_at,
+                new.idempotency_key,
+                new.priority,
+                new.lease_seconds,
+            )
         )
+        if new.priority:
+            self.lanes.add((new.queue, new.priority))
         self.pending_ids.add(new.id)
         return new.id
 
@@ -357,12 +620,17 @@ class _Batch:
                         event.emitted_at,
                         event.emitted_at,
                         None,
+                        0,
+                        None,
                     )
                 )
                 deliveries += 1
         return deliveries
 
     def flush(self) -> None:
+        if self.lanes:
+            self.db.executemany(Q["add_lane"], self.lanes)
+            self.lanes = set()
         if self.jobs:
             self.db.executemany(Q["insert_job"], self.jobs)
             self.jobs = []
