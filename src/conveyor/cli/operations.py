@@ -34,8 +34,12 @@ def queues(app_spec: str, window: float, as_json: bool) -> None:
             return
         table = Table(title=f"per minute: averaged over the last {window:g}s")
         whole(table, "queue", [m.queue for m in rows])
-        for header in ("state", "ready", "scheduled", "in flight", "dead", "oldest ready", "done/min"):
-            table.add_column(header, justify="left" if header == "state" else "right")
+        states = [
+            ("paused" if m.paused else "active") + ("" if m.declared else " (undeclared)") for m in rows
+        ]
+        whole(table, "state", states)
+        for header in ("ready", "scheduled", "in flight", "dead", "oldest ready", "done/min"):
+            table.add_column(header, justify="right")
         table.add_column("retried/min", justify="right")
         table.add_column("dead/min", justify="right")
         for m in rows:

@@ -52,7 +52,7 @@ class OperatingContract(AppFixtures):
             assert "work" in health.paused_queues and health.queues["work"]["paused"] is True
             assert await app.queues.resume("work") is True
             await wait_until(lambda: rec.seen("work") == [1])
-        assert await app.queues.paused() == {}
+            assert await app.queues.paused() == {}
 
     async def test_pausing_an_unknown_queue_is_refused(self, make_app: Callable[..., App]) -> None:
         app = make_app(_service(Recorder()))
@@ -77,7 +77,8 @@ class OperatingContract(AppFixtures):
             0.0,
         )
         assert (metrics.ready, metrics.in_flight, metrics.dead, metrics.declared) == (0, 0, 1, True)
-        [counts] = await app.queues.throughput(["work"], since=clock.now() - 120)
+        async with app:
+            [counts] = await app.queues.throughput(["work"], since=clock.now() - 120)
         assert (counts.completed, counts.dead) == (3, 1)
 
     async def test_a_job_is_looked_up_in_every_state(
@@ -87,7 +88,8 @@ class OperatingContract(AppFixtures):
         app = make_app(_service(rec))
         async with app:
             later = await app.enqueue("work", {"n": 1}, delay=30, idempotency_key="order-1", priority=2)
-        view = await app.jobs.get(later)
+            view = await app.jobs.get(later)
+            by_key = await app.jobs.by_key("work", "order-1")
         assert view is not None and (view.state, view.queue, view.payload, view.priority) == (
             JobState.SCHEDULED,
             "work",
@@ -95,7 +97,6 @@ class OperatingContract(AppFixtures):
             2,
         )
         assert view.correlation_id == later and [e.kind for e in view.history] == ["enqueued"]
-        by_key = await app.jobs.by_key("work", "order-1")
         assert by_key is not None and by_key.id == later
         async with running(app):
             clock.advance(30)
@@ -104,8 +105,8 @@ class OperatingContract(AppFixtures):
             assert done.attempts == 1 and done.history[-1].kind == "succeeded"
             dead_id = await app.enqueue("work", {"n": 100})
             dead = await wait_until(lambda: _in_state(app, dead_id, JobState.DEAD))
+            assert await app.jobs.get("no-such-job") is None
         assert dead.last_error is not None and dead.last_error.type == "KeyError"
-        assert await app.jobs.get("no-such-job") is None
 
     async def test_a_waiting_job_is_cancelled_and_a_running_one_asked_to_stop(
         self, make_app: Callable[..., App]
@@ -143,24 +144,25 @@ class OperatingContract(AppFixtures):
         async with running(app):
             await app.enqueue_many("work", [{"n": n} for n in (-1, -2, 100, 101, 102)])
             await wait_until(lambda: _count(app, 5))
-        start = clock.now()
-        missing = app.dead_letters("work", error_type="KeyError", text="ITEM 10")
-        assert await missing.count() == 3
-        page = await missing.page(limit=2)
-        assert len(page) == 2 and all(d.error.type == "KeyError" for d in page)
-        rest = await missing.page(limit=2, before=page[-1])
-        assert len(rest) == 1 and rest[0].id not in {d.id for d in page}
-        one = await missing.get(page[0].id)
-        assert one is not None and one.error.traceback and "KeyError" in one.error.traceback
-        assert await app.dead_letters("work", since=start + 1).count() == 0
-        assert await app.dead_letters(error_type="PermanentError").count() == 2
-        progress: list[int] = []
-        assert await missing.redrive(delay=30, progress=progress.append) == 3
-        assert progress == [3] and await missing.count() == 0
-        [stats] = await app.stats(["work"])
-        assert (stats.scheduled, stats.dead) == (3, 2)
-        assert await app.dead_letters("work", text="negative").purge() == 2
-        assert await app.dead_letters().count() == 0
+        async with app:
+            start = clock.now()
+            missing = app.dead_letters("work", error_type="KeyError", text="ITEM 10")
+            assert await missing.count() == 3
+            page = await missing.page(limit=2)
+            assert len(page) == 2 and all(d.error.type == "KeyError" for d in page)
+            rest = await missing.page(limit=2, before=page[-1])
+            assert len(rest) == 1 and rest[0].id not in {d.id for d in page}
+            one = await missing.get(page[0].id)
+            assert one is not None and one.error.traceback and "KeyError" in one.error.traceback
+            assert await app.dead_letters("work", since=start + 1).count() == 0
+            assert await app.dead_letters(error_type="PermanentError").count() == 2
+            progress: list[int] = []
+            assert await missing.redrive(delay=30, progress=progress.append) == 3
+            assert progress == [3] and await missing.count() == 0
+            [stats] = await app.stats(["work"])
+            assert (stats.scheduled, stats.dead) == (3, 2)
+            assert await app.dead_letters("work", text="negative").purge() == 2
+            assert await app.dead_letters().count() == 0
 
 
 async def _in_state(app: App, job_id: str, state: JobState) -> Any:
