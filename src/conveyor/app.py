@@ -30,8 +30,8 @@ from conveyor.operations.health import HealthReport, HealthThresholds, check_hea
 from conveyor.operations.jobs import Jobs
 from conveyor.operations.queues import Queues
 from conveyor.operations.status import Workflows
-from conveyor.ports import Backend, DeadLetterFilter, QueueStats
-from conveyor.runtime import approval, maintenance, producer
+from conveyor.ports import Backend, DeadLetterFilter, QueueStats, WorkerInfo
+from conveyor.runtime import approval, maintenance, producer, registry
 from conveyor.runtime.clock import Clock, SystemClock
 from conveyor.runtime.context import run_command
 from conveyor.runtime.loop import FORCED_EXIT_AFTER, SignalStop, run_to_end
@@ -267,6 +267,11 @@ class App:
     async def _queues_to_report(self) -> list[str]:
         return sorted(self.registry.known_queues | set(await self.backend.queue_names()))
 
+    async def workers(self) -> list[WorkerInfo]:
+        """The serving workers alive now, of every app on this backend: those whose last heartbeat
+        is at most ``WORKER_TIMEOUT_FACTOR`` (3) times ``WorkerConfig.heartbeat_interval`` old."""
+        return await registry.alive_workers(self.runtime, self.worker_config.heartbeat_interval)
+
     async def health(self, thresholds: HealthThresholds | None = None) -> HealthReport:
         """ok, warn (dead letters, backlog, old ready jobs) or fail (backend unreachable)."""
         return await check_health(self.backend, self.clock, self.registry.known_queues, thresholds)
@@ -297,7 +302,11 @@ class App:
                 asyncio.create_task(self._scheduler.run(), name="conveyor-scheduler"),
             ]
             pruning = maintenance.prune_history(self.runtime, self.history_retention)
-            helpers = [asyncio.create_task(pruning, name="conveyor-maintenance")]
+            beating = registry.heartbeat(self.runtime, worker, config.heartbeat_interval)
+            helpers = [
+                asyncio.create_task(pruning, name="conveyor-maintenance"),
+                asyncio.create_task(beating, name="conveyor-heartbeat"),
+            ]
             if self.runtime.metrics.enabled:
                 gauges = maintenance.refresh_queue_metrics(self.runtime, names)
                 helpers.append(asyncio.create_task(gauges, name="conveyor-metrics"))
@@ -310,6 +319,7 @@ class App:
                     task.cancel()
                 await asyncio.gather(*tasks, *helpers, return_exceptions=True)
                 self._workers.remove(worker)
+            await registry.unregister(self.runtime, worker.id)  # a clean stop; a crash's record expires
 
     @contextlib.asynccontextmanager
     async def serving(

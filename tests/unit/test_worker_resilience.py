@@ -20,10 +20,12 @@ class FlakyBackend(MemoryBackend):
         super().__init__()
         self.failures: list[Exception] = []
 
-    async def lease(self, queues: Mapping[str, float], limit: int, now: float) -> list[LeasedJob]:
+    async def lease(
+        self, queues: Mapping[str, float], limit: int, now: float, worker: str = ""
+    ) -> list[LeasedJob]:
         if self.failures:
             raise self.failures.pop(0)
-        return await super().lease(queues, limit, now)
+        return await super().lease(queues, limit, now, worker)
 
 
 async def test_worker_survives_failing_leases() -> None:

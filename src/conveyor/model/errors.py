@@ -2,8 +2,9 @@
 
 Two families, kept apart on purpose:
 
-* control flow a handler raises on purpose: :class:`PermanentError` (do not retry, dead-letter now)
-  and :class:`Retry` (retry, optionally after a given delay);
+* control flow a handler raises on purpose: :class:`PermanentError` (do not retry, dead-letter now),
+  :class:`Retry` (retry, optionally after a given delay) and :class:`JobCancelledError` (stop here,
+  the job is cancelled);
 * errors that signal a misuse or a failure of the system: everything under :class:`ConveyorError`.
 """
 
@@ -27,6 +28,12 @@ class Retry(Exception):
     def __init__(self, message: str = "retry requested", *, delay: float | None = None) -> None:
         super().__init__(message)
         self.delay = delay
+
+
+class JobCancelledError(Exception):
+    """Raised by a handler to end its attempt as cancelled, typically once an operator asked for it
+    (``ctx.raise_if_cancel_requested()``): the job is settled for good, without retry, dead letter or
+    ``on_dead_letter``, its buffered effects discarded, and its history records it as cancelled."""
 
 
 class ConveyorError(Exception):

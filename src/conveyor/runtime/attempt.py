@@ -15,10 +15,12 @@ from conveyor.model.envelope import Envelope
 from conveyor.model.errors import (
     BackendError,
     HandlerTimeoutError,
+    JobCancelledError,
     PayloadValidationError,
     PermanentError,
     UndecodableMessageError,
 )
+from conveyor.model.history import HistoryKind
 from conveyor.model.lifecycle import JobOptions, Lifecycle
 from conveyor.observability.tracing import record_failure
 from conveyor.ports import Commit, Effects, LeasedJob, Outcome, Settlement
@@ -28,6 +30,7 @@ from conveyor.runtime.error_text import describe_error, error_info
 from conveyor.runtime.observers import JobHistory, JobMetrics
 from conveyor.runtime.outcome import decide
 from conveyor.runtime.runtime import Runtime
+from conveyor.runtime.watch import Running, Watch
 
 logger = logging.getLogger("conveyor.worker")
 
@@ -79,8 +82,10 @@ class Attempts:
         history: JobHistory | None,
         metrics: JobMetrics | None,
         dead_letters: DeadLetters,
+        watch: Watch | None = None,
     ) -> None:
         self.runtime = runtime
+        self.watch = watch
         self.queues = queues
         self.history = history
         self.metrics = metrics
@@ -90,8 +95,9 @@ class Attempts:
         """handlers that ignored cancellation and still run; their attempts are settled without them"""
         self.lease_extensions = 0
 
-    async def run(self, leased: LeasedJob) -> tuple[Commit, str]:
-        """The commit that settles this attempt of ``leased``, and a word on it for the log."""
+    async def run(self, leased: LeasedJob, running: Running | None = None) -> tuple[Commit, str]:
+        """The commit that settles this attempt of ``leased``, and a word on it for the log;
+        ``running`` is the worker's watch record of it (cancellation requests, lease deadline)."""
         runtime = self.runtime
         definition = self.queues[leased.queue]
         started = runtime.clock.now()
@@ -138,18 +144,21 @@ class Attempts:
                     logger=self._loggers[definition.name],
                     log_fields=fields,
                     span=span,
+                    running=running,
                 )
             except Exception as broken:  # a bug, but one the job would meet on every lease
                 return await self._refuse(leased, envelope, broken, started), "refused"
             try:
-                await self._call(definition, context, payload, leased)
+                await self._call(definition, context, payload, leased, running)
             except asyncio.CancelledError:
                 raise
             except BaseException as error:
-                record_failure(span, error)
                 ended = runtime.clock.now()
                 if self.metrics is not None:
                     self.metrics.ended(definition.name, started, ended)
+                if isinstance(error, JobCancelledError):
+                    return self._cancelled(context, envelope, leased, started, running, error), "cancelled"
+                record_failure(span, error)
                 decision = decide(error, lifecycle, leased.attempt, ended)
                 if decision.outcome is Outcome.DEAD:
                     return await self.dead_letters.with_hook(
@@ -180,6 +189,27 @@ class Attempts:
                     leased, definition, envelope, payload, error, started
                 ), "dead"
         return Commit(Settlement(leased.id, leased.token, Outcome.ACK), effects), ""
+
+    def _cancelled(
+        self,
+        context: Context,
+        envelope: Envelope,
+        leased: LeasedJob,
+        started: float,
+        running: Running | None,
+        error: JobCancelledError,
+    ) -> Commit:
+        """The handler raised :class:`JobCancelledError`: the job is done for good (ACK: no retry,
+        no dead letter, no ``on_dead_letter``) and what it buffered is discarded; its history says
+        cancelled, ``requested`` telling whether an operator asked for it."""
+        requested = running is not None and running.cancel_requested
+        context.logger.info("cancelled%s: %s", " as requested" if requested else "", error)
+        effects = Effects()
+        if self.history is not None:
+            extra = {"requested": requested}
+            entry = self.history.entry(envelope, leased, HistoryKind.CANCELLED, started, None, extra)
+            effects.history.append(entry)
+        return Commit(Settlement(leased.id, leased.token, Outcome.ACK), effects)
 
     def _admit(self, definition: QueueWorker[Any], envelope: Envelope, leased: LeasedJob) -> Any:
         """What the handler gets as its payload; raises what dead-letters the job before its attempt
@@ -221,7 +251,12 @@ class Attempts:
         return await self.dead_letters.dead(leased, envelope, error, Effects(), started)
 
     async def _call(
-        self, definition: QueueWorker[Any], context: Context, payload: Any, leased: LeasedJob
+        self,
+        definition: QueueWorker[Any],
+        context: Context,
+        payload: Any,
+        leased: LeasedJob,
+        running: Running | None,
     ) -> None:
         lifecycle = job_lifecycle(definition.lifecycle, context.message)
         call = (
@@ -231,7 +266,7 @@ class Attempts:
         )
         heartbeat = None
         if lifecycle.heartbeat:
-            heartbeat = asyncio.create_task(self._heartbeat(leased, lifecycle.lease_seconds))
+            heartbeat = asyncio.create_task(self._heartbeat(leased, lifecycle.lease_seconds, running))
         try:
             timeout = lifecycle.timeout_seconds
             if timeout is None:
@@ -239,22 +274,29 @@ class Attempts:
                 # that ignores cancellation (see Worker._drain)
                 await call
             else:
-                await self._call_with_timeout(call, timeout, context, leased)
+                await self._call_with_timeout(call, timeout, context, leased, running)
         finally:
             if heartbeat is not None:
                 heartbeat.cancel()
 
     async def _call_with_timeout(
-        self, call: Awaitable[Any], timeout: float, context: Context, leased: LeasedJob
+        self,
+        call: Awaitable[Any],
+        timeout: float,
+        context: Context,
+        leased: LeasedJob,
+        running: Running | None,
     ) -> None:
         """Run the handler in a task of its own, so that its attempt ends at ``timeout`` even if
         it ignores cancellation (a bare ``except:`` around an ``await``): the task can be abandoned."""
         handler = asyncio.ensure_future(_contained(call))
         try:
             done, _ = await asyncio.wait((handler,), timeout=timeout)
-        except asyncio.CancelledError:  # shutdown: the job is released at once, without the handler
+        except asyncio.CancelledError:  # shutdown (the job is released at once) or a lost lease
             if not handler.done():
-                context.buffer.close(f"job {leased.id} of queue {leased.queue!r} was released at shutdown")
+                lost = running is not None and running.lease_lost
+                why = "lost its lease" if lost else "was released at shutdown"
+                context.buffer.close(f"job {leased.id} of queue {leased.queue!r} {why}")
                 handler.cancel()
                 self._keep(handler)
             raise
@@ -296,21 +338,25 @@ class Attempts:
         if not handler.cancelled():
             handler.exception()  # retrieved: its late failure is no news (its attempt was settled)
 
-    async def _heartbeat(self, leased: LeasedJob, lease_seconds: float) -> None:
+    async def _heartbeat(self, leased: LeasedJob, lease_seconds: float, running: Running | None) -> None:
         runtime = self.runtime
         while True:
             await runtime.clock.sleep(lease_seconds / 3)
             now = runtime.clock.now()
+            until = now + lease_seconds
             try:
-                ok = await runtime.backend.extend(leased.id, leased.token, now + lease_seconds, now)
-            except BackendError as exc:
+                ok = await runtime.backend.extend(leased.id, leased.token, until, now)
+            except BackendError as exc:  # the watch cancels the handler if its deadline passes
                 logger.warning("heartbeat of job %s failed: %s", leased.id, exc)
                 continue
             if not ok:
-                logger.warning(
-                    "job %s of %r lost its lease; its result will be discarded",
-                    leased.id,
-                    leased.queue,
-                )
+                if running is not None and self.watch is not None:
+                    self.watch.lose(running, "its heartbeat found the lease taken")
+                else:
+                    logger.warning(
+                        "job %s of %r lost its lease; its result will be discarded", leased.id, leased.queue
+                    )
                 return
+            if running is not None and until > running.deadline:
+                running.deadline = until
             self.lease_extensions += 1

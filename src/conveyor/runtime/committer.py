@@ -31,6 +31,11 @@ class Refill(Protocol):
     """The worker's side of leasing with a commit (see :class:`~conveyor.ports.CommitAndLease`)."""
 
     @property
+    def id(self) -> str:
+        """The worker's id, which its leases record."""
+        ...
+
+    @property
     def lease_map(self) -> Mapping[str, float]:
         """Queue name → lease seconds."""
         ...
@@ -193,7 +198,7 @@ class Committer:
         jobs: list[LeasedJob] = []
         try:
             results, jobs = await self._backend.commit_and_lease(
-                commits, self._clock.now(), refill.lease_map, reserved
+                commits, self._clock.now(), refill.lease_map, reserved, refill.id
             )
         finally:
             refill.leased(jobs, reserved)  # before the settled jobs' slots free up

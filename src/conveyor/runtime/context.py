@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,7 +11,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from conveyor.model.envelope import Envelope
-from conveyor.model.errors import LeaseLostError, PayloadValidationError, UndeclaredEmitError
+from conveyor.model.errors import (
+    JobCancelledError,
+    LeaseLostError,
+    PayloadValidationError,
+    UndeclaredEmitError,
+)
 from conveyor.model.history import HistoryKind
 from conveyor.model.lifecycle import DEFAULT_OPTIONS, JobOptions, Seconds, seconds
 from conveyor.model.text import require_storable
@@ -20,6 +26,7 @@ from conveyor.runtime.buffer import EffectsBuffer
 from conveyor.runtime.messages import Origin, validate
 from conveyor.runtime.runtime import Resources, Runtime
 from conveyor.runtime.states import States
+from conveyor.runtime.watch import Running
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -57,6 +64,7 @@ class Context:
         logger: logging.Logger | None = None,
         log_fields: dict[str, object] | None = None,
         span: Span | None = None,
+        running: Running | None = None,
     ) -> None:
         self.runtime = runtime
         self.message = envelope
@@ -71,6 +79,7 @@ class Context:
         self._log_fields = log_fields
         self._adapter: logging.LoggerAdapter[logging.Logger] | None = None
         self._span = span
+        self._running = running
 
     # read-only facts (built on first use: most handlers touch few of them)
 
@@ -247,8 +256,35 @@ class Context:
         self.buffer.check_open()
         runtime = self.runtime
         now = runtime.clock.now()
-        if not await runtime.backend.extend(leased.id, leased.token, now + seconds(duration), now):
+        until = now + seconds(duration)
+        if not await runtime.backend.extend(leased.id, leased.token, until, now):
             raise LeaseLostError(f"job {leased.id} of queue {leased.queue!r} lost its lease")
+        if self._running is not None and until > self._running.deadline:
+            self._running.deadline = until  # the worker's watch cancels the handler past it
+
+    # cancellation
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether an operator asked to cancel this job (the worker looks every
+        ``WorkerConfig.watch_interval``). A handler that ignores it just runs on."""
+        return self._running is not None and self._running.cancel_requested
+
+    async def cancellation(self) -> None:
+        """Return once cancellation of this job is requested (at once if it was; never outside a
+        job): race it against a long wait to stop early."""
+        if self._running is None:
+            await asyncio.Event().wait()
+        else:
+            await self._running.cancellation()
+
+    def raise_if_cancel_requested(self) -> None:
+        """Raise :class:`JobCancelledError` if cancellation was requested: the job is then settled
+        as cancelled (no retry, no dead letter) and nothing it buffered commits."""
+        if self.cancel_requested:
+            leased = self._leased
+            what = f"job {leased.id} of queue {leased.queue!r}" if leased is not None else "job"
+            raise JobCancelledError(f"{what}: cancellation requested")
 
 
 async def run_command(runtime: Runtime, name: str, payload: Any, *, parent: Context | None = None) -> Any:
@@ -271,6 +307,7 @@ async def run_command(runtime: Runtime, name: str, payload: Any, *, parent: Cont
     )
     if parent is not None:
         context.buffer = parent.buffer
+        context._running = parent._running
     result = await command.handler(context, argument)
     if command.result is not None and not isinstance(result, command.result):
         try:

@@ -13,14 +13,15 @@ from typing import Any
 
 from conveyor.definitions.service import QueueWorker
 from conveyor.model.errors import BackendError, CommitRejectedError
-from conveyor.ports import Commit, CommitResult, CommitStatus, LeasedJob, Outcome, Settlement
-from conveyor.runtime import outcome
+from conveyor.ports import Commit, CommitResult, CommitStatus, LeasedJob, Outcome, Settlement, WorkerInfo
+from conveyor.runtime import outcome, registry
 from conveyor.runtime.attempt import CANCEL_GRACE, Attempts
 from conveyor.runtime.committer import Committer
 from conveyor.runtime.dead_letter import DeadLetters
 from conveyor.runtime.error_text import describe_error, error_info
 from conveyor.runtime.observers import JobHistory, JobMetrics
 from conveyor.runtime.runtime import Runtime
+from conveyor.runtime.watch import WATCH_INTERVAL, Watch
 
 logger = logging.getLogger("conveyor.worker")
 
@@ -43,12 +44,19 @@ class WorkerConfig:
       process, ``app.enqueue(delay=...)``, another worker's retry) may start.
     * ``shutdown_grace``: on stop, how long running jobs may finish before they are cancelled and
       released (even a handler that ignores cancellation: it is abandoned after ``CANCEL_GRACE``).
+    * ``heartbeat_interval``: how often the serving worker's record in the worker registry is
+      renewed (see :mod:`~conveyor.runtime.registry`); it counts as dead after three intervals.
+    * ``watch_interval``: while jobs run, how often the worker asks the backend, in one call for
+      all of them, which ones an operator asked to cancel (``ctx.cancel_requested``); nothing is
+      asked while no job runs (see :mod:`~conveyor.runtime.watch`).
     """
 
     concurrency: int = 50
     poll_interval: float = 0.5
     shutdown_grace: float = 30.0
     commit_batch: int = 500
+    heartbeat_interval: float = registry.HEARTBEAT_INTERVAL
+    watch_interval: float = WATCH_INTERVAL
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
@@ -63,20 +71,27 @@ class Worker:
     def __init__(self, runtime: Runtime, queues: Sequence[QueueWorker[Any]], config: WorkerConfig) -> None:
         self.runtime = runtime
         self.config = config
+        self.host, self.pid = registry.this_process()
+        self.id = registry.new_worker_id(self.host, self.pid)
+        """what its leases record as their worker, and its key in the worker registry"""
+        self.started_at = runtime.clock.now()
         self.queues = {definition.name: definition for definition in queues}
         self.lease_map = {name: d.lifecycle.lease_seconds for name, d in self.queues.items()}
         history = JobHistory(runtime) if runtime.history_enabled else None
         self._metrics = JobMetrics(runtime.metrics) if runtime.metrics.enabled else None
         """None when metrics are off (decided when the app connects, before a worker is built)"""
         self._dead_letters = DeadLetters(runtime, self.queues, history)
-        self._attempts = Attempts(runtime, self.queues, history, self._metrics, self._dead_letters)
+        self.watch = Watch(runtime.backend, runtime.clock, config.watch_interval)
+        self._attempts = Attempts(
+            runtime, self.queues, history, self._metrics, self._dead_letters, self.watch
+        )
         self._committer = Committer(
             runtime.backend, runtime.clock, max_batch=config.commit_batch, refill=self
         )
         self._inflight: set[asyncio.Task[None]] = set()
         self._reserved = 0
         """slots claimed by a lease call on its way (the lease loop's or one riding on a commit)"""
-        self._running: dict[asyncio.Task[None], LeasedJob] = {}
+        self._running = self.watch.running
         """jobs whose handler (or dead-letter hook) runs: what shutdown cancels, then releases"""
         self._slot_free = asyncio.Event()
         self._stop = asyncio.Event()
@@ -101,6 +116,19 @@ class Worker:
         if now:
             self._hurry.set()
 
+    def info(self) -> WorkerInfo:
+        """Its record for the worker registry, as of now."""
+        return WorkerInfo(
+            self.id,
+            self.host,
+            self.pid,
+            tuple(sorted(self.queues)),
+            self.config.concurrency,
+            self.started_at,
+            self.runtime.clock.now(),
+            self.processed,
+        )
+
     @property
     def abandoned(self) -> int:
         """Handlers that ignored cancellation and are still running, their attempts settled."""
@@ -116,12 +144,17 @@ class Worker:
             await self._stop.wait()
             return
         committer = asyncio.create_task(self._committer.run(), name="conveyor-committer")
+        watch = asyncio.create_task(self.watch.run(), name="conveyor-watch")
         names = sorted(self.queues)
         logger.info("worker started: queues %s, concurrency %d", ", ".join(names), self.config.concurrency)
         try:
             await self._lease_loop(names)
         finally:
-            await self._drain()
+            try:
+                await self._drain()
+            finally:
+                watch.cancel()
+                await asyncio.wait({watch})
             await self._committer.close()
             # in a hurry, not the committer's minute of retries on a backend that is down
             if self._hurry.is_set() and not (await asyncio.wait({committer}, timeout=HURRY_BOUND))[0]:
@@ -143,7 +176,7 @@ class Worker:
                 continue
             leased_at = clock.now()
             try:
-                jobs = await backend.lease(self.lease_map, free, leased_at)
+                jobs = await backend.lease(self.lease_map, free, leased_at, self.id)
                 self.lease_rounds += 1
             except Exception as exc:
                 self._reserved -= free
@@ -255,7 +288,7 @@ class Worker:
             task.cancel()
         if self._running:  # a handler that honours cancellation ends at once and its job releases itself
             await asyncio.wait(set(self._running), timeout=CANCEL_GRACE)
-        stuck = list(self._running.values())
+        stuck = [running.leased for running in self._running.values()]
         for task in self._running:  # no longer waited for: its late result is discarded (see _work)
             self._inflight.discard(task)
         self._running.clear()
@@ -282,15 +315,20 @@ class Worker:
     async def _work(self, leased: LeasedJob) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._running[task] = leased
+        running = self.watch.start(task, leased)
         try:
-            commit, describe = await self._attempts.run(leased)
+            commit, describe = await self._attempts.run(leased, running)
         except asyncio.CancelledError:
+            if running.lease_lost:  # cancelled by the watch: nothing to commit (it would be STALE)
+                self._running.pop(task, None)
+                return
             if not self._releasing:
                 raise
             commit, describe = self._release(leased), "released at shutdown"
-        if self._running.pop(task, None) is None:
-            return  # released at shutdown while its handler ignored cancellation: a late result is discarded
+        if self._running.pop(task, None) is None or running.lease_lost:
+            # released at shutdown while its handler ignored cancellation, or its lease lost while
+            # it did: a late result is discarded
+            return
         try:
             result = await self._committer.submit(commit)
         except CommitRejectedError as rejected:
