@@ -5,7 +5,8 @@ Until the single-loader change, version 1 was three files (``0001_commit_batch.s
 ``0001_initial.sql``: the three, in the order tables, lease, commit_batch, each followed by a blank
 line. The old files are cut out of it again here and checked byte for byte against their SHA-256
 at git ``a205689`` (so version 1 cannot be edited in place either), then applied as the old code
-applied them, to prove that such a schema is left alone and that a fresh schema is the same.
+applied them, to prove that such a schema keeps its version 1 and gets only the later versions, and
+that it then is the same as a fresh schema.
 """
 
 from __future__ import annotations
@@ -152,7 +153,14 @@ async def test_a_schema_made_by_the_old_files_is_not_migrated_again_and_works(
     await store.connect()
     try:
         await store.migrate()
-        assert row_versions(url) == before, "the new code re-applied a migration"
+        after = row_versions(url)
+        # version 1 was left alone (its schema_version row is the same row); only later ones ran
+        assert [row for row in after if row[0] == 1] == [row for row in before if row[0] == 1]
+        assert [row[0] for row in after if isinstance(row[0], int)] == list(
+            range(1, pg_schema.LATEST_VERSION + 1)
+        )
+        await store.migrate()
+        assert row_versions(url) == after, "the new code re-applied a migration"
 
         now = 1_700_000_000.0
         job = NewJob("a", "q", b'{"n": 1}', now, now, "key-a")
@@ -171,6 +179,7 @@ async def test_a_fresh_schema_is_the_same_as_one_made_by_the_old_files(urls: tup
     old_url, new_url = urls
     create_with_old_files(old_url)
     async with await psycopg.AsyncConnection.connect(POSTGRES_URL) as conn:
+        assert await pg_schema.migrate(conn, schema_of(old_url)) == 1  # the later versions on top
         assert await pg_schema.migrate(conn, schema_of(new_url)) == 0
     old, new = catalog(old_url), catalog(new_url)
     assert old.keys() == new.keys()

@@ -15,6 +15,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from conveyor.backends import DEFAULT_IDEMPOTENCY_RETENTION, url_options
 from conveyor.backends.postgres import schema as pg_schema
 from conveyor.backends.postgres.connections import Connection, check_conninfo, libpq_url, shown
@@ -23,11 +25,19 @@ from conveyor.backends.postgres.worker_path import DEFAULT_VACUUM_INTERVAL, PURG
 from conveyor.model.errors import ConfigurationError
 from conveyor.ports import (
     DeadLetter,
+    DeadLetterFilter,
+    ErrorInfo,
     HistoryEntry,
     InstanceSummary,
+    JobRecord,
+    JobState,
+    LeaseInfo,
+    MinuteCounts,
     QueueStats,
     StateRecord,
+    WorkerInfo,
 )
+from conveyor.ports.operations import bucket
 
 DEFAULT_SCHEMA = "conveyor"
 DEFAULT_POOL_MIN_SIZE = 2
@@ -116,11 +126,12 @@ class PostgresBackend(WorkerPath):
         rows = await self._fetch("dead_letters", params, binary=True)
         return [DeadLetter.from_row(row) for row in rows]
 
-    async def redrive(self, ids: Sequence[str], now: float) -> int:
+    async def redrive(self, ids: Sequence[str], now: float, available_at: float | None = None) -> int:
         if not ids:
             return 0
+        at = now if available_at is None else available_at
         async with self._connection() as conn, conn.transaction():
-            cursor = await conn.execute(self._queries["redrive"], {"ids": list(ids), "now": now})
+            cursor = await conn.execute(self._queries["redrive"], {"ids": list(ids), "at": at})
             row = await cursor.fetchone()
             assert row is not None
             count, queues = row
@@ -152,6 +163,7 @@ class PostgresBackend(WorkerPath):
                 leased=rows[queue][3],
                 dead=rows[queue][4],
                 oldest_ready_at=rows[queue][5],
+                paused=rows[queue][6],
             )
             for queue in queues
         ]
@@ -211,3 +223,202 @@ class PostgresBackend(WorkerPath):
             deleted += count
             if count < batch:
                 return deleted
+
+    # operations
+
+    async def pause(self, queue: str, now: float) -> bool:
+        return await self._rowcount("pause", {"queue": queue, "now": now}) == 1
+
+    async def resume(self, queue: str) -> bool:
+        async with self._connection() as conn, conn.transaction():
+            cursor = await conn.execute(self._queries["resume"], {"queue": queue})
+            resumed = cursor.rowcount == 1
+            if resumed:
+                await self._notify(conn, [queue])
+        if resumed:
+            self._listener.wake([queue])
+        return resumed
+
+    async def paused_queues(self) -> dict[str, float]:
+        return {row[0]: row[1] for row in await self._fetch("paused_queues", {})}
+
+    async def leases(self, queue: str | None, limit: int = 100, after: str | None = None) -> list[LeaseInfo]:
+        rows = await self._fetch("leases", {"queue": queue, "after": after, "limit": limit})
+        return [LeaseInfo(*row) for row in rows]
+
+    async def queue_counts(self, queues: Sequence[str], since: float) -> list[MinuteCounts]:
+        if not queues:
+            return []
+        rows = await self._fetch("queue_counts", {"queues": list(queues), "start": bucket(since)})
+        return [MinuteCounts(row[0], row[1], int(row[2]), int(row[3]), int(row[4])) for row in rows]
+
+    async def prune_counts(self, before: float) -> int:
+        return await self._rowcount("prune_counts", {"before": before})
+
+    async def job(self, job_id: str, now: float) -> JobRecord | None:
+        rows = await self._fetch("job", {"id": job_id}, binary=True)
+        if rows:
+            (ident, queue, body, attempts, enqueued_at, available_at, priority, key, last_error, token,
+             worker, leased_at, extensions, cancel_requested) = rows[0]  # fmt: skip
+            lease = None
+            if token is not None:
+                lease = LeaseInfo(ident, queue, attempts, token, worker, leased_at, available_at, extensions)
+            if lease is not None and available_at >= now:
+                state = JobState.RUNNING
+            elif available_at <= now or lease is not None:
+                state = JobState.READY
+            else:
+                state = JobState.SCHEDULED
+            return JobRecord(
+                ident,
+                queue,
+                state,
+                bytes(body),
+                attempts,
+                enqueued_at,
+                available_at,
+                priority,
+                key,
+                _error(last_error),
+                lease,
+                cancel_requested,
+            )
+        dead = await self.dead_letter(job_id)
+        if dead is None:
+            return None
+        return JobRecord(
+            dead.id,
+            dead.queue,
+            JobState.DEAD,
+            dead.body,
+            dead.attempts,
+            dead.enqueued_at,
+            None,
+            last_error=dead.error,
+            failed_at=dead.failed_at,
+        )
+
+    async def job_for_key(self, queue: str, key: str, now: float) -> str | None:
+        rows = await self._fetch("job_for_key", {"queue": queue, "key": key, "now": now})
+        return rows[0][0] if rows else None
+
+    async def job_history(self, job_id: str) -> list[HistoryEntry]:
+        return [HistoryEntry(*row) for row in await self._fetch("job_history", {"id": job_id})]
+
+    async def cancel_jobs(
+        self, ids: Sequence[str], now: float, history: Sequence[HistoryEntry] = ()
+    ) -> list[str]:
+        if not ids:
+            return []
+        params: dict[str, Any] = {"ids": list(ids), "now": now}
+        for name in ("correlation_id", "at", "kind", "name", "message_id", "attempt", "detail"):
+            params[f"h_{name}"] = [getattr(entry, name) for entry in history]
+        gone = {row[0] for row in await self._fetch("cancel_jobs", params)}
+        return [job_id for job_id in dict.fromkeys(ids) if job_id in gone]
+
+    async def request_cancel(self, job_id: str) -> bool:
+        return await self._rowcount("request_cancel", {"id": job_id}) == 1
+
+    async def cancel_requests(self, job_ids: Sequence[str]) -> list[str]:
+        if not job_ids:
+            return []
+        flagged = {row[0] for row in await self._fetch("cancel_requests", {"ids": list(job_ids)})}
+        return [job_id for job_id in job_ids if job_id in flagged]
+
+    async def register_worker(self, worker: WorkerInfo) -> None:
+        params = {
+            "id": worker.id,
+            "host": worker.host,
+            "pid": worker.pid,
+            "queues": list(worker.queues),
+            "concurrency": worker.concurrency,
+            "started_at": worker.started_at,
+            "last_seen": worker.last_seen,
+            "settled": worker.settled,
+        }
+        await self._rowcount("register_worker", params)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._rowcount("unregister_worker", {"id": worker_id})
+
+    async def workers(self, alive_since: float) -> list[WorkerInfo]:
+        rows = await self._fetch("workers", {"alive_since": alive_since})
+        return [
+            WorkerInfo(row[0], row[1], row[2], tuple(row[3]), row[4], row[5], row[6], int(row[7]))
+            for row in rows
+        ]
+
+    async def find_dead_letters(
+        self, where: DeadLetterFilter, limit: int = 100, before: tuple[float, str] | None = None
+    ) -> list[DeadLetter]:
+        params = _filter_params(where)
+        order = ""
+        if before is not None:
+            params["before_at"], params["before_id"] = before
+            order = "before"
+        name = self._dead_letter_query("find", where, order)
+        rows = await self._fetch(name, {**params, "limit": limit}, binary=True)
+        return [DeadLetter.from_row(row) for row in rows]
+
+    async def count_dead_letters(self, where: DeadLetterFilter) -> int:
+        rows = await self._fetch(self._dead_letter_query("count", where, ""), _filter_params(where))
+        return int(rows[0][0])
+
+    async def dead_letter(self, dead_id: str) -> DeadLetter | None:
+        rows = await self._fetch("dead_letter", {"id": dead_id}, binary=True)
+        return DeadLetter.from_row(rows[0]) if rows else None
+
+    def _dead_letter_query(self, kind: str, where: DeadLetterFilter, before: str) -> str:
+        """The name of the query for ``where``'s fields that are set (composed once per shape):
+        only the conditions given, so the planner sees each filter's own plan (the per-queue
+        index with a queue, the (failed_at, id) index without, both read newest first)."""
+        fields = [f for f in _FILTER_CONDITIONS if getattr(where, f) is not None]
+        name = f"dead_letters:{kind}:{','.join(fields)}:{before}"
+        if name not in self._queries:
+            conditions = [_FILTER_CONDITIONS[f] for f in fields]
+            if before:
+                conditions.append("(failed_at, id) < (%(before_at)s::double precision, %(before_id)s::text)")
+            clause = " AND ".join(conditions) or "true"
+            if kind == "count":
+                text = f"SELECT count(*) FROM {{schema}}.dead_letters WHERE {clause}"
+            else:
+                text = (
+                    "SELECT id, queue, body, error_type, error_message, error_traceback, attempts,"
+                    f" enqueued_at, failed_at FROM {{schema}}.dead_letters WHERE {clause}"
+                    " ORDER BY failed_at DESC, id DESC LIMIT %(limit)s"
+                )
+            self._queries[name] = pg_schema.render(text, self.schema)
+        return name
+
+
+_UPPER, _LOWER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
+_FILTER_CONDITIONS = {
+    "queue": "queue = %(queue)s::text",
+    "error_type": (
+        "(error_type = %(error_type)s::text"
+        " OR right(error_type, length(%(error_type)s::text) + 1) = '.' || %(error_type)s::text)"
+    ),
+    "since": "failed_at >= %(since)s::double precision",
+    "until": "failed_at < %(until)s::double precision",
+    # ASCII letters only are folded (as the other backends do), whatever the database's collation
+    "text": (
+        f"strpos(translate(error_message, '{_UPPER}', '{_LOWER}'),"
+        f" translate(%(text)s::text, '{_UPPER}', '{_LOWER}')) > 0"
+    ),
+}
+"""Each :class:`DeadLetterFilter` field's SQL condition (fixed text: values are bound)."""
+
+
+def _filter_params(where: DeadLetterFilter) -> dict[str, Any]:
+    return {f: getattr(where, f) for f in _FILTER_CONDITIONS if getattr(where, f) is not None}
+
+
+def _error(last_error: str | None) -> ErrorInfo | None:
+    """A job's ``last_error`` column (JSON written by commit_batch) as an :class:`ErrorInfo`."""
+    if last_error is None:
+        return None
+    try:
+        data = orjson.loads(last_error)
+        return ErrorInfo(data["type"], data["message"], data.get("traceback"))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return ErrorInfo("unknown", last_error)

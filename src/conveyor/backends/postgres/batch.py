@@ -131,6 +131,8 @@ class Arrays:
     j_available_at: FloatArray = field(default_factory=FloatArray)
     j_enqueued_at: FloatArray = field(default_factory=FloatArray)
     j_key: TextArray = field(default_factory=TextArray)
+    j_priority: IntArray = field(default_factory=IntArray)
+    j_lease_seconds: FloatArray = field(default_factory=FloatArray)
     e_commit: IntArray = field(default_factory=IntArray)
     e_id: TextArray = field(default_factory=TextArray)
     e_event: TextArray = field(default_factory=TextArray)
@@ -164,8 +166,11 @@ class Arrays:
     def inserts_only(self) -> bool:
         """Whether these commits only add jobs without an idempotency key (and history): the
         ``insert_jobs`` query's case."""
-        return not (self.s_id or self.w_key or self.x_key or self.e_id) and all(
-            key is None for key in self.j_key
+        return (
+            not (self.s_id or self.w_key or self.x_key or self.e_id)
+            and all(key is None for key in self.j_key)
+            and all(priority == 0 for priority in self.j_priority)
+            and all(lease is None for lease in self.j_lease_seconds)
         )
 
     def insert_params(self, channel: str, payload: str) -> tuple[Any, ...]:
@@ -227,6 +232,8 @@ def flatten(commits: Sequence[Commit], group: Sequence[int]) -> Arrays:
             a.j_available_at.append(job.available_at)
             a.j_enqueued_at.append(job.enqueued_at)
             a.j_key.append(job.idempotency_key)
+            a.j_priority.append(job.priority)
+            a.j_lease_seconds.append(job.lease_seconds)
         for event in effects.events:
             a.e_commit.append(c)
             a.e_id.append(event.id)

@@ -9,13 +9,13 @@ SELECT l.*
 FROM set_config('synchronous_commit', 'off', true) AS s,
     LATERAL {schema}.lease(
         %(queues)s::text[], %(seconds)s::double precision[], %(now)s::double precision,
-        %(limit)s::integer
+        %(limit)s::integer, %(worker)s::text
     ) AS l
 
 -- name: lease_with_commit
 SELECT * FROM {schema}.lease(
     %(queues)s::text[], %(seconds)s::double precision[], %(now)s::double precision,
-    %(limit)s::integer
+    %(limit)s::integer, %(worker)s::text
 )
 
 -- name: commit_and_lease
@@ -28,13 +28,13 @@ SELECT c.failed_commits, c.failed_statuses, c.job_ids, c.deliveries, c.woken,
 FROM ({commit}) AS c
 LEFT JOIN LATERAL {schema}.lease(
     %b::text[], %b::double precision[], %b::double precision,
-    %b::integer + 0 * cardinality(c.failed_commits)
+    %b::integer + 0 * cardinality(c.failed_commits), %b::text
 ) AS l ON true
-ORDER BY l.was_available_at
+ORDER BY l.priority DESC, l.was_available_at
 
 -- name: extend
 UPDATE {schema}.jobs
-SET available_at = greatest(available_at, %(until)s)
+SET available_at = greatest(available_at, %(until)s), extensions = extensions + 1
 WHERE id = %(id)s AND token = %(token)s AND available_at >= %(now)s
 
 -- name: commit
@@ -47,6 +47,7 @@ FROM {schema}.commit_batch(
     %b::integer[], %b::text[], %b::text[],
     %b::integer[], %b::text[], %b::text[], %b::bytea[],
     %b::double precision[], %b::double precision[], %b::text[],
+    %b::integer[], %b::double precision[],
     %b::integer[], %b::text[], %b::text[], %b::bytea[], %b::double precision[],
     %b::integer[], %b::text[], %b::double precision[], %b::text[],
     %b::text[], %b::text[], %b::integer[], %b::text[]
@@ -92,7 +93,7 @@ WITH moved AS (
     RETURNING id, queue, body, enqueued_at
 ), added AS (
     INSERT INTO {schema}.jobs (id, queue, body, available_at, enqueued_at)
-    SELECT id, queue, body, %(now)s, enqueued_at FROM moved
+    SELECT id, queue, body, %(at)s, enqueued_at FROM moved
     ON CONFLICT (id) DO NOTHING
 )
 SELECT count(*)::integer, coalesce(array_agg(DISTINCT queue), '{}') FROM moved
@@ -107,15 +108,36 @@ DELETE FROM {schema}.dead_letters WHERE id = ANY (%(ids)s::text[])
 DELETE FROM {schema}.dead_letters WHERE %(queue)s::text IS NULL OR queue = %(queue)s::text
 
 -- name: stats
+-- Counts off indexes, never a read of every job row: the backlog's entries of the (queue, priority,
+-- available_at) index (index-only), less the leased jobs (few, off the partial jobs_leased index),
+-- which that index files under their lease deadline; the oldest ready job is the first unleased
+-- due entry of each lane.
 SELECT queue.name,
-       count(j.id) FILTER (WHERE j.token IS NULL AND j.available_at <= %(now)s)::integer,
-       count(j.id) FILTER (WHERE j.token IS NULL AND j.available_at > %(now)s)::integer,
-       count(j.id) FILTER (WHERE j.token IS NOT NULL)::integer,
+       (backlog.due - leased.due)::integer,
+       (backlog.total - backlog.due - (leased.total - leased.due))::integer,
+       leased.total::integer,
        (SELECT count(*) FROM {schema}.dead_letters AS d WHERE d.queue = queue.name)::integer,
-       min(j.available_at) FILTER (WHERE j.token IS NULL AND j.available_at <= %(now)s)
+       (SELECT min(first.available_at)
+        FROM (SELECT 0 AS priority
+              UNION ALL
+              SELECT l.priority FROM {schema}.queue_lanes AS l WHERE l.queue = queue.name) AS lane
+        CROSS JOIN LATERAL (
+            SELECT j.available_at FROM {schema}.jobs AS j
+            WHERE j.queue = queue.name AND j.priority = lane.priority AND j.token IS NULL
+              AND j.available_at <= %(now)s
+            ORDER BY j.available_at
+            LIMIT 1
+        ) AS first),
+       EXISTS (SELECT FROM {schema}.paused_queues AS p WHERE p.queue = queue.name)
 FROM unnest(%(queues)s::text[]) AS queue(name)
-LEFT JOIN {schema}.jobs AS j ON j.queue = queue.name
-GROUP BY queue.name
+CROSS JOIN LATERAL (
+    SELECT count(*) AS total, count(*) FILTER (WHERE j.available_at <= %(now)s) AS due
+    FROM {schema}.jobs AS j WHERE j.queue = queue.name
+) AS backlog
+CROSS JOIN LATERAL (
+    SELECT count(*) AS total, count(*) FILTER (WHERE j.available_at <= %(now)s) AS due
+    FROM {schema}.jobs AS j WHERE j.queue = queue.name AND j.token IS NOT NULL
+) AS leased
 
 -- name: queue_names
 -- The queues holding jobs or dead letters. A loose index scan (PostgreSQL has no skip scan): each
@@ -173,3 +195,103 @@ WHERE seq = ANY (ARRAY(SELECT seq FROM {schema}.history WHERE at < %(before)s LI
 DELETE FROM {schema}.idempotency
 WHERE ctid = ANY (ARRAY(
     SELECT ctid FROM {schema}.idempotency WHERE expires_at <= %(now)s LIMIT %(batch)s))
+
+-- operations (conveyor.ports.operations) ------------------------------------------------------
+
+-- name: pause
+INSERT INTO {schema}.paused_queues (queue, paused_at) VALUES (%(queue)s, %(now)s)
+ON CONFLICT (queue) DO NOTHING
+
+-- name: resume
+DELETE FROM {schema}.paused_queues WHERE queue = %(queue)s
+
+-- name: paused_queues
+SELECT queue, paused_at FROM {schema}.paused_queues ORDER BY queue
+
+-- name: leases
+-- Off the partial jobs_leased index (only leased rows): one queue's in id order, or all of them.
+SELECT id, queue, attempts, token, worker, leased_at, available_at, extensions
+FROM {schema}.jobs
+WHERE token IS NOT NULL
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND id > coalesce(%(after)s::text, '')
+ORDER BY id
+LIMIT %(limit)s
+
+-- name: queue_counts
+SELECT queue, minute, sum(completed)::bigint, sum(retried)::bigint, sum(dead)::bigint
+FROM {schema}.queue_counts
+WHERE queue = ANY (%(queues)s::text[]) AND minute >= %(start)s
+GROUP BY queue, minute
+ORDER BY queue, minute
+
+-- name: prune_counts
+DELETE FROM {schema}.queue_counts WHERE minute < %(before)s
+
+-- name: job
+SELECT id, queue, body, attempts, enqueued_at, available_at, priority, idempotency_key, last_error,
+       token, worker, leased_at, extensions, cancel_requested
+FROM {schema}.jobs WHERE id = %(id)s
+
+-- name: dead_letter
+SELECT id, queue, body, error_type, error_message, error_traceback, attempts, enqueued_at, failed_at
+FROM {schema}.dead_letters WHERE id = %(id)s
+
+-- name: job_for_key
+SELECT job_id FROM {schema}.idempotency
+WHERE queue = %(queue)s AND key = %(key)s AND (expires_at IS NULL OR expires_at > %(now)s)
+
+-- name: job_history
+SELECT correlation_id, at, kind, name, message_id, attempt, detail
+FROM {schema}.history
+WHERE message_id = %(id)s
+ORDER BY seq
+
+-- name: cancel_jobs
+-- Jobs not leased (or whose lease expired) go, their keys freed, and the history entries of
+-- those that went are written: one statement, one transaction.
+WITH gone AS (
+    DELETE FROM {schema}.jobs AS j
+    WHERE j.id = ANY (%(ids)s::text[]) AND (j.token IS NULL OR j.available_at < %(now)s)
+    RETURNING j.id, j.queue, j.idempotency_key
+), freed AS (
+    DELETE FROM {schema}.idempotency AS i USING gone
+    WHERE i.queue = gone.queue AND i.key = gone.idempotency_key AND i.job_id = gone.id
+), logged AS (
+    INSERT INTO {schema}.history (correlation_id, at, kind, name, message_id, attempt, detail)
+    SELECT h.correlation_id, h.at, h.kind, h.name, h.message_id, h.attempt, h.detail
+    FROM unnest(
+        %(h_correlation_id)s::text[], %(h_at)s::double precision[], %(h_kind)s::text[],
+        %(h_name)s::text[], %(h_message_id)s::text[], %(h_attempt)s::integer[], %(h_detail)s::text[]
+    ) WITH ORDINALITY AS h(correlation_id, at, kind, name, message_id, attempt, detail, n)
+    WHERE h.message_id IN (SELECT gone.id FROM gone)
+    ORDER BY h.n
+)
+SELECT id FROM gone
+
+-- name: request_cancel
+UPDATE {schema}.jobs SET cancel_requested = true WHERE id = %(id)s
+
+-- name: cancel_requests
+SELECT id FROM {schema}.jobs WHERE id = ANY (%(ids)s::text[]) AND cancel_requested
+
+-- name: register_worker
+INSERT INTO {schema}.workers AS w (id, host, pid, queues, concurrency, started_at, last_seen, settled)
+VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s::text[], %(concurrency)s, %(started_at)s,
+        %(last_seen)s, %(settled)s)
+ON CONFLICT (id) DO UPDATE SET
+    host = excluded.host, pid = excluded.pid, queues = excluded.queues,
+    concurrency = excluded.concurrency, started_at = excluded.started_at,
+    last_seen = excluded.last_seen, settled = excluded.settled
+
+-- name: unregister_worker
+DELETE FROM {schema}.workers WHERE id = %(id)s
+
+-- name: workers
+WITH gone AS (
+    DELETE FROM {schema}.workers WHERE last_seen < %(alive_since)s
+)
+SELECT id, host, pid, queues, concurrency, started_at, last_seen, settled
+FROM {schema}.workers
+WHERE last_seen >= %(alive_since)s
+ORDER BY id

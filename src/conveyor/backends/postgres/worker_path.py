@@ -60,9 +60,15 @@ DEFAULT_VACUUM_INTERVAL = 10.0
 VACUUMED_TABLES = ("jobs", "idempotency", "states")
 
 
-def _lease_params(queues: Mapping[str, float], limit: int, now: float) -> dict[str, Any]:
+def _lease_params(queues: Mapping[str, float], limit: int, now: float, worker: str = "") -> dict[str, Any]:
     names = list(queues)
-    return {"queues": names, "seconds": [float(queues[name]) for name in names], "now": now, "limit": limit}
+    return {
+        "queues": names,
+        "seconds": [float(queues[name]) for name in names],
+        "now": now,
+        "limit": limit,
+        "worker": worker,
+    }
 
 
 def _leased(rows: Sequence[TupleRow]) -> list[LeasedJob]:
@@ -166,14 +172,16 @@ class WorkerPath(Connections):
 
     # lease
 
-    async def lease(self, queues: Mapping[str, float], limit: int, now: float) -> list[LeasedJob]:
+    async def lease(
+        self, queues: Mapping[str, float], limit: int, now: float, worker: str = ""
+    ) -> list[LeasedJob]:
         if not queues or limit <= 0:
             return []
         if self._serving is None:
             self._serving = asyncio.ensure_future(self._serve())
         if not self._serving.done():
             await asyncio.shield(self._serving)  # several workers may be starting at once
-        jobs = _leased(await self._fetch("lease", _lease_params(queues, limit, now), binary=True))
+        jobs = _leased(await self._fetch("lease", _lease_params(queues, limit, now, worker), binary=True))
         self._vacuum_if_due(dirtied=bool(jobs))
         return jobs
 
@@ -186,21 +194,26 @@ class WorkerPath(Connections):
         return results
 
     async def commit_and_lease(
-        self, commits: Sequence[Commit], now: float, queues: Mapping[str, float], limit: int
+        self,
+        commits: Sequence[Commit],
+        now: float,
+        queues: Mapping[str, float],
+        limit: int,
+        worker: str = "",
     ) -> tuple[list[CommitResult], list[LeasedJob]]:
         """The commit and the lease in one transaction (one statement, see :meth:`_apply`): one
         round trip and one WAL flush for both."""
         if not commits or not queues or limit <= 0:
-            return await self.commit(commits, now), await self.lease(queues, limit, now)
-        return await self._commit(commits, now, (queues, limit))
+            return await self.commit(commits, now), await self.lease(queues, limit, now, worker)
+        return await self._commit(commits, now, (queues, limit, worker))
 
     async def _commit(
-        self, commits: Sequence[Commit], now: float, lease: tuple[Mapping[str, float], int] | None
+        self, commits: Sequence[Commit], now: float, lease: tuple[Mapping[str, float], int, str] | None
     ) -> tuple[list[CommitResult], list[LeasedJob]]:
         groups = plan_groups(commits)
         batches = [flatten(commits, group) for group in groups]
         purge = self._purge_due(now)
-        lease_params = None if lease is None else _lease_params(*lease, now)
+        lease_params = None if lease is None else _lease_params(lease[0], lease[1], now, lease[2])
         for attempt in range(1, COMMIT_RETRIES + 1):
             try:
                 async with self._connection() as conn:
@@ -307,7 +320,7 @@ class WorkerPath(Connections):
                 pass
         if lease is not None and len(batches) == 1:  # the usual case: one statement
             params = batches[0].params(now, self.idempotency_retention, purge, self.channel)
-            lease_params = (lease["queues"], lease["seconds"], lease["now"], lease["limit"])
+            lease_params = (lease["queues"], lease["seconds"], lease["now"], lease["limit"], lease["worker"])
             cursor = conn.cursor(binary=True)
             await cursor.execute(self._queries["commit_and_lease"], (*params, *lease_params))
             rows = await cursor.fetchall()
