@@ -39,6 +39,7 @@ from conveyor.ports import (
     Settlement,
     StateOp,
     StateWrite,
+    WorkerInfo,
 )
 from conveyor.testing.differential import QUEUES, ROUTES, Scenario
 from tests.conftest import IN_CI
@@ -241,9 +242,14 @@ async def test_every_key_lives_under_the_prefix_and_queue_keys_under_their_hash_
         [
             Commit(
                 effects=Effects(
-                    jobs=[leasable, NewJob("keyed", "other", b"{}", T0, T0, "k1")],
+                    jobs=[
+                        leasable,
+                        NewJob("keyed", "other", b"{}", T0, T0, "k1"),
+                        NewJob("urgent", "other", b"{}", T0 + 60, T0, priority=3, lease_seconds=5.0),
+                    ],
                     events=[NewEvent("e1", "placed", b"{}", T0)],
                     states=[StateWrite("s", StateOp.SET, b"v")],
+                    history=[HistoryEntry("wf", T0, "enqueued", "other", "keyed")],
                 )
             )
         ],
@@ -252,17 +258,32 @@ async def test_every_key_lives_under_the_prefix_and_queue_keys_under_their_hash_
     [leased] = await backend.lease(LEASE, 1, T0)
     error = ErrorInfo("E", "m")
     await backend.commit([Commit(Settlement(leased.id, leased.token, Outcome.DEAD, error=error))], T0)
+    await backend.pause("idle", T0)
+    await backend.register_worker(WorkerInfo("host:1:w", "host", 1, ("q",), 4, T0, T0, 0))
     client = Redis.from_url(url.split("?", maxsplit=1)[0])
     try:
         keys = await keys_of(client, prefix)
     finally:
         await client.aclose()
+    minute = int(T0 // 60 * 60)
     assert keys == {
         f"{prefix}:{{other}}:jobs",
+        f"{prefix}:{{other}}:jobs:3",
+        f"{prefix}:{{other}}:control",
         f"{prefix}:{{other}}:idem:k1",
         f"{prefix}:{{reserve}}:jobs",
         f"{prefix}:{{q}}:dead",
+        f"{prefix}:{{q}}:counts",
+        f"{prefix}:{{q}}:counts:{minute}",
+        f"{prefix}:{{idle}}:control",
+        f"{prefix}:paused",
+        f"{prefix}:workers",
+        f"{prefix}:worked",
+        f"{prefix}:history:wf",
+        f"{prefix}:history",
+        f"{prefix}:jobhistory:keyed",
         f"{prefix}:job:keyed",
+        f"{prefix}:job:urgent",
         f"{prefix}:job:e1:reserve",
         f"{prefix}:dead:job-00000",
         f"{prefix}:dead",
@@ -291,6 +312,7 @@ async def test_a_random_run_leaves_only_documented_key_families(backend: RedisBa
         await client.aclose()
     families = {key.removeprefix(f"{backend.prefix}:").split(":")[0] for key in keys}
     documented = {"{q0}", "{q1}", "{q2}", "job", "dead", "token", "events", "sub", "state", "history"}
+    documented |= {"jobhistory", "worked"}
     assert families <= documented
 
 

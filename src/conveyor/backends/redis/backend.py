@@ -16,6 +16,7 @@ from redis.exceptions import ResponseError
 from conveyor.backends import DEFAULT_IDEMPOTENCY_RETENTION, url_options
 from conveyor.backends.redis import codec
 from conveyor.backends.redis.errors import translated
+from conveyor.backends.redis.operations import Operations
 from conveyor.backends.redis.scripts import Scripts, command
 from conveyor.backends.redis.worker_path import WorkerPath
 from conveyor.model.errors import BackendError, ConfigurationError
@@ -33,7 +34,7 @@ def _glob_escaped(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-class RedisBackend(WorkerPath):
+class RedisBackend(WorkerPath, Operations):
     """``redis://host:port/db?prefix=conveyor``: every role on one Redis (``rediss://`` for TLS).
 
     Options come from the URL query or keywords (keywords win): ``prefix`` names the app's keys,
@@ -96,10 +97,11 @@ class RedisBackend(WorkerPath):
         reply = await self._run("dead_letters", [self.prefix, queue or "", offset, limit])
         return codec.dead_letters(reply)
 
-    async def redrive(self, ids: Sequence[str], now: float) -> int:
+    async def redrive(self, ids: Sequence[str], now: float, available_at: float | None = None) -> int:
         if not ids:
             return 0
-        count, woken = await self._run("redrive", [self.prefix, now, *ids])
+        at = now if available_at is None else available_at
+        count, woken = await self._run("redrive", [self.prefix, now, at, *ids])
         self._signal(woken)
         return int(count)
 
@@ -125,15 +127,17 @@ class RedisBackend(WorkerPath):
                 leased=leased,
                 dead=dead,
                 oldest_ready_at=None if oldest is None else float(oldest),
+                paused=bool(paused),
             )
-            for queue, (ready, scheduled, leased, dead, oldest) in zip(queues, reply, strict=True)
+            for queue, (ready, scheduled, leased, dead, oldest, paused) in zip(queues, reply, strict=True)
         ]
 
     async def queue_names(self) -> list[str]:
         # No set of queue names is kept (every commit would pay for it). A queue's sorted sets
-        # (P:{queue}:jobs, :leased, :dead) exist exactly while they hold a member, since Redis
-        # deletes an empty one, so the queues holding something are the names in those keys. SCAN
-        # walks the keyspace in steps of _SCAN_COUNT slots, never blocking Redis for long.
+        # (P:{queue}:jobs[:<priority>], :leased[:<priority>], :dead) exist exactly while they
+        # hold a member, since Redis deletes an empty one, so the queues holding something are the
+        # names in those keys (not in :counts, a record of settlements). SCAN walks the keyspace
+        # in steps of _SCAN_COUNT slots, never blocking Redis for long.
         client, found = self._client, set()
         pattern = _glob_escaped(self.prefix) + ":{*}:*"
         start = len(self.prefix) + 2
@@ -144,8 +148,11 @@ class RedisBackend(WorkerPath):
                     client, "SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT, "TYPE", "zset"
                 )
                 for key in keys:
+                    end = key.rindex(b"}")
+                    if key.startswith(b":counts", end + 1):
+                        continue
                     # (a key written by something else may not be UTF-8: shown escaped, not fatal)
-                    found.add(key[start : key.rindex(b"}")].decode(errors="backslashreplace"))
+                    found.add(key[start:end].decode(errors="backslashreplace"))
                 if int(cursor) == 0:
                     break
         return sorted(found)

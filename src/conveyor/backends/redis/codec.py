@@ -8,7 +8,7 @@ decodes nothing it does not need.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -22,6 +22,7 @@ from conveyor.ports import (
     ErrorInfo,
     HistoryEntry,
     LeasedJob,
+    NewJob,
     Outcome,
     StateOp,
 )
@@ -30,13 +31,28 @@ _STATUSES = (CommitStatus.OK, CommitStatus.STALE, CommitStatus.CONFLICT)
 _OUTCOMES = {Outcome.ACK: b"a", Outcome.RETRY: b"r", Outcome.DEAD: b"d", Outcome.RELEASE: b"l"}
 _COUNTS = struct.Struct(">5I")
 _OK = CommitResult(CommitStatus.OK)
-_SETTLEMENT, _JOB, _HISTORY = BULK * 3, BULK * 6, BULK * 3
+_SETTLEMENT, _JOB, _HISTORY = BULK * 3, BULK * 7, BULK * 4
 _SHOWN_CULPRITS = 5
 
 
 def _optional(text: str | None) -> bytes:
     # "" stands for None, so a present value (even an empty one) gets a leading marker
     return b"" if text is None else b"=" + text.encode()
+
+
+def _error(error: ErrorInfo) -> bytes:
+    return bulk(error.type) + bulk(error.message) + bulk(_optional(error.traceback))
+
+
+_NO_ERROR = bulk("") * 3
+
+
+def _options(job: NewJob) -> bytes:
+    """A new job's priority and own lease seconds, "" for the defaults (nearly every job)."""
+    if not job.priority and job.lease_seconds is None:
+        return b""
+    seconds = b"-" if job.lease_seconds is None else repr(float(job.lease_seconds)).encode()
+    return b"%d %b" % (job.priority, seconds)
 
 
 class _Reprs(dict[float, bytes]):
@@ -74,12 +90,13 @@ def commit_args(commits: Sequence[Commit]) -> Packed:
             count += 3
             if settlement.outcome is Outcome.RETRY:
                 append(bulk("" if settlement.available_at is None else settlement.available_at))
-                count += 1
+                append(_NO_ERROR if settlement.error is None else _error(settlement.error))
+                count += 4
             elif settlement.outcome is Outcome.DEAD:
                 error = settlement.error
                 if error is None:
                     raise ValueError(f"dead-letter settlement of {settlement.job_id!r} has no error")
-                append(bulk(error.type) + bulk(error.message) + bulk(_optional(error.traceback)))
+                append(_error(error))
                 count += 3
         if not with_effects:
             continue
@@ -94,16 +111,18 @@ def commit_args(commits: Sequence[Commit]) -> Packed:
             append(bulk(queue) + bulk(key))
         for job in jobs:
             # one % per job, the loop of a 1,000-job enqueue: id, queue, body, available_at,
-            # enqueued_at, idempotency key
+            # enqueued_at, idempotency key, options
             i, q, b, k = job.id.encode(), job.queue.encode(), job.body, _optional(job.idempotency_key)
             a, e = reprs[job.available_at], reprs[job.enqueued_at]
-            append(_JOB % (len(i), i, len(q), q, len(b), b, len(a), a, len(e), e, len(k), k))
+            o = _options(job)
+            append(_JOB % (len(i), i, len(q), q, len(b), b, len(a), a, len(e), e, len(k), k, len(o), o))
         for event in events:
             append(bulk(event.id) + bulk(event.event) + bulk(event.body) + bulk(event.emitted_at))
         for entry in history:
             c, a, h = entry.correlation_id.encode(), reprs[entry.at], encode_history(entry)
-            append(_HISTORY % (len(c), c, len(a), a, len(h), h))
-        count += 4 * len(states) + 2 * len(cancels) + 6 * len(jobs) + 4 * len(events) + 3 * len(history)
+            m = _optional(entry.message_id)
+            append(_HISTORY % (len(c), c, len(a), a, len(m), m, len(h), h))
+        count += 4 * len(states) + 2 * len(cancels) + 7 * len(jobs) + 4 * len(events) + 4 * len(history)
     return Packed(count, b"".join(parts))
 
 
@@ -144,11 +163,10 @@ def rejection(commits: Sequence[Commit], rejected: list[Any]) -> str:
     )
 
 
-def leased_jobs(reply: list[Any], queues: Mapping[str, float], now: float) -> list[LeasedJob]:
-    """The jobs of a ``lease.lua`` reply's job list; deadlines are computed as the script did."""
+def leased_jobs(reply: list[Any], now: float) -> list[LeasedJob]:
+    """The jobs of a ``lease.lua`` reply's job list."""
     jobs = []
-    for i in range(0, len(reply), 6):
-        queue = reply[i + 1].decode()
+    for i in range(0, len(reply), 7):
         try:
             enqueued_at = float(reply[i + 5])
         except ValueError:  # a job hash edited by hand: this job must not fail the whole lease
@@ -156,11 +174,11 @@ def leased_jobs(reply: list[Any], queues: Mapping[str, float], now: float) -> li
         jobs.append(
             LeasedJob(
                 id=reply[i].decode(),
-                queue=queue,
+                queue=reply[i + 1].decode(),
                 body=reply[i + 2],
                 attempt=reply[i + 3],
                 token=reply[i + 4],
-                lease_deadline=now + queues[queue],
+                lease_deadline=float(reply[i + 6]),
                 enqueued_at=enqueued_at,
             )
         )

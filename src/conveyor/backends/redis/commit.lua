@@ -5,13 +5,17 @@
 --   head            outcome: "-" (no settlement), "a" ack, "r" retry, "d" dead, "l" release,
 --                   then, if there are effects, the counts of states, cancels, jobs, events
 --                   and history entries as five big-endian uint32 (struct ">I4I4I4I4I4")
---   settlement      job id, token; retry adds available_at ("" = now);
---                   dead adds error type, message, traceback ("" = none, else "=" .. text)
+--   settlement      job id, token; retry adds available_at ("" = now) and error type ("" = no
+--                   error), message, traceback; dead adds error type, message, traceback
+--                   (traceback "" = none, else "=" .. text)
 --   states          key, op ("s" set / "d" delete), value, expected version ("" = unchecked)
 --   cancels         queue, idempotency key
---   jobs            id, queue, body, available_at, enqueued_at, key ("" = none, else "=" .. key)
+--   jobs            id, queue, body, available_at, enqueued_at, key ("" = none, else "=" .. key),
+--                   options ("" = priority 0 and the queue's lease, else "<priority> <lease
+--                   seconds or ->")
 --   events          id, event, body, emitted_at
---   history         correlation id, at, entry (JSON text, opaque here)
+--   history         correlation id, at, message id ("" = none, else "=" .. id), entry (JSON
+--                   text, opaque here)
 -- Reply: { results, queues that got due jobs, rejected, repaired }. Results are flat, per commit:
 -- status (0 ok, 1 stale, 2 conflict), deliveries, n, then n (index, id) pairs: the new jobs whose
 -- id an idempotency key replaced. Rejected is empty, or (commit number, message) pairs: then the
@@ -34,7 +38,13 @@
 -- letter for them would lease its job again forever, each attempt refused the same way.
 --
 -- A leased job's hash holds its lease deadline in field d (and <queue>:leased the same score);
--- no d means not leased.
+-- no d means not leased. A job of priority p ~= 0 (field p) waits in <queue>:jobs:<p> and is
+-- leased in <queue>:leased:<p>, its lane, which <queue>:control names (field <p>) while it is in
+-- use; lane 0 is <queue>:jobs and <queue>:leased.
+--
+-- Each OK settlement but a release is counted per queue in the minute of `now`: one HINCRBY per
+-- queue and outcome per batch on <queue>:counts:<minute>, whose minute <queue>:counts indexes.
+-- Like history, counts are a record: a corrupt count key is moved aside, never fails a commit.
 
 local prefix, now_s = ARGV[1], ARGV[2]
 local now, retention = tonumber(now_s), tonumber(ARGV[3])
@@ -49,11 +59,11 @@ local function queue_key(queue, suffix)
 end
 
 -- Phase 1's reads, by key, for phase 2, which keeps them current as it writes.
-local job_of = {} -- job key -> its fields t, d, q, k (false: none)
+local job_of = {} -- job key -> its fields t, d, q, k, p (false: none)
 local holder_of = {} -- idempotency key -> its value (false: none)
 local version_of = {} -- state key -> its version (0: none)
 local type_of = {} -- key -> its TYPE, for keys that are written without being read
-local set_checked = { jobs = {}, leased = {} } -- suffix -> queue -> true: a sorted set
+local set_checked = {} -- key -> true: a sorted set (or missing)
 local settled_key, settled_job = {}, {} -- commit number -> its settled job's key and fields
 local routes = {} -- event -> subscribed queues
 
@@ -77,6 +87,18 @@ local function parse_head(head)
     return string.byte(head, 1), struct.unpack(">I4I4I4I4I4", head, 2)
   end
   return string.byte(head, 1), 0, 0, 0, 0, 0
+end
+
+-- a new job's options: its priority (text, "0" if none) and its own lease seconds (text or nil)
+local function parse_options(options)
+  if options == "" then
+    return "0", nil
+  end
+  local priority, seconds = string.match(options, "^(%S+) (%S+)$")
+  if seconds == "-" then
+    seconds = nil
+  end
+  return priority, seconds
 end
 
 -- phase 1: checks, no writes
@@ -112,12 +134,29 @@ end
 
 local ZSET = "a sorted set"
 
+-- the suffix of a lane's keys: "" for priority 0, ":<p>" for another
+local function lane(priority)
+  if not priority or priority == "0" or priority == 0 then
+    return ""
+  end
+  return ":" .. priority
+end
+
 -- <queue>:<suffix> must be a sorted set (or missing)
 local function check_set(queue, suffix)
-  local checked = set_checked[suffix]
-  if not checked[queue] and not problem then
-    check_type(queue_key(queue, suffix), "zset", ZSET)
-    checked[queue] = not problem
+  local key = queue_key(queue, suffix)
+  if not set_checked[key] and not problem then
+    check_type(key, "zset", ZSET)
+    set_checked[key] = not problem
+  end
+end
+
+-- the lane of priority `priority` in `queue`: its waiting set, and the control hash naming it
+local function check_lane(queue, priority)
+  local suffix = lane(priority)
+  check_set(queue, "jobs" .. suffix)
+  if suffix ~= "" then
+    check_type(queue_key(queue, "control"), "hash", "a queue's control hash")
   end
 end
 
@@ -127,7 +166,7 @@ local function check_job(job_key)
   end
   local job = job_of[job_key]
   if not job then
-    job = redis.pcall("HMGET", job_key, "t", "d", "q", "k")
+    job = redis.pcall("HMGET", job_key, "t", "d", "q", "k", "p")
     if failed(job, job_key, "a job hash") then
       return nil
     end
@@ -178,7 +217,7 @@ local function check(c, i)
     local job_key, token = job_prefix .. ARGV[i], ARGV[i + 1]
     i = i + 2
     if outcome == RETRY then
-      i = i + 1
+      i = i + 4
     elseif outcome == DEAD then
       i = i + 3
     end
@@ -189,10 +228,10 @@ local function check(c, i)
       if not queue then
         problem = job_key .. " has no field q (its queue)"
       else
-        check_set(queue, "leased")
+        check_set(queue, "leased" .. lane(job[5]))
         if outcome == RETRY or outcome == RELEASE then
-          check_set(queue, "jobs")
-        end -- (a dead letter's indexes need no check: see the top)
+          check_lane(queue, job[5])
+        end -- (a dead letter's indexes and the counts need no check: see the top)
       end
     end
   end
@@ -211,19 +250,19 @@ local function check(c, i)
       local _, holder = parse_holder(value)
       local job = check_job(job_prefix .. holder)
       if job and job[3] then
-        check_set(job[3], "jobs")
+        check_set(job[3], "jobs" .. lane(job[5]))
       end
     end
   end
   i = i + 2 * cancels
-  for s = i, i + 6 * jobs - 1, 6 do
+  for s = i, i + 7 * jobs - 1, 7 do
     local queue, key = ARGV[s + 1], ARGV[s + 5]
     if key ~= "" then
       check_holder(queue_key(queue, "idem:" .. string.sub(key, 2)))
     end
-    check_set(queue, "jobs")
+    check_lane(queue, parse_options(ARGV[s + 6]))
   end
-  i = i + 6 * jobs
+  i = i + 7 * jobs
   for e = i + 1, i + 4 * events - 1, 4 do
     local event = ARGV[e]
     local queues = routes[event]
@@ -241,7 +280,7 @@ local function check(c, i)
     end
   end
   i = i + 4 * events
-  return i + 3 * history -- (history needs no check: see the top)
+  return i + 4 * history -- (history needs no check: see the top)
 end
 
 local rejected = {}
@@ -287,8 +326,14 @@ local function append_to(lists, name, a, b)
   end
 end
 
-local function add_to_queue(queue, available_at, id)
-  append_to(pending_adds, queue, available_at, id)
+-- `id` into its lane of `queue` (priority: text, or nil for 0), waiting until `available_at`
+local function add_to_queue(queue, priority, available_at, id)
+  local suffix = lane(priority)
+  if suffix ~= "" then
+    -- (every time: lease.lua forgets a lane it finds empty)
+    redis.call("HSET", queue_key(queue, "control"), priority, 1)
+  end
+  append_to(pending_adds, queue_key(queue, "jobs" .. suffix), available_at, id)
   adds_pending = true
   if tonumber(available_at) <= now then
     due_queues[queue] = true
@@ -316,17 +361,17 @@ local function index_dead(name, id)
 end
 
 local function flush_adds()
-  for queue, members in pairs(pending_adds) do
-    call_in_slices("ZADD", queue_key(queue, "jobs"), members)
+  for key, members in pairs(pending_adds) do
+    call_in_slices("ZADD", key, members)
   end
   pending_adds, adds_pending = {}, false
 end
 
--- a job's fields t, d, q, k: `job`, phase 1's read kept current, or read now; nil for a key
+-- a job's fields t, d, q, k, p: `job`, phase 1's read kept current, or read now; nil for a key
 -- phase 1 did not read that is not a hash (lease.lua dead-letters such a job)
 local function job_fields(job_key, job)
   if not job then
-    job = redis.pcall("HMGET", job_key, "t", "d", "q", "k")
+    job = redis.pcall("HMGET", job_key, "t", "d", "q", "k", "p")
     if job.err then
       return nil
     end
@@ -368,7 +413,7 @@ local function retire_key(queue, id, key)
   end
 end
 
-local function enqueue(id, queue, body, available_at, enqueued_at, key)
+local function enqueue(id, queue, body, available_at, enqueued_at, key, options)
   if key then
     local idem_key = queue_key(queue, "idem:" .. key)
     local holder = key_holder(idem_key)
@@ -382,17 +427,30 @@ local function enqueue(id, queue, body, available_at, enqueued_at, key)
   if redis.call("EXISTS", job_key) == 1 then
     return id
   end
-  -- attempts, token and deadline appear with the first lease: fewer fields, cheaper enqueue
+  -- attempts, token and deadline appear with the first lease, priority and lease seconds only
+  -- when set: fewer fields, cheaper enqueue
   if key then
     redis.call("HSET", job_key, "q", queue, "b", body, "e", enqueued_at, "k", key)
   else
     redis.call("HSET", job_key, "q", queue, "b", body, "e", enqueued_at)
   end
+  local priority, seconds = nil, nil
+  if options and options ~= "" then
+    priority, seconds = parse_options(options)
+    if priority ~= "0" then
+      redis.call("HSET", job_key, "p", priority)
+    else
+      priority = nil
+    end
+    if seconds then
+      redis.call("HSET", job_key, "s", seconds)
+    end
+  end
   local cached = job_of[job_key]
   if cached then
-    cached[1], cached[2], cached[3], cached[4] = false, false, queue, key or false
+    cached[1], cached[2], cached[3], cached[4], cached[5] = false, false, queue, key or false, priority or false
   end
-  add_to_queue(queue, available_at, id)
+  add_to_queue(queue, priority, available_at, id)
   return id
 end
 
@@ -403,16 +461,29 @@ local function optional(value)
   return string.sub(value, 2)
 end
 
+-- settlements counted per queue: queue -> { completed, retried, dead }
+local counted, COLUMN = {}, { [ACK] = 1, [RETRY] = 2, [DEAD] = 3 }
+
 local function settle(outcome, id, job_key, job, fields)
-  local queue, key = job[3], job[4]
+  local queue, key, priority = job[3], job[4], job[5]
+  local leased_key = queue_key(queue, "leased" .. lane(priority))
   if outcome == ACK or outcome == DEAD then
     job[1], job[2], job[3] = false, false, false -- gone, for a later commit of the batch
   else
     job[2] = false -- no longer leased
   end
+  local column = COLUMN[outcome]
+  if column then
+    local counts = counted[queue]
+    if not counts then
+      counts = { 0, 0, 0 }
+      counted[queue] = counts
+    end
+    counts[column] = counts[column] + 1
+  end
   if outcome == ACK then
     redis.call("DEL", job_key)
-    append_to(unleased, queue, id)
+    append_to(unleased, leased_key, id)
     retire_key(queue, id, key)
   elseif outcome == DEAD then
     -- the job hash becomes the dead letter (no copy of the body)
@@ -423,7 +494,7 @@ local function settle(outcome, id, job_key, job, fields)
       redis.pcall("ZREM", queue_key(earlier, "dead"), id)
     end
     redis.call("RENAME", job_key, dead_key)
-    append_to(unleased, queue, id)
+    append_to(unleased, leased_key, id)
     redis.call("HSET", dead_key, "f", now_s, "et", fields[1], "em", fields[2])
     local traceback = optional(fields[3])
     if traceback then
@@ -433,16 +504,47 @@ local function settle(outcome, id, job_key, job, fields)
     index_dead("{" .. queue .. "}:dead", id)
     retire_key(queue, id, key)
   else
-    redis.call("ZREM", queue_key(queue, "leased"), id)
+    redis.call("ZREM", leased_key, id)
     if outcome == RELEASE then
       -- the attempt given back (HSET, not HINCRBY: a hand-edited count cannot fail the script)
       local attempts = tonumber(redis.call("HGET", job_key, "a")) or 1
       redis.call("HSET", job_key, "a", math.max(0, attempts - 1))
       redis.call("HDEL", job_key, "d")
-      add_to_queue(queue, now_s, id)
+      add_to_queue(queue, priority, now_s, id)
     else
       redis.call("HDEL", job_key, "d")
-      add_to_queue(queue, fields[1] == "" and now_s or fields[1], id)
+      if fields[2] ~= "" then -- the error, kept as the job's last (le, lm, lt)
+        redis.call("HSET", job_key, "le", fields[2], "lm", fields[3])
+        local traceback = optional(fields[4])
+        if traceback then
+          redis.call("HSET", job_key, "lt", traceback)
+        else
+          redis.call("HDEL", job_key, "lt")
+        end
+      end
+      add_to_queue(queue, priority, fields[1] == "" and now_s or fields[1], id)
+    end
+  end
+end
+
+-- An entry of instance `correlation_id`, and in <prefix>:jobhistory:<message id> (the index of
+-- job_history: the instances that hold the job's entries, one member per entry). The index
+-- <prefix>:history scores an instance by its first entry's time, for pruning; later entries are
+-- (nearly always) newer. One written with an older time is pruned a round later.
+local function write_history(correlation_id, at, message_id, entry)
+  local key = history_prefix .. correlation_id
+  local pushed = redis.pcall("RPUSH", key, entry)
+  if set_aside(pushed, "history:" .. correlation_id, "history") then
+    pushed = redis.call("RPUSH", key, entry)
+  end
+  if pushed == 1 then
+    new_instances[#new_instances + 1] = at
+    new_instances[#new_instances + 1] = correlation_id
+  end
+  if message_id ~= "" then
+    local name = "jobhistory:" .. string.sub(message_id, 2)
+    if set_aside(redis.pcall("RPUSH", prefix .. ":" .. name, correlation_id), name, "job history index") then
+      redis.call("RPUSH", prefix .. ":" .. name, correlation_id)
     end
   end
 end
@@ -460,8 +562,8 @@ for c = 1, commit_count do
     local token = ARGV[i + 1]
     i = i + 2
     if outcome == RETRY then
-      fields = { ARGV[i] }
-      i = i + 1
+      fields = { ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3] }
+      i = i + 4
     elseif outcome == DEAD then
       fields = { ARGV[i], ARGV[i + 1], ARGV[i + 2] }
       i = i + 3
@@ -487,7 +589,7 @@ for c = 1, commit_count do
   local n = #results
   results[n + 1], results[n + 2], results[n + 3] = status, 0, 0
   if status ~= 0 then
-    i = i + 4 * states + 2 * cancels + 6 * jobs + 4 * events + 3 * history
+    i = i + 4 * states + 2 * cancels + 7 * jobs + 4 * events + 4 * history
   else
     -- from here on nothing is checked: apply everything
     if settled_id then
@@ -517,7 +619,7 @@ for c = 1, commit_count do
         if job and job[3] and not job[2] then -- a pending job, not a leased one
           redis.call("DEL", job_key, idem_key)
           -- its own queue: an id enqueued on two queues exists once, on the first
-          redis.pcall("ZREM", queue_key(job[3], "jobs"), holder)
+          redis.pcall("ZREM", queue_key(job[3], "jobs" .. lane(job[5])), holder)
           job[1], job[3], holder_of[idem_key] = false, false, false
         end
       end
@@ -525,13 +627,15 @@ for c = 1, commit_count do
     i = i + 2 * cancels
     for j = 1, jobs do
       local id = ARGV[i]
-      local stored = enqueue(id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], optional(ARGV[i + 5]))
+      local stored = enqueue(
+        id, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], optional(ARGV[i + 5]), ARGV[i + 6]
+      )
       if stored ~= id then
         results[#results + 1] = j
         results[#results + 1] = stored
         results[n + 3] = results[n + 3] + 1
       end
-      i = i + 6
+      i = i + 7
     end
     local deliveries = 0
     for e = i, i + 4 * events - 1, 4 do
@@ -543,20 +647,10 @@ for c = 1, commit_count do
     end
     results[n + 2] = deliveries
     i = i + 4 * events
-    for h = i, i + 3 * history - 1, 3 do
-      -- The index scores an instance by its first entry's time, for pruning; later entries are
-      -- (nearly always) newer. One written with an older time is pruned a round later.
-      local key = history_prefix .. ARGV[h]
-      local pushed = redis.pcall("RPUSH", key, ARGV[h + 2])
-      if set_aside(pushed, "history:" .. ARGV[h], "history") then
-        pushed = redis.call("RPUSH", key, ARGV[h + 2])
-      end
-      if pushed == 1 then
-        new_instances[#new_instances + 1] = ARGV[h + 1]
-        new_instances[#new_instances + 1] = ARGV[h]
-      end
+    for h = i, i + 4 * history - 1, 4 do
+      write_history(ARGV[h], ARGV[h + 1], ARGV[h + 2], ARGV[h + 3])
     end
-    i = i + 3 * history
+    i = i + 4 * history
     if adds_pending then
       flush_adds()
     end
@@ -570,8 +664,27 @@ for first = 1, #new_instances, 2000 do
     redis.call("ZADD", history_index, "LT", unpack(new_instances, first, last))
   end
 end
-for queue, ids in pairs(unleased) do
-  call_in_slices("ZREM", queue_key(queue, "leased"), ids)
+for leased_key, ids in pairs(unleased) do
+  call_in_slices("ZREM", leased_key, ids)
+end
+if next(counted) then
+  local minute = math.floor(now / 60) * 60
+  local minute_s = string.format("%.17g", minute)
+  for queue, counts in pairs(counted) do
+    local name = "{" .. queue .. "}:counts:" .. minute_s
+    for column, field in ipairs({ "c", "r", "d" }) do
+      if counts[column] > 0 then
+        local key = prefix .. ":" .. name
+        if set_aside(redis.pcall("HINCRBY", key, field, counts[column]), name, "settlement counts") then
+          redis.call("HINCRBY", key, field, counts[column])
+        end
+      end
+    end
+    local index = "{" .. queue .. "}:counts"
+    if set_aside(redis.pcall("ZADD", prefix .. ":" .. index, minute, minute_s), index, "settlement counts") then
+      redis.call("ZADD", prefix .. ":" .. index, minute, minute_s)
+    end
+  end
 end
 local woken = {}
 for queue in pairs(due_queues) do

@@ -1,11 +1,16 @@
--- Lease up to `limit` due jobs across queues, oldest available_at first (ties by job id).
+-- Lease up to `limit` due jobs across queues: the highest priority first, then the oldest
+-- available_at (ties by job id), within a queue and across them.
 --
--- ARGV: prefix, now, limit, then (queue, lease seconds) pairs.
--- Reply: { jobs, problems }: jobs is a flat list of (id, queue, body, attempt, token, enqueued_at)
--- per leased job; problems lists one message per corrupt key met (for the caller to log).
--- A job waits in <queue>:jobs scored by available_at; a lease moves it to <queue>:leased scored
--- by the lease deadline. Both sets are read with the same rule (score <= now), so a job whose
--- lease expired is due again exactly like a delayed job.
+-- ARGV: prefix, now, limit, worker, then (queue, lease seconds) pairs.
+-- Reply: { jobs, problems }: jobs is a flat list of (id, queue, body, attempt, token, enqueued_at,
+-- lease deadline) per leased job; problems lists one message per corrupt key met (for the caller
+-- to log).
+-- A job waits in its lane, <queue>:jobs (priority 0) or <queue>:jobs:<priority>, scored by
+-- available_at; a lease moves it to the lane's leased set, <queue>:leased[:<priority>], scored by
+-- the lease deadline. Both sets are read with the same rule (score <= now), so a job whose lease
+-- expired is due again exactly like a delayed job. <queue>:control (a hash, absent for nearly
+-- every queue) says which other lanes the queue uses and whether it is paused: one read per queue,
+-- and lane 0 alone costs what it did before lanes.
 --
 -- A corrupt key (of the wrong type: written by something else than conveyor) costs at most its
 -- own job: a queue whose sets cannot be read is skipped, a job whose hash is not a hash, or has no
@@ -14,6 +19,8 @@
 
 local prefix, now_s = ARGV[1], ARGV[2]
 local now, limit = tonumber(now_s), tonumber(ARGV[3])
+local worker = ARGV[4]
+local FIRST_QUEUE = 5
 
 local problems = {}
 
@@ -28,17 +35,59 @@ local function due_in(key, queue)
   return due
 end
 
--- every (queue, set) range is already ordered: merge their heads instead of sorting it all
+-- the lanes of a queue to read (lane 0 first, then the others in use, highest first), or nil if
+-- the queue is paused or its control hash is corrupt
+local function lanes_of(tag, queue)
+  local control_key = tag .. "control"
+  local control = redis.pcall("HGETALL", control_key)
+  if control.err then
+    problems[#problems + 1] = control_key .. " holds a " .. redis.call("TYPE", control_key).ok
+      .. ", not a hash: queue '" .. queue .. "' is skipped until the key is repaired"
+    return nil
+  end
+  local lanes = { 0 }
+  for f = 1, #control, 2 do
+    local field = control[f]
+    if field == "paused" then
+      return nil
+    end
+    local priority = tonumber(field)
+    if priority and priority ~= 0 then
+      lanes[#lanes + 1] = priority
+    end
+  end
+  table.sort(lanes, function(a, b) return a > b end)
+  return lanes
+end
+
+local function lane_suffix(priority)
+  if priority == 0 then
+    return ""
+  end
+  return ":" .. priority
+end
+
+-- every (queue, lane, set) range is already ordered: merge their heads instead of sorting it all
 local sources = {}
-for i = 4, #ARGV, 2 do
+for i = FIRST_QUEUE, #ARGV, 2 do
   local tag = prefix .. ":{" .. ARGV[i] .. "}:"
-  -- both sets or neither: a lease moves its jobs from one to the other
-  local jobs = due_in(tag .. "jobs", ARGV[i])
-  local leased = jobs and due_in(tag .. "leased", ARGV[i])
-  if leased then
-    for _, due in ipairs({ jobs, leased }) do
-      if #due > 0 then
-        sources[#sources + 1] = { due = due, at = 1, score = tonumber(due[2]), queue = i }
+  for _, priority in ipairs(lanes_of(tag, ARGV[i]) or {}) do
+    local suffix = lane_suffix(priority)
+    -- both sets or neither: a lease moves its jobs from one to the other
+    local jobs = due_in(tag .. "jobs" .. suffix, ARGV[i])
+    local leased = jobs and due_in(tag .. "leased" .. suffix, ARGV[i])
+    if leased then
+      for _, due in ipairs({ jobs, leased }) do
+        if #due > 0 then
+          sources[#sources + 1] = {
+            due = due, at = 1, score = tonumber(due[2]), queue = i, priority = priority, suffix = suffix,
+          }
+        end
+      end
+      if priority ~= 0 and #jobs == 0 and #leased == 0
+          and redis.call("EXISTS", tag .. "jobs" .. suffix, tag .. "leased" .. suffix) == 0 then
+        -- an empty lane is forgotten; commit.lua names it again when it gets a job
+        redis.call("HDEL", tag .. "control", tostring(priority))
       end
     end
   end
@@ -47,19 +96,25 @@ if #sources == 0 then
   return { {}, problems }
 end
 
-local picked, picked_queue = {}, {}
+local picked, picked_source = {}, {}
 if #sources == 1 then
-  local due, queue = sources[1].due, sources[1].queue
+  local due = sources[1].due
   for j = 1, math.min(#due, 2 * limit), 2 do
     picked[#picked + 1] = due[j]
-    picked_queue[#picked] = queue
+    picked_source[#picked] = sources[1]
   end
+end
+-- a before b: higher priority, then lower score, then lower id
+local function precedes(a, b)
+  if a.priority ~= b.priority then
+    return a.priority > b.priority
+  end
+  return a.score < b.score or (a.score == b.score and a.due[a.at] < b.due[b.at])
 end
 while #picked < limit and #sources > 1 do
   local best
   for _, source in ipairs(sources) do
-    if source.at <= #source.due and (not best or source.score < best.score
-        or (source.score == best.score and source.due[source.at] < best.due[best.at])) then
+    if source.at <= #source.due and (not best or precedes(source, best)) then
       best = source
     end
   end
@@ -67,7 +122,7 @@ while #picked < limit and #sources > 1 do
     break
   end
   picked[#picked + 1] = best.due[best.at]
-  picked_queue[#picked] = best.queue
+  picked_source[#picked] = best
   best.at = best.at + 2
   if best.at <= #best.due then
     best.score = tonumber(best.due[best.at + 1])
@@ -86,7 +141,7 @@ local token = minted - count
 local job_prefix = prefix .. ":job:"
 -- one deadline per queue, as text with every digit (what redis.call would make of the number)
 local deadline_of = {}
-for i = 4, #ARGV, 2 do
+for i = FIRST_QUEUE, #ARGV, 2 do
   deadline_of[i] = string.format("%.17g", now + tonumber(ARGV[i + 1]))
 end
 -- A job key that is not a hash, or a hash without field b (the body), becomes a dead letter of
@@ -130,25 +185,32 @@ end
 
 local leased, moved = {}, {}
 for c = 1, count do
-  local id, i = picked[c], picked_queue[c]
+  local id, source = picked[c], picked_source[c]
+  local i = source.queue
   local job_key = job_prefix .. id
-  local job = redis.pcall("HMGET", job_key, "b", "e", "a")
-  local members = moved[i]
+  local leased_key = prefix .. ":{" .. ARGV[i] .. "}:leased" .. source.suffix
+  local job = redis.pcall("HMGET", job_key, "b", "e", "a", "s")
+  -- per lane: the ids leave <queue>:jobs[:p] (or stay in <queue>:leased[:p], rescored)
+  local members = moved[source.suffix .. "\0" .. i]
   if not members then
-    members = { ids = {}, deadlines = {} }
-    moved[i] = members
+    members = { queue = i, suffix = source.suffix, ids = {}, deadlines = {} }
+    moved[source.suffix .. "\0" .. i] = members
   end
   local ids = members.ids
   ids[#ids + 1] = id
   if job.err then
     quarantine(job_key, id, ARGV[i])
-    redis.call("ZREM", prefix .. ":{" .. ARGV[i] .. "}:leased", id)
+    redis.call("ZREM", leased_key, id)
   elseif job[1] then
     token = token + 1
     local attempt = (tonumber(job[3]) or 0) + 1
     local deadline = deadline_of[i]
-    -- the deadline twice: in the hash for commit's checks, in <queue>:leased for lease and stats
-    redis.call("HSET", job_key, "a", attempt, "t", token, "d", deadline)
+    if job[4] then -- the job's own lease seconds
+      deadline = string.format("%.17g", now + (tonumber(job[4]) or 0))
+    end
+    -- the deadline twice: in the hash for commit's checks, in <queue>:leased for lease and stats;
+    -- the worker, the lease's start and its extensions for leases() and job()
+    redis.call("HSET", job_key, "a", attempt, "t", token, "d", deadline, "w", worker, "l", now_s, "x", 0)
     local deadlines = members.deadlines
     deadlines[#deadlines + 1] = deadline
     deadlines[#deadlines + 1] = id
@@ -156,12 +218,13 @@ for c = 1, count do
     leased[n + 1], leased[n + 2], leased[n + 3] = id, ARGV[i], job[1]
     -- (a missing enqueued_at must not leave a hole: the reply would end there)
     leased[n + 4], leased[n + 5], leased[n + 6] = attempt, token, job[2] or now_s
+    leased[n + 7] = deadline
   else
     if redis.call("EXISTS", job_key) == 1 then -- a hash without its body
       quarantine(job_key, id, ARGV[i])
     end
     -- (a member without its job hash cannot be leased: dropped)
-    redis.call("ZREM", prefix .. ":{" .. ARGV[i] .. "}:leased", id)
+    redis.call("ZREM", leased_key, id)
   end
 end
 
@@ -172,9 +235,24 @@ local function call_in_slices(command, key, values)
   end
 end
 
-for i, members in pairs(moved) do
-  local tag = prefix .. ":{" .. ARGV[i] .. "}:"
-  call_in_slices("ZREM", tag .. "jobs", members.ids)
-  call_in_slices("ZADD", tag .. "leased", members.deadlines)
+local worked, seen = {}, {}
+for _, members in pairs(moved) do
+  local queue = ARGV[members.queue]
+  local tag = prefix .. ":{" .. queue .. "}:"
+  call_in_slices("ZREM", tag .. "jobs" .. members.suffix, members.ids)
+  call_in_slices("ZADD", tag .. "leased" .. members.suffix, members.deadlines)
+  if not seen[queue] then
+    seen[queue] = true
+    worked[#worked + 1] = queue
+  end
+end
+if #worked > 0 then
+  -- the queues leases() and prune_counts() visit (few: one member per queue ever leased from);
+  -- pcall, last: the jobs are leased by now, and a corrupt key must not turn that into an error
+  local worked_key = prefix .. ":worked"
+  if type(redis.pcall("SADD", worked_key, unpack(worked))) == "table" then
+    problems[#problems + 1] = worked_key .. " holds a " .. redis.call("TYPE", worked_key).ok
+      .. ", not a set: leases() and prune_counts() miss the queues it should name"
+  end
 end
 return { leased, problems }

@@ -1,11 +1,13 @@
--- Move dead letters back to their queues as fresh jobs (attempts reset, available now).
+-- Move dead letters back to their queues as fresh jobs (attempts reset, priority 0, their
+-- queue's lease), available at `available_at`.
 --
--- ARGV: prefix, now, dead letter ids.
+-- ARGV: prefix, now, available_at, dead letter ids.
 -- Reply: {count, queue that got jobs, ...}.
 
-local prefix, now_s = ARGV[1], ARGV[2]
+local prefix, now_s, available_at = ARGV[1], ARGV[2], ARGV[3]
+local due = tonumber(available_at) <= tonumber(now_s)
 local count, woken, seen = 0, {}, {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local id = ARGV[i]
   local dead_key = prefix .. ":dead:" .. id
   local queue = redis.call("HGET", dead_key, "q")
@@ -15,13 +17,14 @@ for i = 3, #ARGV do
   if queue and redis.call("EXISTS", job_key) == 0 then
     local tag = prefix .. ":{" .. queue .. "}:"
     redis.call("RENAME", dead_key, job_key)
-    -- a redriven job starts over, without its former idempotency key
-    redis.call("HDEL", job_key, "f", "et", "em", "tb", "k", "a", "d")
+    -- a redriven job starts over, without its former idempotency key, lease, priority or marks
+    redis.call("HDEL", job_key, "f", "et", "em", "tb", "k", "a", "d", "p", "s", "w", "l", "x", "c",
+      "le", "lm", "lt")
     redis.call("ZREM", prefix .. ":dead", id)
     redis.call("ZREM", tag .. "dead", id)
-    redis.call("ZADD", tag .. "jobs", now_s, id)
+    redis.call("ZADD", tag .. "jobs", available_at, id)
     count = count + 1
-    if not seen[queue] then
+    if due and not seen[queue] then
       seen[queue] = true
       woken[#woken + 1] = queue
       redis.call("PUBLISH", tag .. "notify", "")

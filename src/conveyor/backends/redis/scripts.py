@@ -29,6 +29,12 @@ NAMES = (
     "purge",
     "prune_history",
     "instances",
+    "pause",
+    "leases",
+    "counts",
+    "job",
+    "cancel",
+    "find_dead",
 )
 
 Arg = bytes | str | int | float

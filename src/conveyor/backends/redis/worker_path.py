@@ -27,21 +27,23 @@ class WorkerPath(Connections):
 
     # lease
 
-    async def lease(self, queues: Mapping[str, float], limit: int, now: float) -> list[LeasedJob]:
+    async def lease(
+        self, queues: Mapping[str, float], limit: int, now: float, worker: str = ""
+    ) -> list[LeasedJob]:
         if not queues or limit <= 0:
             return []
-        return self._leased(await self._run("lease", self._lease_args(queues, limit, now)), queues, now)
+        return self._leased(await self._run("lease", self._lease_args(queues, limit, now, worker)), now)
 
-    def _leased(self, reply: list[Any], queues: Mapping[str, float], now: float) -> list[LeasedJob]:
+    def _leased(self, reply: list[Any], now: float) -> list[LeasedJob]:
         jobs, problems = reply
         if problems:
             self._report(problems)
-        return codec.leased_jobs(jobs, queues, now)
+        return codec.leased_jobs(jobs, now)
 
-    def _lease_args(self, queues: Mapping[str, float], limit: int, now: float) -> list[Arg]:
+    def _lease_args(self, queues: Mapping[str, float], limit: int, now: float, worker: str) -> list[Arg]:
         if self._notifier is not None:
             self._notifier.consume(queues)
-        args: list[Arg] = [self.prefix, now, limit]
+        args: list[Arg] = [self.prefix, now, limit, worker]
         for queue, seconds in queues.items():
             args += (queue, seconds)
         return args
@@ -79,7 +81,12 @@ class WorkerPath(Connections):
         return codec.commit_results(commits, results), woken
 
     async def commit_and_lease(
-        self, commits: Sequence[Commit], now: float, queues: Mapping[str, float], limit: int
+        self,
+        commits: Sequence[Commit],
+        now: float,
+        queues: Mapping[str, float],
+        limit: int,
+        worker: str = "",
     ) -> tuple[list[CommitResult], list[LeasedJob]]:
         """The two scripts back to back on one connection: one round trip.
 
@@ -89,10 +96,10 @@ class WorkerPath(Connections):
         loop meets the lease's error and reports it.
         """
         if not commits or not queues or limit <= 0:
-            return await self.commit(commits, now), await self.lease(queues, limit, now)
+            return await self.commit(commits, now), await self.lease(queues, limit, now, worker)
         calls = [
             ("commit", self._commit_args(commits, now), codec.commit_args(commits)),
-            ("lease", self._lease_args(queues, limit, now), NOTHING),
+            ("lease", self._lease_args(queues, limit, now, worker), NOTHING),
         ]
         with translated():
             committed, leased = await self._scripts.run_many(self._client, calls)
@@ -100,7 +107,7 @@ class WorkerPath(Connections):
         if isinstance(leased, ResponseError):
             logger.warning("Redis lease riding on a commit failed: %s", leased)
         else:
-            jobs = self._leased(leased, queues, now)
+            jobs = self._leased(leased, now)
         try:
             if isinstance(committed, ResponseError):
                 with translated():
