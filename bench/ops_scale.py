@@ -172,7 +172,7 @@ def main() -> None:
     random.seed(1)
     report: dict[str, Any] = {"jobs": args.jobs, "dead": args.dead, "repeats": args.repeats, "backends": {}}
     for kind in args.backends.split(","):
-        store = fresh_store(DEFAULT_URLS[kind], "ops-scale")
+        store = fresh_store(DEFAULT_URLS[kind], "ops_scale")
         print(f"{kind}: filling {store.url}", flush=True)
         try:
             report["backends"][kind] = asyncio.run(
