@@ -38,10 +38,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stores import DEFAULT_URLS, fresh_store  # noqa: E402
+from stores import DEFAULT_URLS, fresh_store
 
-from conveyor import App, Context, Lifecycle, Service, WorkerConfig  # noqa: E402
-from conveyor.ports import Commit, Effects, ErrorInfo, NewJob, Outcome, Settlement  # noqa: E402
+from conveyor import App, Context, Lifecycle, Service, WorkerConfig
+from conveyor.ports import Commit, Effects, ErrorInfo, NewJob, Outcome, Settlement
+from conveyor.testing import wait_until
 
 BATCH = 5000
 ERRORS = [
@@ -123,9 +124,7 @@ async def pause_effective(app: App, started: list[float], repeats: int) -> dict[
         await app.queues.resume("work")
         started.clear()
         async with app.serving(queues=["work"]):
-            deadline = time.perf_counter() + 30
-            while len(started) < 200 and time.perf_counter() < deadline:
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: len(started) >= 200, timeout=30, message="200 jobs started")
             await app.queues.pause("work")
             paused_at = time.perf_counter()
             await asyncio.sleep(2.0)  # a measurement window, not a wait on a condition: see the docstring
@@ -162,7 +161,9 @@ async def measure(url: str, jobs: int, dead: int, repeats: int, say: Callable[[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backends", default="sqlite,postgres,redis")
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--dead", type=int, default=100_000)
