@@ -92,7 +92,8 @@ async def main(jobs: int, dead: int, analyze: bool) -> None:
                 await best_of(f"DLQ page, {label}", lambda where=where: backend.find_dead_letters(where))
             middle = (T0 + dead // 2, f"d{dead // 2:06d}")
             await best_of(
-                "DLQ page after the middle", lambda: backend.find_dead_letters(DeadLetterFilter(), 100, middle)
+                "DLQ page after the middle",
+                lambda: backend.find_dead_letters(DeadLetterFilter(), 100, middle),
             )
             await best_of(
                 "count, error_type=PaymentDeclined",
