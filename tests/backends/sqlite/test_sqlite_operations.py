@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from collections.abc import AsyncIterator
 from contextlib import closing
-from pathlib import Path
 
 import pytest
 
@@ -24,17 +22,6 @@ from conveyor.backends.sqlite.sql import (
 )
 from conveyor.ports import Commit, DeadLetterFilter, ErrorInfo, NewJob, Outcome, Settlement
 from tests.helpers import T0, connected, enqueue, new_jobs
-
-
-@pytest.fixture
-def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/conveyor.db"
-
-
-@pytest.fixture
-async def backend(url: str) -> AsyncIterator[SQLiteBackend]:
-    async with connected(SQLiteBackend(url)) as store:
-        yield store
 
 
 def ranked(job_id: str, queue: str, priority: int, at: float = T0) -> NewJob:
