@@ -236,7 +236,8 @@ DELETE FROM dead_letters WHERE :queue IS NULL OR queue = :queue;
 -- name: queue_stats
 -- Counts off indexes, never the rows: per lane, the waiting jobs due and not due off the covering
 -- jobs_waiting index (the two ranges split the lane's entries, so a stats call walks each index
--- entry of the queue once: 46 ms for 1,000,000 jobs, tests/backends/sqlite/scale_check.py); the
+-- entry of the queue once: 46 ms for 1,000,000 jobs idle, 54 with other work on the machine's two
+-- cores, tests/backends/sqlite/scale_check.py at commit 6d7080a); the
 -- leased ones (expired leases counted as leased) off jobs_leased. A correlated count per lane,
 -- not a join: joined, SQLite picked a non-covering plan for one of the two ranges (165 ms).
 WITH lanes(priority) AS (
@@ -416,8 +417,9 @@ AND failed_at < :until
 
 -- name: dead_where_text
 -- :text is the substring with LIKE's metacharacters escaped, between two %: SQLite's LIKE folds
--- ASCII letters only, as ascii_lower does, and over 100,000 messages it takes 31 ms where
--- instr(lower(...)) takes 50 (tests/backends/sqlite/scale_check.py)
+-- ASCII letters only, as ascii_lower does, and over scale_check.py's 100,000 dead letters a page
+-- that matches nothing took 31 ms where instr(lower(...)) took 50 (the two queries timed by hand
+-- at commit b553fa9; that script was not kept)
 AND error_message LIKE :text ESCAPE '!'
 
 -- name: dead_where_before
