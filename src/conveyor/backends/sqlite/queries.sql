@@ -236,8 +236,9 @@ DELETE FROM dead_letters WHERE :queue IS NULL OR queue = :queue;
 -- name: queue_stats
 -- Counts off indexes, never the rows: per lane, the waiting jobs due and not due off the covering
 -- jobs_waiting index (the two ranges split the lane's entries, so a stats call walks each index
--- entry of the queue once: 46 ms for 1,000,000 jobs idle, 54 with other work on the machine's two
--- cores, tests/backends/sqlite/scale_check.py at commit 6d7080a); the
+-- entry of the queue once). For 1,000,000 jobs in one queue: 54-57 ms at commit 6d7080a with
+-- other work on the machine's two cores (tests/backends/sqlite/scale_check.py), 46 ms idle with
+-- the index before leased joined its key (the same query timed alone). The
 -- leased ones (expired leases counted as leased) off jobs_leased. A correlated count per lane,
 -- not a join: joined, SQLite picked a non-covering plan for one of the two ranges (165 ms).
 WITH lanes(priority) AS (
