@@ -38,20 +38,9 @@ from conveyor.ports import (
     StateWrite,
 )
 from conveyor.testing.store_contract import StoreContract
-from tests.helpers import T0, connected, new_jobs
+from tests.helpers import T0, new_jobs
 
 LEASE = {"q": 300.0}  # far longer than any test: every lease stays valid
-
-
-@pytest.fixture
-def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/conveyor.db"
-
-
-@pytest.fixture
-async def backend(url: str) -> AsyncIterator[SQLiteBackend]:
-    async with connected(SQLiteBackend(url)) as store:
-        yield store
 
 
 WORKER_SCRIPT = textwrap.dedent(

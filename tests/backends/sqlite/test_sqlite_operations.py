@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from collections.abc import AsyncIterator
 from contextlib import closing
-from pathlib import Path
 
 import pytest
 
@@ -24,17 +22,6 @@ from conveyor.backends.sqlite.sql import (
 )
 from conveyor.ports import Commit, DeadLetterFilter, ErrorInfo, NewJob, Outcome, Settlement
 from tests.helpers import T0, connected, enqueue, new_jobs
-
-
-@pytest.fixture
-def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/conveyor.db"
-
-
-@pytest.fixture
-async def backend(url: str) -> AsyncIterator[SQLiteBackend]:
-    async with connected(SQLiteBackend(url)) as store:
-        yield store
 
 
 def ranked(job_id: str, queue: str, priority: int, at: float = T0) -> NewJob:
@@ -72,7 +59,7 @@ async def test_a_version_1_database_is_upgraded_keeping_its_jobs_and_dead_letter
         assert db.execute("SELECT version FROM conveyor_schema ORDER BY 1").fetchall() == [(1,), (2,)]
         indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert "jobs_by_queue_available" not in indexes  # replaced by the lanes' index
-        assert "jobs_by_queue_priority_available" in indexes
+        assert {"jobs_waiting", "jobs_leased"} <= indexes
 
 
 async def test_lease_across_hundreds_of_lanes_keeps_priority_then_age(backend: SQLiteBackend) -> None:
@@ -98,7 +85,7 @@ async def test_a_queue_paused_after_the_probe_is_not_leased(backend: SQLiteBacke
     await backend.pause("q", T0)
     params = {"now": T0, "limit": 10, "worker": "", "queue0": "q", "priority0": 0, "lease0": 30.0}
     for returning in (True, False):
-        sql = lease_statement(1, returning=returning)
+        sql = lease_statement((False,), returning=returning)
         store.returning = returning
         assert store.connection.write(lambda db: store._lease(db, sql, params)) == []  # noqa: B023
     await backend.resume("q")
@@ -138,19 +125,22 @@ async def test_operator_queries_walk_indexes_not_tables(backend: SQLiteBackend) 
     db = store.connection.db
     lease = plan(
         db,
-        lease_statement(1, returning=True),
-        {"queue0": "q", "priority0": 0, "lease0": 30.0, "now": T0, "limit": 5, "base": 0, "worker": ""},
+        lease_statement((False, True), returning=True),
+        {"queue0": "q", "priority0": 0, "lease0": 30.0, "queue1": "q", "lease1": 30.0, "now": T0, "limit": 5}
+        | {"base": 0, "worker": ""},
     )
-    lane = "COVERING INDEX jobs_by_queue_priority_available (queue=? AND priority=? AND available_at<?)"
-    assert lane in lease
+    assert "COVERING INDEX jobs_waiting (queue=? AND priority=? AND leased=? AND available_at<?)" in lease
+    assert "INDEX jobs_leased (queue=? AND leased=? AND available_at<?)" in lease
+    # the only sorts: of the lane heads and of the expired leases, at most limit rows each
+    assert lease.count("TEMP B-TREE") == 3 and "SCAN jobs" not in lease
     stats = plan(db, QUERIES["queue_stats"], {"queue": "q", "now": T0})
-    assert stats.count("COVERING INDEX jobs_by_queue_priority_available") == 2
-    assert stats.count("INDEX jobs_leased_by_queue (queue=?)") == 2
+    assert stats.count("COVERING INDEX jobs_waiting") == 3
+    assert "COVERING INDEX jobs_leased (queue=? AND leased=?)" in stats
     assert "SCAN jobs" not in stats
     for of_queue in (True, False):
         leases_sql = leases_statement(of_queue=of_queue, after=True)
         leases = plan(db, leases_sql, {"queue": "q", "after": "a", "limit": 5})
-        assert "jobs_leased_by_queue" in leases
+        assert "INDEX jobs_leased" in leases
     assert "USING INDEX sqlite_autoindex_jobs_1 (id=?)" in plan(db, QUERIES["job"], ("a",))
     assert "history_by_message (message_id=?)" in plan(db, QUERIES["job_history"], ("a",))
     params = {"queue": "q", "text": "%x%", "error_type": "E", "before_at": T0, "before_id": "a", "limit": 5}
@@ -159,3 +149,19 @@ async def test_operator_queries_walk_indexes_not_tables(backend: SQLiteBackend) 
     assert "INDEX dead_letters_by_time ((failed_at,id)<(?,?))" in overall
     assert "INDEX dead_letters_by_queue (queue=? AND (failed_at,id)<(?,?))" in per_queue
     assert "TEMP B-TREE" not in overall + per_queue
+
+
+@pytest.mark.parametrize("queue_count", [1, 250])  # 250: past the compound limit, one statement
+async def test_an_expired_lease_is_leased_again_in_priority_order(
+    backend: SQLiteBackend, queue_count: int
+) -> None:
+    # Leased jobs live in their own index: an expired one must come back in its priority's place.
+    queues = {f"q{i:03d}": 30.0 for i in range(queue_count)}
+    await backend.commit(enqueue(ranked("vip", "q000", 5), ranked("plain", "q000", 0, T0 - 100)), T0)
+    await backend.lease({"q000": 30.0}, 2, T0)
+    await backend.commit(enqueue(ranked("later", "q000", 0, T0 + 10), ranked("mid", "q000", 2, T0 + 10)), T0)
+    again = await backend.lease(queues, 10, T0 + 31)
+    assert [j.id for j in again] == ["vip", "mid", "later", "plain"]  # an expired one: due at its deadline
+    assert [j.attempt for j in again] == [2, 1, 1, 2]
+    [stats] = await backend.stats(["q000"], T0 + 31)
+    assert (stats.ready, stats.scheduled, stats.leased) == (0, 0, 4)

@@ -8,6 +8,12 @@ survives a crash of the process; an operating-system crash or power loss may los
 transactions (the file itself stays consistent). ``synchronous=FULL`` would close that window at
 the price of an fsync per commit, which caps throughput at the disk's flush rate.
 
+Schema: version 2 (``migrations/0002_operations.sql``, applied on open to a version-1 file, under
+the write lock) adds what the operations port needs. Jobs not leased sit in one ordered lane per
+priority (index ``jobs_waiting``, the lanes other than 0 listed in ``queue_lanes``), leased jobs
+in ``jobs_leased``; pauses, per-minute settlement counts and the worker registry have tables of
+their own, and a paused queue is checked inside the lease statement itself.
+
 Concurrency: each backend instance runs its sqlite3 connection on one dedicated thread, so the
 event loop never blocks. Writes are ``BEGIN IMMEDIATE`` transactions; lock waits are bounded by
 ``busy_timeout`` and end in a :class:`~conveyor.model.errors.BackendError` saying how long they

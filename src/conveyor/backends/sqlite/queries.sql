@@ -17,8 +17,9 @@ INSERT OR IGNORE INTO conveyor_schema (version) VALUES (:version);
 
 -- name: due_lanes
 -- A read-only look before taking the write lock (idle workers must not queue up for it): the
--- lanes of the queues of :queues not paused that hold a due job. Lane 0 is probed in every queue,
--- the others only where queue_lanes says the queue has used them.
+-- lanes of the queues of :queues not paused that hold a due job, then (priority NULL) the queues
+-- holding an expired lease. Lane 0 is probed in every queue, the others only where queue_lanes
+-- says the queue has used them.
 WITH wanted(queue) AS (
     SELECT value FROM json_each(:queues) WHERE value NOT IN (SELECT queue FROM paused_queues)
 ), lanes(queue, priority) AS (
@@ -29,32 +30,55 @@ WITH wanted(queue) AS (
 SELECT queue, priority FROM lanes
 WHERE EXISTS (
     SELECT 1 FROM jobs
-    WHERE jobs.queue = lanes.queue AND jobs.priority = lanes.priority AND jobs.available_at <= :now
+    WHERE jobs.queue = lanes.queue AND jobs.priority = lanes.priority AND jobs.leased = 0
+      AND jobs.available_at <= :now
+)
+UNION ALL
+SELECT queue, NULL FROM wanted
+WHERE EXISTS (
+    SELECT 1 FROM jobs WHERE jobs.queue = wanted.queue AND jobs.leased = 1 AND jobs.available_at <= :now
 );
 
 -- name: ready_in_lane
--- One lane's oldest available jobs, straight off the (queue, priority, available_at) index. The
--- pause is checked again here, under the write lock: a queue paused since due_lanes is left alone.
+-- One lane's oldest available jobs, straight off the jobs_waiting index. The pause is checked
+-- again here, under the write lock: a queue paused since due_lanes is left alone.
 SELECT * FROM (
     SELECT rowid AS seq, priority, available_at, :lease{i} AS lease FROM jobs
-    WHERE queue = :queue{i} AND priority = :priority{i} AND available_at <= :now
+    WHERE queue = :queue{i} AND priority = :priority{i} AND leased = 0 AND available_at <= :now
       AND NOT EXISTS (SELECT 1 FROM paused_queues WHERE queue = :queue{i})
     ORDER BY available_at, rowid
     LIMIT :limit
 )
 
+-- name: expired_in_queue
+-- One queue's expired leases (few: a worker died or stalled), by priority then deadline.
+SELECT * FROM (
+    SELECT rowid AS seq, priority, available_at, :lease{i} AS lease FROM jobs
+    WHERE queue = :queue{i} AND leased = 1 AND available_at <= :now
+      AND NOT EXISTS (SELECT 1 FROM paused_queues WHERE queue = :queue{i})
+    ORDER BY priority DESC, available_at, rowid
+    LIMIT :limit
+)
+
 -- name: ready_in_many_lanes
 -- For very many lanes (past SQLite's compound-select limit): correct, but sorts every ready job.
--- :lanes is a JSON array of [queue, priority, lease seconds].
+-- :lanes is a JSON array of [queue, priority, lease seconds], :expired an object queue -> lease.
 SELECT jobs.rowid AS seq, jobs.priority, jobs.available_at, json_extract(lane.value, '$[2]') AS lease
 FROM json_each(:lanes) AS lane
 JOIN jobs ON jobs.queue = json_extract(lane.value, '$[0]')
     AND jobs.priority = json_extract(lane.value, '$[1]')
+    AND jobs.leased = 0
     AND jobs.available_at <= :now
+WHERE jobs.queue NOT IN (SELECT queue FROM paused_queues)
+UNION ALL
+SELECT jobs.rowid, jobs.priority, jobs.available_at, expired.value
+FROM json_each(:expired) AS expired
+JOIN jobs ON jobs.queue = expired.key AND jobs.leased = 1 AND jobs.available_at <= :now
 WHERE jobs.queue NOT IN (SELECT queue FROM paused_queues)
 
 -- name: lease
--- "ready" is filled in with one ready_in_lane per lane (UNION ALL) or ready_in_many_lanes.
+-- "ready" is filled in with one ready_in_lane per lane and one expired_in_queue per queue with an
+-- expired lease (UNION ALL), or with ready_in_many_lanes.
 -- Tokens are base + rank so every leased job gets its own token and the caller can restore the
 -- order (highest priority, then oldest) that RETURNING does not keep.
 WITH ready AS (
@@ -210,29 +234,29 @@ DELETE FROM dead_letters WHERE id IN (SELECT value FROM json_each(:ids));
 DELETE FROM dead_letters WHERE :queue IS NULL OR queue = :queue;
 
 -- name: queue_stats
--- Counts off indexes, never the rows: per lane, the jobs due and not due off the covering (queue,
--- priority, available_at) index (the two ranges split the lane's entries, so a stats call walks
--- each index entry of the queue once: 46 ms for 1,000,000 jobs, bench/README.md "stats at
--- scale"); the leased ones (and among them the expired, still counted as leased) off the partial
--- index of leased rows. A correlated count per lane, not a join: joined, SQLite may pick the
--- non-covering plan for one of the two ranges (measured at 165 ms).
+-- Counts off indexes, never the rows: per lane, the waiting jobs due and not due off the covering
+-- jobs_waiting index (the two ranges split the lane's entries, so a stats call walks each index
+-- entry of the queue once). For 1,000,000 jobs in one queue: 54-57 ms at commit 6d7080a with
+-- other work on the machine's two cores (tests/backends/sqlite/scale_check.py), 46 ms idle with
+-- the index before leased joined its key (the same query timed alone). The
+-- leased ones (expired leases counted as leased) off jobs_leased. A correlated count per lane,
+-- not a join: joined, SQLite picked a non-covering plan for one of the two ranges (165 ms).
 WITH lanes(priority) AS (
     SELECT 0 UNION SELECT priority FROM queue_lanes WHERE queue = :queue
 )
 SELECT
     sum((
         SELECT count(*) FROM jobs
-        WHERE queue = :queue AND priority = lanes.priority AND available_at <= :now
+        WHERE queue = :queue AND priority = lanes.priority AND leased = 0 AND available_at <= :now
     )),
     sum((
         SELECT count(*) FROM jobs
-        WHERE queue = :queue AND priority = lanes.priority AND available_at > :now
+        WHERE queue = :queue AND priority = lanes.priority AND leased = 0 AND available_at > :now
     )),
     (SELECT count(*) FROM jobs WHERE queue = :queue AND leased = 1),
-    (SELECT count(*) FROM jobs WHERE queue = :queue AND leased = 1 AND available_at <= :now),
     min((
         SELECT available_at FROM jobs
-        WHERE queue = :queue AND priority = lanes.priority AND available_at <= :now AND leased = 0
+        WHERE queue = :queue AND priority = lanes.priority AND leased = 0 AND available_at <= :now
         ORDER BY available_at LIMIT 1
     )),
     (SELECT count(*) FROM dead_letters WHERE queue = :queue),
@@ -241,15 +265,22 @@ FROM lanes;
 
 -- name: queue_names
 -- The queues holding jobs or dead letters. A loose index scan: each step seeks the first name
--- after the previous one in the queue index, so the cost grows with the number of queues, not of
--- jobs (0.4 ms over 500,000 jobs in 5 queues, where SELECT DISTINCT walks the index: 18 ms;
--- commit d245c7e, the command was not recorded, not re-measured).
+-- after the previous one in a queue index (jobs_waiting, jobs_leased, dead_letters_by_queue), so
+-- the cost grows with the number of queues, not of jobs (0.4 ms over 500,000 jobs in 5 queues,
+-- where SELECT DISTINCT walks the index: 18 ms; commit d245c7e, with the one jobs index of then;
+-- the command was not recorded, not re-measured).
 WITH RECURSIVE
-    job_queue(name) AS (
-        SELECT min(queue) FROM jobs
+    waiting_queue(name) AS (
+        SELECT min(queue) FROM jobs WHERE leased = 0
         UNION ALL
-        SELECT (SELECT min(jobs.queue) FROM jobs WHERE jobs.queue > job_queue.name)
-        FROM job_queue WHERE job_queue.name IS NOT NULL
+        SELECT (SELECT min(jobs.queue) FROM jobs WHERE jobs.leased = 0 AND jobs.queue > waiting_queue.name)
+        FROM waiting_queue WHERE waiting_queue.name IS NOT NULL
+    ),
+    leased_queue(name) AS (
+        SELECT min(queue) FROM jobs WHERE leased = 1
+        UNION ALL
+        SELECT (SELECT min(jobs.queue) FROM jobs WHERE jobs.leased = 1 AND jobs.queue > leased_queue.name)
+        FROM leased_queue WHERE leased_queue.name IS NOT NULL
     ),
     dead_queue(name) AS (
         SELECT min(queue) FROM dead_letters
@@ -257,7 +288,9 @@ WITH RECURSIVE
         SELECT (SELECT min(d.queue) FROM dead_letters AS d WHERE d.queue > dead_queue.name)
         FROM dead_queue WHERE dead_queue.name IS NOT NULL
     )
-SELECT name FROM job_queue WHERE name IS NOT NULL
+SELECT name FROM waiting_queue WHERE name IS NOT NULL
+UNION
+SELECT name FROM leased_queue WHERE name IS NOT NULL
 UNION
 SELECT name FROM dead_queue WHERE name IS NOT NULL
 ORDER BY name;
@@ -298,11 +331,11 @@ SELECT queue, paused_at FROM paused_queues ORDER BY queue;
 
 -- name: leases
 -- The where placeholder is "queue = :queue AND" or nothing, after is "AND id > :after" or nothing
--- (see sql.leases_statement). With a queue the partial index of leased rows is walked in id
--- order; over every queue its entries (as many as leases are held) are sorted: left to choose,
--- SQLite walks the id index of every job instead, a scan of the table when few jobs are leased.
+-- (see sql.leases_statement). The leased jobs of the queue (or of all) are read off jobs_leased,
+-- as many entries as leases are held, and sorted by id: left to choose, SQLite walks the id index
+-- of every job instead, a scan of the table when few jobs are leased.
 SELECT id, queue, attempts, token, worker, leased_at, available_at, extensions
-FROM jobs INDEXED BY jobs_leased_by_queue
+FROM jobs INDEXED BY jobs_leased
 WHERE {where} leased = 1 {after}
 ORDER BY id
 LIMIT :limit;
@@ -385,8 +418,9 @@ AND failed_at < :until
 
 -- name: dead_where_text
 -- :text is the substring with LIKE's metacharacters escaped, between two %: SQLite's LIKE folds
--- ASCII letters only, as ascii_lower does, and over 100,000 messages it takes 31 ms where
--- instr(lower(...)) takes 50 (tests/backends/sqlite/scale_check.py)
+-- ASCII letters only, as ascii_lower does, and over scale_check.py's 100,000 dead letters a page
+-- that matches nothing took 31 ms where instr(lower(...)) took 50 (the two queries timed by hand
+-- at commit b553fa9; that script was not kept)
 AND error_message LIKE :text ESCAPE '!'
 
 -- name: dead_where_before

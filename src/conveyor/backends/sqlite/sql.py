@@ -27,19 +27,23 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 """The schema version this code writes and understands."""
 
 
-@lru_cache(maxsize=64)
-def lease_statement(lane_count: int, *, returning: bool) -> str:
-    """The lease statement for ``lane_count`` lanes (parameters ``:queue{i}``, ``:priority{i}``
-    and ``:lease{i}``, or ``:lanes`` past :data:`MAX_LANES_PER_COMPOUND`).
+@lru_cache(maxsize=256)
+def lease_statement(terms: tuple[bool, ...], *, returning: bool) -> str:
+    """The lease statement reading one term per entry of ``terms``: a lane of waiting jobs
+    (False) or a queue's expired leases (True), with parameters ``:queue{i}``, ``:priority{i}``
+    (lanes only) and ``:lease{i}``; past :data:`MAX_LANES_PER_COMPOUND` terms, one selection over
+    ``:lanes`` and ``:expired`` instead.
 
     With ``returning`` it is one ``UPDATE ... RETURNING``; without (SQLite < 3.35) it is the
     ``SELECT`` whose rows the caller then marks leased with ``update_leased``.
     """
-    if lane_count > MAX_LANES_PER_COMPOUND:
+    if len(terms) > MAX_LANES_PER_COMPOUND:
         ready = QUERIES["ready_in_many_lanes"]
     else:
-        template = QUERIES["ready_in_lane"]
-        ready = "\n    UNION ALL\n    ".join(template.format(i=i) for i in range(lane_count))
+        lane, expired = QUERIES["ready_in_lane"], QUERIES["expired_in_queue"]
+        ready = "\n    UNION ALL\n    ".join(
+            (expired if is_expired else lane).format(i=i) for i, is_expired in enumerate(terms)
+        )
     return QUERIES["lease" if returning else "lease_select"].format(ready=ready)
 
 

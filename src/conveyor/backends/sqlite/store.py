@@ -96,14 +96,16 @@ class Store:
         if not lanes:
             return []
         params: dict[str, Any] = {"now": now, "limit": limit, "worker": worker}
-        if len(lanes) > MAX_LANES_PER_COMPOUND:
-            params["lanes"] = json.dumps([[q, p, float(queues[q])] for q, p in lanes])
+        terms = tuple(priority is None for _, priority in lanes)
+        if len(terms) > MAX_LANES_PER_COMPOUND:
+            params["lanes"] = json.dumps([[q, p, float(queues[q])] for q, p in lanes if p is not None])
+            params["expired"] = json.dumps({q: float(queues[q]) for q, p in lanes if p is None})
         else:
             for i, (queue, priority) in enumerate(lanes):
                 params[f"queue{i}"] = queue
                 params[f"priority{i}"] = priority
                 params[f"lease{i}"] = float(queues[queue])
-        sql = lease_statement(len(lanes), returning=self.returning)
+        sql = lease_statement(terms, returning=self.returning)
         return self.connection.write(lambda db: self._lease(db, sql, params))
 
     def _lease(self, db: sqlite3.Connection, sql: str, params: dict[str, Any]) -> list[LeasedJob]:
@@ -162,9 +164,7 @@ class Store:
             result = []
             for queue in queues:
                 row = db.execute(Q["queue_stats"], {"queue": queue, "now": now}).fetchone()
-                due, not_due, leased, leased_due, oldest, dead, paused = row
-                ready = due - leased_due
-                scheduled = not_due - (leased - leased_due)
+                ready, scheduled, leased, oldest, dead, paused = row
                 result.append(QueueStats(queue, ready, scheduled, leased, dead, oldest, bool(paused)))
             return result
 
