@@ -80,6 +80,21 @@ class JobRecord:
     failed_at: float | None = None
     """When it was dead-lettered."""
 
+    @classmethod
+    def from_dead_letter(cls, dead: DeadLetter) -> JobRecord:
+        """A dead letter as the job it was: state DEAD, its error as the last one."""
+        return cls(
+            dead.id,
+            dead.queue,
+            JobState.DEAD,
+            dead.body,
+            dead.attempts,
+            dead.enqueued_at,
+            None,
+            last_error=dead.error,
+            failed_at=dead.failed_at,
+        )
+
 
 @dataclass(slots=True, frozen=True)
 class MinuteCounts:

@@ -286,17 +286,7 @@ class PostgresBackend(WorkerPath):
         dead = await self.dead_letter(job_id)
         if dead is None:
             return None
-        return JobRecord(
-            dead.id,
-            dead.queue,
-            JobState.DEAD,
-            dead.body,
-            dead.attempts,
-            dead.enqueued_at,
-            None,
-            last_error=dead.error,
-            failed_at=dead.failed_at,
-        )
+        return JobRecord.from_dead_letter(dead)
 
     async def job_for_key(self, queue: str, key: str, now: float) -> str | None:
         rows = await self._fetch("job_for_key", {"queue": queue, "key": key, "now": now})

@@ -108,17 +108,7 @@ class Operations(Connections):
         fields: dict[bytes, bytes] = dict(zip(flat[::2], flat[1::2], strict=True))
         if kind == b"dead":
             [dead] = codec.dead_letters([job_id.encode(), *(fields.get(f.encode()) for f in _DEAD_FIELDS)])
-            return JobRecord(
-                dead.id,
-                dead.queue,
-                JobState.DEAD,
-                dead.body,
-                dead.attempts,
-                dead.enqueued_at,
-                None,
-                last_error=dead.error,
-                failed_at=dead.failed_at,
-            )
+            return JobRecord.from_dead_letter(dead)
         deadline = fields.get(b"d")
         lease = None
         if deadline is not None:

@@ -246,17 +246,7 @@ class Store:
         if dead_row is None:
             return None
         dead = DeadLetter.from_row(dead_row)
-        return JobRecord(
-            dead.id,
-            dead.queue,
-            JobState.DEAD,
-            dead.body,
-            dead.attempts,
-            dead.enqueued_at,
-            None,
-            last_error=dead.error,
-            failed_at=dead.failed_at,
-        )
+        return JobRecord.from_dead_letter(dead)
 
     def job_for_key(self, queue: str, key: str, now: float) -> str | None:
         row = self.connection.read(lambda db: db.execute(Q["key_holder"], (queue, key)).fetchone())
