@@ -24,7 +24,6 @@ from conveyor.ports import (
     HistoryEntry,
     InstanceSummary,
     JobRecord,
-    JobState,
     LeasedJob,
     LeaseInfo,
     MinuteCounts,
@@ -36,7 +35,7 @@ from conveyor.ports import (
     StateRecord,
     WorkerInfo,
 )
-from conveyor.ports.operations import bucket, matches
+from conveyor.ports.operations import bucket, live_state, matches
 
 
 @dataclass(slots=True)
@@ -444,18 +443,10 @@ class MemoryBackend:
     async def job(self, job_id: str, now: float) -> JobRecord | None:
         job = self._jobs.get(job_id)
         if job is not None:
-            live = job.leased and job.available_at >= now
-            state = (
-                JobState.RUNNING
-                if live
-                else JobState.READY
-                if job.available_at <= now or job.leased
-                else JobState.SCHEDULED
-            )
             return JobRecord(
                 job.id,
                 job.queue,
-                state,
+                live_state(job.leased, job.available_at, now),
                 job.body,
                 job.attempts,
                 job.enqueued_at,

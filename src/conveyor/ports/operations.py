@@ -261,6 +261,15 @@ def ascii_lower(text: str) -> str:
     return text.translate(_ASCII_LOWER)
 
 
+def live_state(leased: bool, available_at: float, now: float) -> JobState:
+    """A live job's state from its row: RUNNING while its lease is live, READY when due (a lease
+    that expired makes it due again), else SCHEDULED. ``available_at`` is the lease deadline of a
+    leased job, as every backend stores it."""
+    if leased:
+        return JobState.RUNNING if available_at >= now else JobState.READY
+    return JobState.READY if available_at <= now else JobState.SCHEDULED
+
+
 def bucket(now: float) -> float:
     """The start of the count bucket ``now`` falls in."""
     return (now // COUNT_BUCKET) * COUNT_BUCKET
@@ -277,5 +286,6 @@ __all__ = [
     "WorkerInfo",
     "ascii_lower",
     "bucket",
+    "live_state",
     "matches",
 ]

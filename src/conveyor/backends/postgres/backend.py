@@ -30,14 +30,13 @@ from conveyor.ports import (
     HistoryEntry,
     InstanceSummary,
     JobRecord,
-    JobState,
     LeaseInfo,
     MinuteCounts,
     QueueStats,
     StateRecord,
     WorkerInfo,
 )
-from conveyor.ports.operations import bucket
+from conveyor.ports.operations import bucket, live_state
 
 DEFAULT_SCHEMA = "conveyor"
 DEFAULT_POOL_MIN_SIZE = 2
@@ -263,16 +262,10 @@ class PostgresBackend(WorkerPath):
             lease = None
             if token is not None:
                 lease = LeaseInfo(ident, queue, attempts, token, worker, leased_at, available_at, extensions)
-            if lease is not None and available_at >= now:
-                state = JobState.RUNNING
-            elif available_at <= now or lease is not None:
-                state = JobState.READY
-            else:
-                state = JobState.SCHEDULED
             return JobRecord(
                 ident,
                 queue,
-                state,
+                live_state(lease is not None, available_at, now),
                 bytes(body),
                 attempts,
                 enqueued_at,

@@ -23,12 +23,11 @@ from conveyor.ports import (
     ErrorInfo,
     HistoryEntry,
     JobRecord,
-    JobState,
     LeaseInfo,
     MinuteCounts,
     WorkerInfo,
 )
-from conveyor.ports.operations import ascii_lower, bucket
+from conveyor.ports.operations import ascii_lower, bucket, live_state
 
 _FIND_BUDGET = 5000
 """Dead letters one ``find_dead.lua`` call looks at before it hands back a cursor: a few
@@ -113,7 +112,6 @@ class Operations(Connections):
         lease = None
         if deadline is not None:
             due_at = float(deadline)
-            state = JobState.RUNNING if due_at >= now else JobState.READY
             lease = LeaseInfo(
                 job_id,
                 fields[b"q"].decode(),
@@ -126,7 +124,7 @@ class Operations(Connections):
             )
         else:
             due_at = float(available_at) if available_at is not None else now
-            state = JobState.READY if due_at <= now else JobState.SCHEDULED
+        state = live_state(lease is not None, due_at, now)
         error_type = fields.get(b"le")
         return JobRecord(
             job_id,

@@ -37,7 +37,6 @@ from conveyor.ports import (
     HistoryEntry,
     InstanceSummary,
     JobRecord,
-    JobState,
     LeasedJob,
     LeaseInfo,
     MinuteCounts,
@@ -49,7 +48,7 @@ from conveyor.ports import (
     StateRecord,
     WorkerInfo,
 )
-from conveyor.ports.operations import bucket
+from conveyor.ports.operations import bucket, live_state
 
 Q = QUERIES
 RETURNING_SUPPORTED = sqlite3.sqlite_version_info >= (3, 35, 0)
@@ -388,12 +387,7 @@ def _job_record(row: Sequence[Any], now: float) -> JobRecord:
         leased_at,
         extensions,
     ) = row
-    if leased and available_at >= now:
-        state = JobState.RUNNING
-    elif leased or available_at <= now:
-        state = JobState.READY  # due, or its lease expired: due again
-    else:
-        state = JobState.SCHEDULED
+    state = live_state(bool(leased), available_at, now)
     error = None
     if last_error is not None:
         stored = orjson.loads(last_error)
