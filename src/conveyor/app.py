@@ -133,6 +133,11 @@ class App:
             self._connected -= 1
             raise
 
+    @property
+    def connected(self) -> bool:
+        """Whether :meth:`connect` was called more often than :meth:`close`."""
+        return self._connected > 0
+
     async def close(self) -> None:
         self._connected -= 1
         if self._connected == 0:
@@ -224,13 +229,30 @@ class App:
         )
 
     async def emit(
-        self, event: str, payload: Any = None, *, correlation_id: str | None = None, connection: Any = None
+        self,
+        event: str,
+        payload: Any = None,
+        *,
+        correlation_id: str | None = None,
+        connection: Any = None,
+        idempotency_key: str | None = None,
     ) -> str:
         """Publish ``event``: one job per subscription. ``correlation_id`` starts a workflow instance;
-        ``connection`` writes it inside the caller's own transaction (see :meth:`enqueue`)."""
-        return await producer.emit(
-            self.runtime, event, payload, correlation_id=correlation_id, connection=connection
+        ``connection`` writes it inside the caller's own transaction (see :meth:`enqueue`).
+
+        With ``idempotency_key``, an emit of the same event and key again publishes nothing and
+        returns the first one's id. The key is kept in the state store (as
+        ``conveyor.emit:<event>:<key>``), written in the event's own commit, for good.
+        """
+        event_id, _ = await producer.emit(
+            self.runtime,
+            event,
+            payload,
+            correlation_id=correlation_id,
+            connection=connection,
+            idempotency_key=idempotency_key,
         )
+        return event_id
 
     async def invoke(self, command: str, payload: Any = None) -> Any:
         """Run ``command`` in this process and return its result; its effects commit on success."""

@@ -259,14 +259,23 @@ class MemoryBackend:
                 del self._history[correlation_id]
         return removed
 
-    async def instances(self, started_after: float | None = None, limit: int = 100) -> list[InstanceSummary]:
+    async def instances(
+        self,
+        started_after: float | None = None,
+        limit: int = 100,
+        *,
+        before: tuple[float, str] | None = None,
+        prefix: str | None = None,
+    ) -> list[InstanceSummary]:
         found = [
-            InstanceSummary(cid, min(e.at for e in entries), max(e.at for e in entries))
+            InstanceSummary(cid, entries[0].at, max(e.at for e in entries))
             for cid, entries in self._history.items()
-            if entries
+            if entries and (prefix is None or cid.startswith(prefix))
         ]
         if started_after is not None:
             found = [i for i in found if i.started_at > started_after]
+        if before is not None:
+            found = [i for i in found if (i.started_at, i.correlation_id) < before]
         found.sort(key=lambda i: (i.started_at, i.correlation_id), reverse=True)
         return found[:limit]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from conveyor.cli import dead_letters, demo, jobs, monitoring, operations, worker, workflows
+from conveyor.cli import dead_letters, demo, jobs, monitoring, operations, serve, worker, workflows
 from conveyor.cli.errors import ConveyorGroup
 from conveyor.observability.logging import configure_logging
 
@@ -50,4 +50,5 @@ main.add_command(operations.leases)
 main.add_command(operations.job)
 main.add_command(operations.cancel)
 main.add_command(operations.workers)
+main.add_command(serve.serve)
 main.add_command(demo.demo)

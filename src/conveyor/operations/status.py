@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -16,7 +17,7 @@ from conveyor.ports import HistoryEntry
 from conveyor.runtime import approval
 from conveyor.runtime.runtime import Runtime
 
-__all__ = ["State", "Step", "Workflow", "WorkflowStatus", "Workflows", "summarize"]
+__all__ = ["State", "Step", "Workflow", "WorkflowPage", "WorkflowStatus", "Workflows", "summarize"]
 
 State = Literal["unknown", "running", "waiting", "completed", "failed", "compensated", "timed_out"]
 
@@ -219,6 +220,41 @@ def summarize(
     )
 
 
+PAGE_SCAN = 500
+"""Instances :meth:`Workflows.page` looks at for one page at most."""
+
+
+@dataclass(frozen=True)
+class WorkflowPage:
+    items: list[WorkflowStatus]
+    next: tuple[float, str] | None
+    """Where the next page starts (``page(before=next)``); None: there is nothing older."""
+    scanned: int
+    """Instances looked at."""
+
+
+def since_exclusive(since: float | None) -> float | None:
+    """``instances`` leaves out starts *at or before* its bound; ``since`` keeps those at it."""
+    return None if since is None else math.nextafter(since, -math.inf)
+
+
+def _filtered(state: State | None, workflow: str | None, step: str | None, dead: bool | None) -> bool:
+    return state is not None or workflow is not None or step is not None or dead is not None
+
+
+def _matches(
+    status: WorkflowStatus, state: State | None, workflow: str | None, step: str | None, dead: bool | None
+) -> bool:
+    if state is not None and status.state != state:
+        return False
+    if workflow is not None and status.workflow != workflow:
+        return False
+    if step is not None and step not in status.current:
+        return False
+    has_dead = any(s.state == "dead_lettered" for s in status.steps)
+    return dead is None or has_dead == dead
+
+
 class Workflows:
     """``app.workflows``: status and history of workflow instances (by correlation id)."""
 
@@ -257,6 +293,55 @@ class Workflows:
                 if len(found) >= limit:
                     break
         return found
+
+    async def page(
+        self,
+        *,
+        limit: int = 50,
+        before: tuple[float, str] | None = None,
+        state: State | None = None,
+        workflow: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        prefix: str | None = None,
+        step: str | None = None,
+        dead_letters: bool | None = None,
+        scan: int = PAGE_SCAN,
+    ) -> WorkflowPage:
+        """Instances newest-started first, keyset-paged: the next page is ``before=page.next``.
+
+        ``since``/``until`` bound the start time (at or after, before); ``prefix`` the correlation
+        id; ``state``, ``workflow``, ``step`` (a queue it has a job open on) and ``dead_letters``
+        (whether a step was dead-lettered) are checked on each instance's status, folded from its
+        history, so a page looks at ``scan`` instances at most: with rare matches it may hold fewer
+        than ``limit`` and still have a ``next`` to go on from.
+        """
+        if until is not None and (before is None or (until, "") < before):
+            before = (until, "")
+        items: list[WorkflowStatus] = []
+        scanned = 0
+        cursor = before
+        backend, now = self._runtime.backend, self._runtime.clock.now()
+        while len(items) < limit and scanned < scan:
+            batch = min(
+                scan - scanned,
+                max(limit - len(items), 1) * (4 if _filtered(state, workflow, step, dead_letters) else 1),
+            )
+            found = await backend.instances(since_exclusive(since), batch, before=cursor, prefix=prefix)
+            if not found:
+                return WorkflowPage(items, None, scanned)
+            for summary in found:
+                scanned += 1
+                cursor = (summary.started_at, summary.correlation_id)
+                history = await backend.history(summary.correlation_id)
+                status = summarize(summary.correlation_id, history, self.declared, now)
+                if _matches(status, state, workflow, step, dead_letters):
+                    items.append(status)
+                    if len(items) >= limit:
+                        break
+            if len(found) < batch:
+                return WorkflowPage(items, None, scanned)
+        return WorkflowPage(items, cursor, scanned)
 
     async def decide(
         self, instance_id: str, gate: str, *, approve: bool, note: str | None = None, by: str | None = None

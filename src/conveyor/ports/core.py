@@ -289,9 +289,21 @@ class HistoryStore(Protocol):
         """Delete entries older than ``before``. Returns how many were deleted."""
         ...
 
-    async def instances(self, started_after: float | None = None, limit: int = 100) -> list[InstanceSummary]:
-        """Instances with history, most recently started (first entry) first, leaving out those
-        that started at or before ``started_after``."""
+    async def instances(
+        self,
+        started_after: float | None = None,
+        limit: int = 100,
+        *,
+        before: tuple[float, str] | None = None,
+        prefix: str | None = None,
+    ) -> list[InstanceSummary]:
+        """Instances with history, most recently started (first entry) first, ties by correlation
+        id descending, leaving out those that started at or before ``started_after``.
+
+        ``before`` (a start time and a correlation id: the last instance of the page before) keeps
+        only those after it in that order; ``prefix`` only correlation ids that start with it. A
+        page takes time in proportion to its length, not to the history's (keyset paging).
+        """
         ...
 
 

@@ -288,4 +288,17 @@ __all__ = [
     "bucket",
     "live_state",
     "matches",
+    "prefix_end",
 ]
+
+
+def prefix_end(prefix: str) -> str:
+    """The least text above every text that starts with ``prefix`` (code point order, as SQLite
+    and a binary collation compare): a range ``[prefix, prefix_end(prefix))`` finds them by index."""
+    head = prefix.rstrip("\U0010ffff")
+    if not head:
+        return "\U0010ffff" * (len(prefix) + 1)
+    code = ord(head[-1]) + 1
+    if 0xD800 <= code <= 0xDFFF:  # not storable: skip the surrogates
+        code = 0xE000
+    return head[:-1] + chr(code)

@@ -15,12 +15,27 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+import orjson
 from pydantic import BaseModel
 
-from conveyor.model.errors import ConfigurationError, ConveyorError, EnqueueIncompleteError
+from conveyor.model.errors import (
+    ConfigurationError,
+    ConveyorError,
+    EnqueueIncompleteError,
+    StateConflictError,
+)
 from conveyor.model.lifecycle import DEFAULT_OPTIONS, JobOptions, Seconds
 from conveyor.observability.metrics import QUEUE
-from conveyor.ports import Commit, CommitResult, Effects, NewEvent, NewJob, TransactionalOutbox
+from conveyor.ports import (
+    Commit,
+    CommitResult,
+    Effects,
+    NewEvent,
+    NewJob,
+    StateOp,
+    StateWrite,
+    TransactionalOutbox,
+)
 from conveyor.runtime.committer import not_applied
 from conveyor.runtime.messages import Origin, available_at, check_names, jsonable, jsonable_many
 from conveyor.runtime.runtime import Runtime
@@ -166,9 +181,17 @@ async def enqueue_many(
 
 
 async def emit(
-    runtime: Runtime, event: str, payload: Any, *, correlation_id: str | None, connection: Any
-) -> str:
-    """Publish ``event`` at once (see :meth:`conveyor.App.emit`); returns its id."""
+    runtime: Runtime,
+    event: str,
+    payload: Any,
+    *,
+    correlation_id: str | None,
+    connection: Any,
+    idempotency_key: str | None = None,
+) -> tuple[str, bool]:
+    """Publish ``event`` at once (see :meth:`conveyor.App.emit`): its id, and False when
+    ``idempotency_key`` had been used already (the id is then the first emit's, and nothing is
+    published). The key is held in the state store, written in the same commit as the event."""
     with runtime.tracer.produce("emit", event):
         effects = Effects()
         new = add_event(
@@ -180,10 +203,28 @@ async def emit(
             origin=Origin(trace=runtime.tracer.inject()),
             correlation_id=correlation_id,
         )
-        result = await commit(runtime, effects, connection)
+        if idempotency_key is not None:
+            check_names("event", event, correlation_id, [idempotency_key])
+            key = emit_key(event, idempotency_key)
+            effects.states.append(StateWrite(key, StateOp.SET, orjson.dumps(new.id), expected_version=0))
+            try:
+                result = await commit(runtime, effects, connection, what=f"event {event!r}")
+            except StateConflictError:
+                stored = (await runtime.backend.get_states([key])).get(key)
+                if stored is None:  # the key was deleted in between: say so rather than guess
+                    raise
+                first_id: str = orjson.loads(stored.value)
+                return first_id, False
+        else:
+            result = await commit(runtime, effects, connection)
     if result.deliveries == 0:
         logger.warning("event %r (%s) has no subscription: nobody will receive it", event, new.id)
-    return new.id
+    return new.id, True
+
+
+def emit_key(event: str, idempotency_key: str) -> str:
+    """The state key that holds an emit's idempotency key."""
+    return f"conveyor.emit:{event}:{idempotency_key}"
 
 
 async def commit(

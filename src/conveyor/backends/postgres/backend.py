@@ -199,9 +199,24 @@ class PostgresBackend(WorkerPath):
         rows = await self._fetch("history", {"correlation_id": correlation_id})
         return [HistoryEntry(*row) for row in rows]
 
-    async def instances(self, started_after: float | None = None, limit: int = 100) -> list[InstanceSummary]:
+    async def instances(
+        self,
+        started_after: float | None = None,
+        limit: int = 100,
+        *,
+        before: tuple[float, str] | None = None,
+        prefix: str | None = None,
+    ) -> list[InstanceSummary]:
         after = -math.inf if started_after is None else started_after
-        rows = await self._fetch("instances", {"started_after": after, "limit": limit})
+        at, below = before if before is not None else (math.inf, "")
+        params = {
+            "started_after": after,
+            "before_at": at,
+            "before_id": below,
+            "prefix": prefix or None,
+            "limit": limit,
+        }
+        rows = await self._fetch("instances", params)
         return [InstanceSummary(*row) for row in rows]
 
     async def prune_history(self, before: float) -> int:

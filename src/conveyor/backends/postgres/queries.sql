@@ -179,12 +179,20 @@ WHERE correlation_id = %(correlation_id)s
 ORDER BY seq
 
 -- name: instances
--- An operator's query (workflow listings): it reads the whole history table.
-SELECT correlation_id, min(at) AS started_at, max(at)
-FROM {schema}.history
-GROUP BY correlation_id
-HAVING min(at) > %(started_after)s
-ORDER BY started_at DESC, correlation_id DESC
+-- Newest-started first: walks history_by_at backwards and keeps each instance's first entry (no
+-- entry of its instance has a lower seq: one probe of history_correlation_id), so a page costs
+-- what it shows plus the later steps' entries it passes, however long the history.
+SELECT h.correlation_id, h.at,
+       (SELECT e.at FROM {schema}.history e
+        WHERE e.correlation_id = h.correlation_id ORDER BY e.seq DESC LIMIT 1)
+FROM {schema}.history h
+WHERE h.at > %(started_after)s
+  AND (h.at < %(before_at)s OR (h.at = %(before_at)s AND h.correlation_id < %(before_id)s))
+  AND (%(prefix)s::text IS NULL OR starts_with(h.correlation_id, %(prefix)s::text))
+  AND NOT EXISTS (
+    SELECT 1 FROM {schema}.history f WHERE f.correlation_id = h.correlation_id AND f.seq < h.seq
+  )
+ORDER BY h.at DESC, h.correlation_id DESC
 LIMIT %(limit)s
 
 -- name: prune_history

@@ -34,6 +34,10 @@ def _glob_escaped(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
+_INSTANCES_BUDGET = 5000
+"""Instances one call of instances.lua looks at, at most (a prefix filter may pass many)."""
+
+
 class RedisBackend(WorkerPath, Operations):
     """``redis://host:port/db?prefix=conveyor``: every role on one Redis (``rediss://`` for TLS).
 
@@ -218,16 +222,31 @@ class RedisBackend(WorkerPath, Operations):
             raw = await command(client, "LRANGE", f"{self.prefix}:history:{correlation_id}", 0, -1)
         return [codec.decode_history(correlation_id, entry) for entry in raw]
 
-    async def instances(self, started_after: float | None = None, limit: int = 100) -> list[InstanceSummary]:
+    async def instances(
+        self,
+        started_after: float | None = None,
+        limit: int = 100,
+        *,
+        before: tuple[float, str] | None = None,
+        prefix: str | None = None,
+    ) -> list[InstanceSummary]:
         low = "-inf" if started_after is None else f"({started_after!r}"
-        reply = await self._run("instances", [self.prefix, low, limit])
-        found = []
-        for i in range(0, len(reply), 3):
-            correlation_id = reply[i].decode()
-            started_at = float(reply[i + 1])
-            latest = codec.decode_history(correlation_id, reply[i + 2]).at if reply[i + 2] else started_at
-            found.append(InstanceSummary(correlation_id, started_at, max(started_at, latest)))
-        return found
+        score, below = ("+inf", "") if before is None else (repr(before[0]), before[1])
+        found: list[InstanceSummary] = []
+        while True:  # each call looks at _INSTANCES_BUDGET instances at most
+            reply = await self._run(
+                "instances",
+                [self.prefix, low, limit - len(found), score, below, prefix or "", _INSTANCES_BUDGET],
+            )
+            done, last_score, last_id = int(reply[0]), reply[1], reply[2]
+            for i in range(3, len(reply), 3):
+                correlation_id = reply[i].decode()
+                started_at = float(reply[i + 1])
+                latest = codec.decode_history(correlation_id, reply[i + 2]).at if reply[i + 2] else started_at
+                found.append(InstanceSummary(correlation_id, started_at, max(started_at, latest)))
+            if done or len(found) >= limit or not last_id:
+                return found
+            score, below = last_score.decode(), last_id.decode()
 
     async def prune_history(self, before: float) -> int:
         removed = 0

@@ -246,8 +246,15 @@ class SQLiteBackend:
     async def prune_history(self, before: float) -> int:
         return await self._run(self._store_or_raise().prune_history, before)
 
-    async def instances(self, started_after: float | None = None, limit: int = 100) -> list[InstanceSummary]:
-        return await self._run(self._store_or_raise().instances, started_after, limit)
+    async def instances(
+        self,
+        started_after: float | None = None,
+        limit: int = 100,
+        *,
+        before: tuple[float, str] | None = None,
+        prefix: str | None = None,
+    ) -> list[InstanceSummary]:
+        return await self._run(self._store_or_raise().instances, started_after, limit, before, prefix)
 
     # commit
 

@@ -314,9 +314,32 @@ WHERE correlation_id = ? ORDER BY rowid;
 DELETE FROM history WHERE at < ?;
 
 -- name: instances
-SELECT correlation_id, MIN(at) AS started_at, MAX(at) FROM history
-GROUP BY correlation_id HAVING MIN(at) > ?
-ORDER BY started_at DESC, correlation_id DESC LIMIT ?;
+-- Newest-started first: walks history_by_time backwards and keeps each instance's first entry
+-- (none of its instance written before it: one probe of history_by_correlation), so a page costs
+-- what it shows plus the entries of later steps it passes, however long the history.
+-- Parameters: started after, before (at, correlation id), limit.
+SELECT h.correlation_id, h.at,
+       (SELECT e.at FROM history e WHERE e.correlation_id = h.correlation_id ORDER BY e.rowid DESC LIMIT 1)
+FROM history h
+WHERE h.at > ?1 AND (h.at < ?2 OR (h.at = ?2 AND h.correlation_id < ?3))
+  AND NOT EXISTS (SELECT 1 FROM history f WHERE f.correlation_id = h.correlation_id AND f.rowid < h.rowid)
+ORDER BY h.at DESC, h.correlation_id DESC
+LIMIT ?4;
+
+-- name: instances_by_prefix
+-- As instances, for correlation ids from ?4 up to ?5 (a prefix's range): read by
+-- history_by_correlation, so a narrow prefix is fast whatever the history's size.
+SELECT correlation_id, started_at, updated_at FROM (
+    SELECT h.correlation_id, h.at AS started_at,
+           (SELECT e.at FROM history e WHERE e.correlation_id = h.correlation_id ORDER BY e.rowid DESC LIMIT 1)
+               AS updated_at
+    FROM history h INDEXED BY history_by_correlation
+    WHERE h.correlation_id >= ?4 AND h.correlation_id < ?5
+      AND NOT EXISTS (SELECT 1 FROM history f WHERE f.correlation_id = h.correlation_id AND f.rowid < h.rowid)
+)
+WHERE started_at > ?1 AND (started_at < ?2 OR (started_at = ?2 AND correlation_id < ?3))
+ORDER BY started_at DESC, correlation_id DESC
+LIMIT ?6;
 
 -- operations ---------------------------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ from conveyor.ports import (
     StateRecord,
     WorkerInfo,
 )
-from conveyor.ports.operations import bucket, live_state
+from conveyor.ports.operations import bucket, live_state, prefix_end
 
 Q = QUERIES
 RETURNING_SUPPORTED = sqlite3.sqlite_version_info >= (3, 35, 0)
@@ -203,9 +203,21 @@ class Store:
     def prune_history(self, before: float) -> int:
         return int(self.connection.write(lambda db: db.execute(Q["prune_history"], (before,)).rowcount))
 
-    def instances(self, started_after: float | None, limit: int) -> list[InstanceSummary]:
+    def instances(
+        self,
+        started_after: float | None,
+        limit: int,
+        before: tuple[float, str] | None,
+        prefix: str | None,
+    ) -> list[InstanceSummary]:
         after = -math.inf if started_after is None else started_after
-        rows = self.connection.read(lambda db: db.execute(Q["instances"], (after, limit)).fetchall())
+        at, below = before if before is not None else (math.inf, "")
+        if prefix:
+            params: tuple[object, ...] = (after, at, below, prefix, prefix_end(prefix), limit)
+            query = Q["instances_by_prefix"]
+        else:
+            params, query = (after, at, below, limit), Q["instances"]
+        rows = self.connection.read(lambda db: db.execute(query, params).fetchall())
         return [InstanceSummary(*row) for row in rows]
 
     # operations

@@ -104,3 +104,30 @@ class EventsStatesHistoryContract(StoreFixtures):
         ]
         assert [i.correlation_id for i in await backend.instances(limit=2)] == ["wf-c", "wf-b"]
         assert [i.correlation_id for i in await backend.instances(started_after=T0)] == ["wf-c", "wf-b"]
+
+    async def test_instances_page_by_key_and_prefix(self, backend: Backend) -> None:
+        # two at one start time, so the tie is broken by id (descending) across a page boundary
+        starts = {"order-1": T0, "order-2": T0 + 2, "order-3": T0 + 2, "refund-1": T0 + 1, "order-4": T0 + 4}
+        entries = [HistoryEntry(cid, at, "enqueued", "q", f"{cid}:m") for cid, at in starts.items()]
+        entries.append(HistoryEntry("order-1", T0 + 9, "succeeded", "q", "order-1:m", 1))
+        await backend.commit([Commit(effects=Effects(history=entries))], T0)
+        order = ["order-4", "order-3", "order-2", "refund-1", "order-1"]
+        pages, before = [], None
+        while True:
+            page = await backend.instances(limit=2, before=before)
+            pages.append([i.correlation_id for i in page])
+            if len(page) < 2:
+                break
+            before = (page[-1].started_at, page[-1].correlation_id)
+        assert [cid for page in pages for cid in page] == order
+        assert pages[1] == ["order-2", "refund-1"]  # order-3 ended page 1 at the same start time
+        orders = await backend.instances(prefix="order-")
+        assert [i.correlation_id for i in orders] == ["order-4", "order-3", "order-2", "order-1"]
+        assert orders[-1].updated_at == T0 + 9
+        after = await backend.instances(prefix="order-", before=(T0 + 2, "order-3"), limit=10)
+        assert [i.correlation_id for i in after] == ["order-2", "order-1"]
+        assert [i.correlation_id for i in await backend.instances(before=(T0 + 2, ""))] == [
+            "refund-1",
+            "order-1",
+        ]
+        assert await backend.instances(prefix="nothing-") == []
