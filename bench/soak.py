@@ -41,7 +41,7 @@ from typing import IO, Any
 import psycopg
 from run import REC_DIR, Worker, conveyor_source
 from stats import new_lines
-from stores import DEFAULT_URLS, _driver_url, backend_kind, fresh_store
+from stores import DEFAULT_URLS, backend_kind, driver_url, fresh_store
 
 REPORTED = ("jobs", "history", "idempotency")
 """Tables the progress line and the summary show (the JSON has every table of the schema)."""
@@ -223,7 +223,7 @@ async def soak(
     run = Run(Progress(env["BENCH_REC"]))
     deadline = time.monotonic() + a.timeout
     outcome: dict[str, Any] = {"history": workload.HISTORY, "history_retention_s": app.history_retention}
-    async with await psycopg.AsyncConnection.connect(_driver_url(url), autocommit=True) as pg, app:
+    async with await psycopg.AsyncConnection.connect(driver_url(url), autocommit=True) as pg, app:
         # autocommit: the sampler must hold no snapshot, which would keep vacuum from removing rows
         settings = await (
             await pg.execute(

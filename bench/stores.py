@@ -101,7 +101,7 @@ def fresh_store(url: str, tag: str) -> Store:
 def _drop_redis_prefix(url: str, prefix: str) -> None:
     import redis
 
-    client = redis.Redis.from_url(_driver_url(url))
+    client = redis.Redis.from_url(driver_url(url))
     try:
         cursor = 0
         for _ in range(_SCAN_ROUNDS):
@@ -114,7 +114,7 @@ def _drop_redis_prefix(url: str, prefix: str) -> None:
         client.close()
 
 
-def _driver_url(url: str) -> str:
+def driver_url(url: str) -> str:
     """``url`` without conveyor's own query options, which redis-py and libpq would reject."""
     parts = urlsplit(url)
     query = [(k, v) for k, v in parse_qsl(parts.query) if k not in _CONVEYOR_OPTIONS]
@@ -124,7 +124,7 @@ def _driver_url(url: str) -> str:
 def _ensure_postgres_database(url: str) -> None:
     import psycopg
 
-    target = _driver_url(url)
+    target = driver_url(url)
     database = urlsplit(target).path.lstrip("/")
     try:
         psycopg.connect(target, connect_timeout=5).close()
@@ -139,5 +139,5 @@ def _ensure_postgres_database(url: str) -> None:
 def _drop_postgres_schema(url: str, schema: str) -> None:
     import psycopg
 
-    with psycopg.connect(_driver_url(url), autocommit=True, connect_timeout=5) as conn:
+    with psycopg.connect(driver_url(url), autocommit=True, connect_timeout=5) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -187,6 +187,7 @@ SELECT h.correlation_id, h.at,
         WHERE e.correlation_id = h.correlation_id ORDER BY e.seq DESC LIMIT 1)
 FROM {schema}.history h
 WHERE h.at > %(started_after)s
+  AND h.at <= %(before_at)s  -- implied by the next line, but only this form bounds the index scan
   AND (h.at < %(before_at)s OR (h.at = %(before_at)s AND h.correlation_id < %(before_id)s))
   AND (%(prefix)s::text IS NULL OR starts_with(h.correlation_id, %(prefix)s::text))
   AND NOT EXISTS (
