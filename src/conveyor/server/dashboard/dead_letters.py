@@ -59,13 +59,14 @@ def routes(dashboard: Dashboard) -> APIRouter:
         within: Literal["", "15m", "1h", "24h", "7d"] = "",
         before: Annotated[str, Query(max_length=2000)] = "",
         done: Text = "",
+        limit: Annotated[int, Query(ge=1, le=500)] = PAGE,
     ) -> HTMLResponse:
         app = await dashboard.app()
         where = _matching(app, queue, error_type, text, within)
-        found = await where.page(PAGE, uncursor(before))
-        last = found[-1] if len(found) == PAGE else None
+        found = await where.page(limit, uncursor(before))
+        last = found[-1] if len(found) == limit else None
         context = {
-            "items": [DeadLetterView.of(d, full=False) for d in found],
+            "items": [DeadLetterView.of(d) for d in found],  # full: the body names the workflow
             "count": await where.count(),
             "older": None if last is None else cursor(last.failed_at, last.id),
             "filters": _filters(queue, error_type, text, within),

@@ -53,8 +53,24 @@ def took(seconds: float | None) -> str:
     return f"{minutes // 60} h {minutes % 60} min"
 
 
+def detail(value: Any) -> str:
+    """A history entry's detail, its times and durations in the formats above."""
+    if not isinstance(value, Mapping):
+        return "" if value is None else str(value)
+    parts = []
+    for key, item in value.items():
+        shown = item
+        if key == "duration" and isinstance(item, int | float):
+            shown = took(item)
+        elif key.endswith("_at") and isinstance(item, int | float):
+            shown = when(item)
+        parts.append(f"{key.replace('_', ' ')}: {shown}")
+    return "; ".join(parts)
+
+
 templates.env.filters["when"] = when
 templates.env.filters["took"] = took
+templates.env.filters["detail"] = detail
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,8 +73,16 @@ async def instance(app: App, instance_id: str) -> dict[str, Any]:
     if status.state == "unknown":
         raise Problem(404, "Not Found", f"no workflow instance {instance_id!r} in the history")
     visited, dead = _visited(app, status)
+    view = WorkflowView.of(status)
+    ran: dict[str, float] = {}  # each step's attempts' running time, from their history entries
+    for entry in view.history:
+        if entry.message_id is not None and isinstance(entry.detail, dict):
+            spent = entry.detail.get("duration")
+            if isinstance(spent, int | float):
+                ran[entry.message_id] = ran.get(entry.message_id, 0.0) + spent
     return {
-        "status": WorkflowView.of(status),
+        "status": view,
+        "ran": ran,
         "graph": layout(edges(app.registry), visited=visited, dead=dead),
         "now": app.clock.now(),
     }
@@ -98,6 +106,7 @@ def routes(dashboard: Dashboard) -> APIRouter:
         since: Text = "",
         until: Text = "",
         before: Annotated[str, Query(max_length=2000)] = "",
+        limit: Annotated[int, Query(ge=1, le=500)] = PAGE,
     ) -> HTMLResponse:
         app = await dashboard.app()
         if state and state not in STATES:
@@ -106,7 +115,7 @@ def routes(dashboard: Dashboard) -> APIRouter:
         if within:
             start = max(start or 0.0, app.clock.now() - RANGES[within])
         page = await app.workflows.page(
-            limit=PAGE,
+            limit=limit,
             before=uncursor(before),
             state=state or None,  # type: ignore[arg-type]  # checked against STATES above
             workflow=workflow or None,
@@ -125,6 +134,7 @@ def routes(dashboard: Dashboard) -> APIRouter:
             "within": within,
             "since": since,
             "until": until,
+            **({"limit": str(limit)} if limit != PAGE else {}),
         }
         context = {
             "items": page.items,
