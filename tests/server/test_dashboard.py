@@ -4,6 +4,8 @@ dead-letter actions, pause/resume, the audit log, and the bounded live stream.""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -12,13 +14,17 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import uvicorn
 
 from conveyor import App
+from conveyor.operations.graph import Edge
 from conveyor.server import create_app
 from conveyor.server.auth import Auth
 from conveyor.server.connection import Connection
 from conveyor.server.dashboard import Live, dashboard_app
+from conveyor.server.dashboard.graph import layout
 from conveyor.testing import running, wait_until
+from tests.server.live import free_port
 from tests.server.shop import make_app
 
 ADMIN, OPERATOR, READER = "admin-token-0123456789", "operator-token-0123456", "reader-token-01234567"
@@ -297,3 +303,49 @@ async def _pending(app: App, instance: str) -> bool:
 
 async def _dead(app: App, count: int) -> bool:
     return await app.dead_letters("charge").count() == count
+
+
+async def test_a_live_stream_ends_when_its_browser_goes_away(tmp_path: Any) -> None:
+    app = make_app(f"sqlite:///{tmp_path / 'live.db'}")
+    ui = dashboard_app(Connection(app), Auth(TOKENS), live=Live(interval=0.05, events=100_000))
+    port = free_port()
+    config = uvicorn.Config(ui, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        await wait_until(lambda: server.started)
+        async with app, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            headers = {"Authorization": f"Bearer {READER}"}
+            async with client.stream("GET", "/events", headers=headers) as answer:
+                async for line in answer.aiter_lines():
+                    if line.startswith("data: "):
+                        break
+                assert ui.state.dashboard.streams == 1
+            await wait_until(lambda: ui.state.dashboard.streams == 0)
+    finally:
+        server.should_exit = True
+        await serving
+
+
+def test_the_graph_layout_puts_each_node_below_where_work_reaches_it_and_survives_cycles() -> None:
+    chain = [
+        Edge(("command", "place"), ("event", "placed")),
+        Edge(("event", "placed"), ("queue", "charge")),
+        Edge(("queue", "charge"), ("event", "retry_me"), "dead letter"),
+        Edge(("event", "retry_me"), ("queue", "charge")),  # back up: a cycle
+        Edge(("event", "loop_a"), ("queue", "loop_b")),  # a cycle nothing leads into
+        Edge(("queue", "loop_b"), ("event", "loop_a")),
+    ]
+    drawn = layout(chain, nodes=[("queue", "lonely")], visited={("event", "placed"), ("queue", "charge")})
+    rows = {(b.kind, b.name): b.y for b in drawn.boxes}
+    assert len(rows) == 7 and ("queue", "lonely") in rows
+    assert rows[("command", "place")] < rows[("event", "placed")] < rows[("queue", "charge")]
+    assert rows[("queue", "charge")] < rows[("event", "retry_me")]
+    assert [a.lit for a in drawn.arrows] == [False, True, False, False, False, False]
+    assert drawn.arrows[2].dead_letter and not drawn.arrows[1].dead_letter
+    boxes_by_row: dict[float, list[Any]] = {}
+    for box in drawn.boxes:
+        boxes_by_row.setdefault(box.y, []).append(box)
+    for same_row in boxes_by_row.values():  # no two boxes of a row overlap
+        same_row.sort(key=lambda b: b.x)
+        assert all(a.x + a.width <= b.x for a, b in itertools.pairwise(same_row))

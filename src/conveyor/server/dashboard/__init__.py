@@ -33,6 +33,7 @@ def dashboard_app(connection: Connection, auth: Auth, *, live: Live | None = Non
     """The dashboard's ASGI app, to mount (at ``/ui`` in ``create_app``)."""
     dashboard = Dashboard(connection, auth, live or Live())
     ui = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    ui.state.dashboard = dashboard
     ui.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     for module in (overview, events, workflows, dead_letters, queues, login):
         ui.include_router(module.routes(dashboard))

@@ -42,17 +42,21 @@ def routes(dashboard: Dashboard) -> APIRouter:
             return {"overview-live": dashboard.fragment(request, principal, "_overview.html", context)}
 
         async def stream() -> AsyncIterator[bytes]:
-            yield f"retry: {int(dashboard.live.interval * 1000)}\n\n".encode()
-            last: dict[str, str] | None = None
-            for tick in range(dashboard.live.events):
-                if tick:
-                    await asyncio.sleep(dashboard.live.interval)
-                current = await render()
-                if current != last:
-                    yield b"data: " + orjson.dumps(current) + b"\n\n"
-                    last = current
-                else:
-                    yield b": unchanged\n\n"
+            dashboard.streams += 1
+            try:
+                yield f"retry: {int(dashboard.live.interval * 1000)}\n\n".encode()
+                last: dict[str, str] | None = None
+                for tick in range(dashboard.live.events):
+                    if tick:
+                        await asyncio.sleep(dashboard.live.interval)
+                    current = await render()
+                    if current != last:
+                        yield b"data: " + orjson.dumps(current) + b"\n\n"
+                        last = current
+                    else:
+                        yield b": unchanged\n\n"
+            finally:
+                dashboard.streams -= 1
 
         return StreamingResponse(
             stream(),

@@ -78,24 +78,29 @@ def _rows(nodes: list[Node], edges: list[Edge]) -> dict[Node, int]:
 
 
 def layout(
-    edges: Iterable[Edge], *, visited: AbstractSet[Node] = frozenset(), dead: AbstractSet[Node] = frozenset()
+    edges: Iterable[Edge],
+    *,
+    nodes: Iterable[Node] = (),
+    visited: AbstractSet[Node] = frozenset(),
+    dead: AbstractSet[Node] = frozenset(),
 ) -> Layout:
-    """Boxes and arrows of the graph drawn by ``edges``; ``visited`` nodes (and arrows between two of
-    them) are lit, ``dead`` ones marked as dead-lettered."""
+    """Boxes and arrows of the graph drawn by ``edges`` (and of ``nodes`` no edge touches: a queue
+    only ``ctx.enqueue`` feeds); ``visited`` nodes (and arrows between two of them) are lit,
+    ``dead`` ones marked as dead-lettered."""
     drawn = list(edges)
-    nodes: list[Node] = []
+    every: list[Node] = []
     for edge in drawn:
-        for end in (edge.source, edge.target):
-            if end not in nodes:
-                nodes.append(end)
-    row = _rows(nodes, drawn)
-    parents: dict[Node, list[Node]] = {node: [] for node in nodes}
+        every += (edge.source, edge.target)
+    every += nodes
+    ordered = list(dict.fromkeys(every))
+    row = _rows(ordered, drawn)
+    parents: dict[Node, list[Node]] = {node: [] for node in ordered}
     for edge in drawn:
         parents[edge.target].append(edge.source)
     by_row: dict[int, list[Node]] = {}
-    for node in nodes:
+    for node in ordered:
         by_row.setdefault(row[node], []).append(node)
-    width_of = {node: len(node[1]) * CHAR + 2 * PAD for node in nodes}
+    width_of = {node: len(node[1]) * CHAR + 2 * PAD for node in ordered}
     centre: dict[Node, float] = {}
     placed: dict[Node, Box] = {}
     for number in sorted(by_row):

@@ -62,7 +62,7 @@ def detail(value: Any) -> str:
         shown = item
         if key == "duration" and isinstance(item, int | float):
             shown = took(item)
-        elif key.endswith("_at") and isinstance(item, int | float):
+        elif (key.endswith("_at") or key == "deadline") and isinstance(item, int | float):
             shown = when(item)
         parts.append(f"{key.replace('_', ' ')}: {shown}")
     return "; ".join(parts)
@@ -120,6 +120,8 @@ class Dashboard:
         self.connection = connection
         self.auth = auth
         self.live = live
+        self.streams = 0
+        """Live streams open now."""
 
     async def app(self) -> App:
         return await self.connection.ensure()

@@ -83,7 +83,12 @@ async def instance(app: App, instance_id: str) -> dict[str, Any]:
     return {
         "status": view,
         "ran": ran,
-        "graph": layout(edges(app.registry), visited=visited, dead=dead),
+        "graph": layout(
+            edges(app.registry),
+            nodes=[("queue", name) for name in app.registry.queues],
+            visited=visited,
+            dead=dead,
+        ),
         "now": app.clock.now(),
     }
 
