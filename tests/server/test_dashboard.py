@@ -15,6 +15,7 @@ import httpx
 import orjson
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from conveyor import App
 from conveyor.operations.graph import Edge
@@ -349,3 +350,23 @@ def test_the_graph_layout_puts_each_node_below_where_work_reaches_it_and_survive
     for same_row in boxes_by_row.values():  # no two boxes of a row overlap
         same_row.sort(key=lambda b: b.x)
         assert all(a.x + a.width <= b.x for a, b in itertools.pairwise(same_row))
+
+
+async def test_mounted_in_a_users_app_its_links_and_cookie_keep_the_mount_path() -> None:
+    app = make_app("memory://")
+    outer = FastAPI()
+    outer.mount("/conveyor", create_app(app, tokens=TOKENS))
+    transport = httpx.ASGITransport(app=outer)
+    async with app, httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        asked = await client.get("/conveyor/ui/queues")
+        assert asked.headers["location"] == "/conveyor/ui/login?next=/conveyor/ui/queues"
+        login = await client.post(
+            "/conveyor/ui/login", data={"token": OPERATOR, "next": "/conveyor/ui/queues"}
+        )
+        assert login.headers["location"] == "/conveyor/ui/queues"
+        assert "path=/conveyor/ui" in login.headers["set-cookie"].lower()
+        page = (await client.get("/conveyor/ui/queues")).text
+        links = set(re.findall(r'(?:href|action|src)="(/[^"]*)"', page))
+        assert links and all(link.startswith("/conveyor/ui/") for link in links)
+        paused = await client.post("/conveyor/ui/queues/charge/pause", data={"csrf": csrf_of(page)})
+        assert paused.headers["location"] == "/conveyor/ui/queues?done=charge+paused"
