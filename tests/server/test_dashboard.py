@@ -26,7 +26,7 @@ from conveyor.server.dashboard import Live, dashboard_app
 from conveyor.server.dashboard.graph import layout
 from conveyor.testing import running, wait_until
 from tests.server.live import free_port
-from tests.server.shop import make_app
+from tests.server.shop import awaits_review, dead_charges, in_state, make_app
 
 ADMIN, OPERATOR, READER = "admin-token-0123456789", "operator-token-0123456", "reader-token-01234567"
 TOKENS = {ADMIN: "admin", OPERATOR: "operate", READER: "read"}
@@ -88,7 +88,7 @@ async def test_a_page_asks_for_a_token_and_the_login_sets_a_strict_http_only_coo
 async def test_the_overview_shows_queues_dead_letters_and_workers(served: Served) -> None:
     app, client = served
     await app.enqueue("charge", {"order_id": "d-1", "card": "0000"})
-    await wait_until(lambda: _dead(app, 1))
+    await wait_until(lambda: dead_charges(app, 1))
     await log_in(client, READER)
     page = (await client.get("/ui/")).text
     assert 'id="total-dead">1<' in page
@@ -101,8 +101,8 @@ async def test_the_workflow_list_filters_and_pages_by_key(served: Served) -> Non
     app, client = served
     for n in range(5):
         await _place(app, f"o-{n}", "0000" if n == 3 else "4242")
-    await wait_until(lambda: _dead(app, 1))
-    await wait_until(lambda: _state(app, "o-4", "completed"))
+    await wait_until(lambda: dead_charges(app, 1))
+    await wait_until(lambda: in_state(app, "o-4", "completed"))
     await log_in(client, READER)
     completed = (await client.get("/ui/workflows", params={"state": "completed", "prefix": "o-"})).text
     assert _listed(completed) == {"o-0", "o-1", "o-2", "o-4"}
@@ -131,8 +131,8 @@ async def test_an_instance_page_shows_its_steps_and_graph_and_an_operator_approv
     caplog.set_level(logging.INFO, "conveyor.audit")
     await _place(app, "o-9", "0000")
     await app.enqueue("review_order", {"order_id": "r-1"}, correlation_id="r-1")
-    await wait_until(lambda: _dead(app, 1))
-    await wait_until(lambda: _pending(app, "r-1"))
+    await wait_until(lambda: dead_charges(app, 1))
+    await wait_until(lambda: awaits_review(app, "r-1"))
     csrf = await log_in(client, READER)
     order = (await client.get("/ui/workflows/o-9")).text
     assert 'data-queue="charge" data-state="dead_lettered"' in order
@@ -153,7 +153,7 @@ async def test_an_instance_page_shows_its_steps_and_graph_and_an_operator_approv
     )
     assert decided.status_code == 303
     assert decided.headers["location"] == "/ui/workflows/r-1?done=review+approved"
-    await wait_until(lambda: _state(app, "r-1", "completed"))
+    await wait_until(lambda: in_state(app, "r-1", "completed"))
     [entry] = audited(caplog, "approve")
     assert (
         entry["target"] == "workflow:r-1" and entry["by"].startswith("token:") and entry["role"] == "operate"
@@ -170,7 +170,7 @@ async def test_dead_letters_are_confirmed_with_their_count_then_redriven_and_pur
     caplog.set_level(logging.INFO, "conveyor.audit")
     for n in range(3):
         await app.enqueue("charge", {"order_id": f"d-{n}", "card": "0000"}, correlation_id=f"d-{n}")
-    await wait_until(lambda: _dead(app, 3))
+    await wait_until(lambda: dead_charges(app, 3))
     csrf = await log_in(client, OPERATOR)
     listed = (await client.get("/ui/dead-letters", params={"text": "declined"})).text
     assert 'id="dead-count">3<' in listed and "Purge" not in listed
@@ -189,7 +189,7 @@ async def test_dead_letters_are_confirmed_with_their_count_then_redriven_and_pur
     assert redriven.status_code == 303 and "done=redrove+1" in redriven.headers["location"]
     [entry] = audited(caplog, "redrive")
     assert entry["count"] == 1 and entry["ids"] == [one] and entry["via"] == "dashboard"
-    await wait_until(lambda: _dead(app, 3))  # declined again, as it must be
+    await wait_until(lambda: dead_charges(app, 3))  # declined again, as it must be
     purge_as_operator = await client.post(
         "/ui/dead-letters/confirm", data={"choice": "purge:matching", "csrf": csrf, **filters}
     )
@@ -292,18 +292,6 @@ async def _place(app: App, order_id: str, card: str) -> None:
 
 def _listed(page: str) -> set[str]:
     return set(re.findall(r'<tr data-id="([^"]+)">', page))
-
-
-async def _state(app: App, instance: str, state: str) -> bool:
-    return (await app.workflows.status(instance)).state == state
-
-
-async def _pending(app: App, instance: str) -> bool:
-    return (await app.workflows.status(instance)).pending_approvals == ["review"]
-
-
-async def _dead(app: App, count: int) -> bool:
-    return await app.dead_letters("charge").count() == count
 
 
 async def test_a_live_stream_ends_when_its_browser_goes_away(tmp_path: Any) -> None:

@@ -1,6 +1,8 @@
 """Dead letters: filter them, inspect one (its body and traceback), and redrive or purge the ones
 ticked or every one matching the filter, after a page that shows how many it will be."""
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Form, Path, Query, Request
@@ -26,13 +28,32 @@ Choice = Literal["redrive:selected", "redrive:matching", "purge:selected", "purg
 """What a button of the list asks: an action, on the ticked dead letters or all matching."""
 
 
-def _matching(app: App, queue: str, error_type: str, text: str, within: str) -> DeadLetters:
-    since = app.clock.now() - RANGES[within] if within in RANGES else None
-    return app.dead_letters(queue or None, error_type=error_type or None, since=since, text=text or None)
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """The list's filter, as its page's fields ("" for a field not set)."""
+
+    queue: str = ""
+    error_type: str = ""
+    text: str = ""
+    within: str = ""
+
+    def matching(self, app: App) -> DeadLetters:
+        since = app.clock.now() - RANGES[self.within] if self.within in RANGES else None
+        return app.dead_letters(
+            self.queue or None, error_type=self.error_type or None, since=since, text=self.text or None
+        )
+
+    @property
+    def fields(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
 
 
-def _filters(queue: str, error_type: str, text: str, within: str) -> dict[str, str]:
-    return {"queue": queue, "error_type": error_type, "text": text, "within": within}
+def posted_filter(queue: Field = "", error_type: Field = "", text: Field = "", within: Field = "") -> Filter:
+    """The filter an action's form carries along (as hidden fields)."""
+    return Filter(queue, error_type, text, within)
+
+
+Posted = Annotated[Filter, Depends(posted_filter)]
 
 
 def routes(dashboard: Dashboard) -> APIRouter:
@@ -62,14 +83,15 @@ def routes(dashboard: Dashboard) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=500)] = PAGE,
     ) -> HTMLResponse:
         app = await dashboard.app()
-        where = _matching(app, queue, error_type, text, within)
+        shown = Filter(queue, error_type, text, within)
+        where = shown.matching(app)
         found = await where.page(limit, uncursor(before))
         last = found[-1] if len(found) == limit else None
         context = {
             "items": [DeadLetterView.of(d) for d in found],  # full: the body names the workflow
             "count": await where.count(),
             "older": None if last is None else cursor(last.failed_at, last.id),
-            "filters": _filters(queue, error_type, text, within),
+            "filters": shown.fields,
             "queues": await app.queues.names(),
             "ranges": list(RANGES),
             "done": done,
@@ -92,11 +114,8 @@ def routes(dashboard: Dashboard) -> APIRouter:
         request: Request,
         principal: Operator,
         choice: Annotated[Choice, Form()],
+        posted: Posted,
         ids: Annotated[list[str] | None, Form(max_length=10_000)] = None,
-        queue: Field = "",
-        error_type: Field = "",
-        text: Field = "",
-        within: Field = "",
     ) -> HTMLResponse:
         """Nothing happens yet: the page says what will, and how many, before a second press."""
         action, _, scope = choice.partition(":")
@@ -105,15 +124,14 @@ def routes(dashboard: Dashboard) -> APIRouter:
         chosen = ids or []
         if scope == "selected" and not chosen:
             raise Problem(422, "Unprocessable Content", "tick the dead letters to act on first")
-        where = _matching(app, queue, error_type, text, within)
-        count = len(chosen) if scope == "selected" else await where.count()
+        count = len(chosen) if scope == "selected" else await posted.matching(app).count()
         context: dict[str, Any] = {
             "action": action,
             "scope": scope,
             "ids": chosen if scope == "selected" else [],
             "count": count,
-            "filters": _filters(queue, error_type, text, within),
-            "unfiltered": scope == "matching" and not any((queue, error_type, text, within)),
+            "filters": posted.fields,
+            "unfiltered": scope == "matching" and not any(posted.fields.values()),
         }
         return dashboard.page(request, principal, "confirm.html", context)
 
@@ -123,21 +141,18 @@ def routes(dashboard: Dashboard) -> APIRouter:
         principal: Operator,
         action: Action,
         scope: Annotated[Literal["selected", "matching"], Form()],
+        posted: Posted,
         ids: Annotated[list[str] | None, Form(max_length=10_000)] = None,
-        queue: Field = "",
-        error_type: Field = "",
-        text: Field = "",
-        within: Field = "",
     ) -> RedirectResponse:
         allowed(principal, action)
         app = await dashboard.app()
-        where = _matching(app, queue, error_type, text, within)
+        where = posted.matching(app)
         chosen = (ids or []) if scope == "selected" else None
         if action == "redrive":
             count = await where.redrive(chosen)
         else:
             count = await where.purge(chosen)
-        filters = _filters(queue, error_type, text, within)
+        filters = posted.fields
         described = {key: value for key, value in filters.items() if value}
         audit.record(principal, action, "dead-letters", count=count, ids=chosen, via="dashboard", **described)
         verb = "redrove" if action == "redrive" else "purged"
