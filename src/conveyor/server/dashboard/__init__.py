@@ -6,6 +6,9 @@ graph, approvals), dead letters (inspect, redrive, purge, each confirmed with it
 errors are pages, not problem documents. Every form carries the CSRF token of
 :mod:`conveyor.server.auth`; a page shows only the buttons its viewer's role may press, and the
 routes check the role again. Every action is in the audit log.
+
+``static/htmx.min.js`` is htmx 2.0.11 as npm's ``htmx.org`` package ships it (``dist/htmx.min.js``,
+0BSD: ``static/htmx.LICENSE``); ``static/live.js`` applies the live stream of :mod:`.events`.
 """
 
 from __future__ import annotations
