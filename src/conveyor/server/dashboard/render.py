@@ -39,6 +39,11 @@ def when(at: float | None) -> str:
     return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def clock(at: float | None) -> str:
+    """A timestamp's time of day, UTC (the page says the date)."""
+    return "—" if at is None else dt.datetime.fromtimestamp(at, dt.UTC).strftime("%H:%M:%S")
+
+
 def took(seconds: float | None) -> str:
     """A duration the way a person reads it: 850 ms, 4.2 s, 3 min 10 s, 2 h 5 min."""
     if seconds is None:
@@ -70,6 +75,7 @@ def detail(value: Any) -> str:
 
 templates.env.filters["when"] = when
 templates.env.filters["took"] = took
+templates.env.filters["clock"] = clock
 templates.env.filters["detail"] = detail
 
 
