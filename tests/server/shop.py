@@ -83,3 +83,18 @@ def make_app(backend: str, clock: Clock | None = None) -> App:
         workflows=[ORDER, REVIEW],
         worker=WorkerConfig(concurrency=4, poll_interval=0.05),
     )
+
+
+# conditions the tests wait on (conveyor.testing.wait_until)
+
+
+async def in_state(app: App, instance: str, state: str) -> bool:
+    return (await app.workflows.status(instance)).state == state
+
+
+async def awaits_review(app: App, instance: str) -> bool:
+    return (await app.workflows.status(instance)).pending_approvals == ["review"]
+
+
+async def dead_charges(app: App, count: int) -> bool:
+    return await app.dead_letters("charge").count() == count

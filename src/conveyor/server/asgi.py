@@ -20,7 +20,7 @@ from conveyor.app import App
 from conveyor.server import api, problems
 from conveyor.server.auth import Auth, Role
 from conveyor.server.connection import Connection
-from conveyor.server.dashboard import dashboard_router
+from conveyor.server.dashboard import dashboard_app
 
 logger = logging.getLogger("conveyor.server")
 
@@ -62,7 +62,7 @@ def create_app(
     problems.install(server)
     server.include_router(api.router(connection, auth))
     if dashboard:
-        server.include_router(dashboard_router(connection, auth), prefix="/ui")
+        server.mount("/ui", dashboard_app(connection, auth))
     return server
 
 
