@@ -3,11 +3,13 @@ running the demo's order fulfillment on a SQLite file: log in, see the orders, o
 one, redrive its dead letter, approve a pending gate, and watch the pages update by themselves.
 
 Skipped when /usr/bin/chromium is absent, unless CI=true (then it fails: .ci/run installs it).
-Saves screenshots to docs/screenshots/ (two of them are in the README).
+Saves its screenshots in the test's temporary directory, or where CONVEYOR_SCREENSHOTS says
+(``CONVEYOR_SCREENSHOTS=docs/screenshots`` retakes the README's).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -24,7 +26,6 @@ from tests.conftest import IN_CI
 from tests.server.live import live_server
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).parents[2] / "docs" / "screenshots"
 ADMIN, READER = "dashboard-admin-token-0123", "dashboard-reader-token-0123"
 ORDERS = 10
 WAIT = 20_000
@@ -108,8 +109,15 @@ def log_in(page: Page, url: str, token: str) -> None:
     expect(page.get_by_role("heading", name="Overview")).to_be_visible()
 
 
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    directory = Path(os.environ.get("CONVEYOR_SCREENSHOTS") or tmp_path / "screenshots")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
 def test_an_operator_follows_a_compensated_order_redrives_it_and_approves_a_refund(
-    browser: Browser, served: tuple[App, str, httpx.Client]
+    browser: Browser, served: tuple[App, str, httpx.Client], screenshots: Path
 ) -> None:
     app, url, api = served
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -131,7 +139,7 @@ def test_an_operator_follows_a_compensated_order_redrives_it_and_approves_a_refu
         page.goto(f"{url}/ui/")
         dead = page.locator("#total-dead")
         expect(dead).to_have_text(str(len(declined)), timeout=WAIT)
-        page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
+        page.screenshot(path=str(screenshots / "overview.png"), full_page=True)
         late = {"order_id": "order-late", "items": [{"sku": "apple", "qty": 1}], "card": "0000"}
         assert api.post("/commands/place_order", json=late).status_code == 200
         expect(dead).to_have_text(str(len(declined) + 1), timeout=WAIT)
@@ -149,11 +157,11 @@ def test_an_operator_follows_a_compensated_order_redrives_it_and_approves_a_refu
         expect(page.locator('#graph g[data-node="queue:create_shipment"]')).to_have_attribute(
             "data-lit", "no"
         )
-        page.screenshot(path=str(SCREENSHOTS / "workflow.png"), full_page=True)
+        page.screenshot(path=str(screenshots / "workflow.png"), full_page=True)
         page.locator(".dead-letter-link").click()
         expect(page.locator("#traceback")).to_contain_text("card ending 0000 was declined")
         expect(page.locator("#body")).to_contain_text('"card": "0000"')
-        page.screenshot(path=str(SCREENSHOTS / "dead-letter.png"), full_page=True)
+        page.screenshot(path=str(screenshots / "dead-letter.png"), full_page=True)
 
         # the customer's bank lets the card through now: redrive, confirmed with its count
         app.runtime.resources["payments"].declined_cards = frozenset()
@@ -173,7 +181,7 @@ def test_an_operator_follows_a_compensated_order_redrives_it_and_approves_a_refu
         expect(page.locator(".notice")).to_have_text("refund approved")
         expect(page.locator("#instance-state")).to_have_text("completed", timeout=WAIT)
         expect(page.locator("#timeline")).to_contain_text("refund agreed on the phone")
-        page.screenshot(path=str(SCREENSHOTS / "approval.png"), full_page=True)
+        page.screenshot(path=str(screenshots / "approval.png"), full_page=True)
     finally:
         context.close()
 

@@ -62,6 +62,8 @@ def test_demo_serve_leaves_the_dashboard_running_on_the_demo_database(tmp_path: 
         ids = {item["id"] for item in listed["items"]}
         assert {f"order-{n}" for n in range(1, 7)} <= ids
         assert (tmp_path / "demo.db").exists()
+        overview = httpx.get(f"{url}/ui/", timeout=10, follow_redirects=True)
+        assert overview.status_code == 200 and "process_payment" in overview.text
     finally:
         demo.send_signal(signal.SIGINT)
         code = demo.wait(timeout=30)

@@ -12,7 +12,7 @@ import pytest
 from conveyor import App
 from conveyor.server import create_app
 from conveyor.testing import running, wait_until
-from tests.server.shop import make_app
+from tests.server.shop import awaits_review, dead_charges, in_state, make_app
 
 ADMIN, OPERATOR, READER = "admin-token-0123456789", "operator-token-0123456", "reader-token-01234567"
 TOKENS = {ADMIN: "admin", OPERATOR: "operate", READER: "read"}
@@ -83,7 +83,7 @@ async def test_enqueue_and_emit_honour_the_idempotency_key(served: Any) -> None:
     )
     assert emitted.status_code == 201 and replay.status_code == 200
     assert replay.json() == {"id": emitted.json()["id"], "replayed": True}
-    await wait_until(lambda: _state(app, "o-2", "completed"))
+    await wait_until(lambda: in_state(app, "o-2", "completed"))
     status = await app.workflows.status("o-2")
     assert [s.queue for s in status.steps] == ["charge"]  # one delivery, not two
     unknown = await client.post("/queues/nowhere/jobs", json={"payload": {}})
@@ -96,8 +96,8 @@ async def test_workflows_list_filters_and_pages_and_an_instance_shows_its_steps(
         card = "0000" if n == 3 else "4242"
         await client.post("/commands/place", json={"order_id": f"o-{n}", "card": card})
     await app.emit("placed", {"order_id": "w-1"}, correlation_id="w-1")
-    await wait_until(lambda: _state(app, "w-1", "completed"))
-    await wait_until(lambda: _dead(app, 1))
+    await wait_until(lambda: in_state(app, "w-1", "completed"))
+    await wait_until(lambda: dead_charges(app, 1))
     everything = await _all_pages(client, "/workflows?limit=2&prefix=w-")
     assert everything == ["w-1"]
     listed = await _all_pages(client, "/workflows?limit=2")
@@ -115,7 +115,7 @@ async def test_workflows_list_filters_and_pages_and_an_instance_shows_its_steps(
 async def test_an_approval_is_decided_over_http_and_recorded_with_who(served: Any) -> None:
     app, client = served
     await app.enqueue("review_order", {"order_id": "r-1"}, correlation_id="r-1")
-    await wait_until(lambda: _pending(app, "r-1"))
+    await wait_until(lambda: awaits_review(app, "r-1"))
     read_only = await client.post(
         "/workflows/r-1/approvals/review", json={"approve": True}, headers=as_(READER)
     )
@@ -126,7 +126,7 @@ async def test_an_approval_is_decided_over_http_and_recorded_with_who(served: An
     assert decided.status_code == 200, decided.text
     twice = await client.post("/workflows/r-1/approvals/review", json={"approve": False})
     assert twice.status_code == 409
-    await wait_until(lambda: _state(app, "r-1", "completed"))
+    await wait_until(lambda: in_state(app, "r-1", "completed"))
     history = (await client.get("/workflows/r-1")).json()["history"]
     decision = next(e for e in history if e["kind"] == "approval_decided")
     assert decision["detail"]["by"].startswith("token:")
@@ -136,7 +136,7 @@ async def test_dead_letters_are_filtered_inspected_redriven_and_purged(served: A
     app, client = served
     for n in range(3):
         await app.enqueue("charge", {"order_id": f"d-{n}", "card": "0000"})
-    await wait_until(lambda: _dead(app, 3))
+    await wait_until(lambda: dead_charges(app, 3))
     page = (await client.get("/dead-letters", params={"queue": "charge", "limit": 2})).json()
     assert len(page["items"]) == 2 and page["next"]
     rest = (await client.get("/dead-letters", params={"queue": "charge", "before": page["next"]})).json()
@@ -153,7 +153,7 @@ async def test_dead_letters_are_filtered_inspected_redriven_and_purged(served: A
     assert as_operator.status_code == 403
     redriven = await client.post("/dead-letters/redrive", json={"ids": [dead_id]}, headers=as_(OPERATOR))
     assert redriven.json() == {"count": 1}
-    await wait_until(lambda: _dead(app, 3))  # it fails again, as it must
+    await wait_until(lambda: dead_charges(app, 3))  # it fails again, as it must
     purged = await client.post("/dead-letters/purge", json={"queue": "charge", "text": "declined"})
     assert purged.json() == {"count": 3}
     assert (await client.get("/dead-letters/count")).json() == {"count": 0}
@@ -216,15 +216,3 @@ async def _all_pages(client: httpx.AsyncClient, url: str) -> list[str]:
         if before is None:
             return ids
     raise AssertionError("paging did not end")
-
-
-async def _state(app: App, instance: str, state: str) -> bool:
-    return (await app.workflows.status(instance)).state == state
-
-
-async def _pending(app: App, instance: str) -> bool:
-    return (await app.workflows.status(instance)).pending_approvals == ["review"]
-
-
-async def _dead(app: App, count: int) -> bool:
-    return await app.dead_letters("charge").count() == count
