@@ -69,7 +69,7 @@ def dlq(
       conveyor dlq APP redrive --queue payments --grep timeout --dry-run
       conveyor dlq APP purge --all
     """
-    app = load_app(app_spec)
+    app = load_app(app_spec, read_only=True)
     now = app.clock.now()
     letters = app.dead_letters(
         queue,
@@ -169,7 +169,8 @@ async def _act(
             count = await letters.redrive(present, delay=delay) if present else 0
         else:
             count = await letters.purge(present) if present else 0
-        _report(verb, count, dry_run, as_json, missing)
+        if present or as_json:  # with none found, "no dead letter ..." for each says it all
+            _report(verb, count, dry_run, as_json, missing)
         return 1 if missing else 0
     total = await letters.count()
     if dry_run or total == 0:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from conveyor.cli.common import console, run
+from conveyor.cli.common import console, options, run
 
 
 @click.command()
@@ -20,7 +20,9 @@ from conveyor.cli.common import console, run
     default=None,
     help="where the SQLite file goes (default: a temporary directory)",
 )
-@click.option("--backend", default=None, help="backend URL instead of a SQLite file")
+@click.option(
+    "--backend", default=None, help="backend URL instead of a SQLite file (or conveyor --backend URL demo)"
+)
 def demo(count: int, directory: Path | None, backend: str | None) -> None:
     """Run the seed's order fulfillment on embedded SQLite and print each workflow's path."""
     import logging
@@ -30,6 +32,7 @@ def demo(count: int, directory: Path | None, backend: str | None) -> None:
     # declined cards are dead-lettered on purpose here; their log lines would tear the progress bar
     logging.getLogger("conveyor").setLevel(logging.CRITICAL)
 
+    backend = backend or options().backend
     if backend is None:
         base = directory or Path(tempfile.mkdtemp(prefix="conveyor-demo-"))
         base.mkdir(parents=True, exist_ok=True)

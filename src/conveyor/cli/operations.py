@@ -24,7 +24,7 @@ from conveyor.operations.jobs import CancelOutcome, JobView
 def queues(app_spec: str, window: float, as_json: bool) -> None:
     """Every queue: paused or not, ready, scheduled, in flight, dead, the oldest ready job's wait,
     and what it settled per minute (completed, retried, dead-lettered)."""
-    app = load_app(app_spec)
+    app = load_app(app_spec, read_only=True)
 
     async def go() -> None:
         async with app:
@@ -110,7 +110,7 @@ def leases(app_spec: str, queue: str | None, limit: int, after: str | None, as_j
 
     An expired lease (its worker died or stalled) shows until another worker takes the job.
     """
-    app = load_app(app_spec)
+    app = load_app(app_spec, read_only=True)
 
     async def go() -> None:
         async with app:
@@ -158,7 +158,7 @@ def job(
     """
     if (job_id is None) == (idempotency_key is None) or (idempotency_key is not None and queue is None):
         raise click.UsageError("give JOB_ID, or --queue and --key")
-    app = load_app(app_spec)
+    app = load_app(app_spec, read_only=True)
 
     async def go() -> JobView | None:
         async with app:
@@ -263,7 +263,7 @@ def cancel(app_spec: str, job_ids: tuple[str, ...], by: str | None) -> None:
 def workers(app_spec: str, as_json: bool) -> None:
     """The worker processes alive (a heartbeat within the last few intervals): host, pid, queues,
     concurrency, started, last seen, jobs settled."""
-    app = load_app(app_spec)
+    app = load_app(app_spec, read_only=True)
 
     async def go() -> tuple[list[Any], float]:
         async with app:
