@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 import click
 import orjson
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
 
 from conveyor.app import App
 from conveyor.model.errors import ConfigurationError
@@ -143,6 +145,13 @@ def echo_json(value: Any) -> None:
 
 def whole(table: Any, header: str, values: list[str], **options: Any) -> None:
     """Add a column to a rich ``table`` that never cuts its values (ids a user must copy): as wide
-    as the longest, never wrapped nor cropped."""
+    as the longest, never wrapped nor cropped. Print the table with :func:`show`."""
     width = max([len(header), *map(len, values)])
     table.add_column(header, no_wrap=True, min_width=width, overflow="ignore", **options)
+
+
+def show(table: Table) -> None:
+    """Print ``table`` as wide as its :func:`whole` columns need, wider than the terminal if it
+    must: rich would squeeze such a table to the terminal's width and crop the ids."""
+    needed = Measurement.get(console, console.options.update_width(10_000), table).minimum
+    (console if needed <= console.width else Console(width=needed)).print(table)

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from conveyor.cli.common import console, echo_json, load_app, parse_time, run, when, whole
+from conveyor.cli.common import console, echo_json, load_app, parse_time, run, show, when, whole
 
 if TYPE_CHECKING:
     from conveyor.app import App
@@ -122,7 +122,10 @@ async def _list(app: App, letters: DeadLetters, limit: int, before: str | None, 
             when(e.failed_at),
             escape(f"{e.error.type}: {e.error.message}"),
         )
-    console.print(table if entries else "no dead letters")
+    if entries:
+        show(table)
+    else:
+        console.print("no dead letters")
     if len(entries) == limit:
         total = await letters.count()
         console.print(f"{limit} of {total}; more: --before {entries[-1].id}", markup=False)

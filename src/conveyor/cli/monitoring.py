@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from conveyor.app import App
-from conveyor.cli.common import console, echo_json, load_app, run, when, whole
+from conveyor.cli.common import console, echo_json, load_app, run, show, when, whole
 from conveyor.cli.errors import MISUSE, print_traceback_if_asked
 from conveyor.model.errors import ConveyorError
 
@@ -115,6 +115,6 @@ def stats(app_spec: str, as_json: bool) -> None:
                 str(s.dead),
                 when(s.oldest_ready_at),
             )
-        console.print(table)
+        show(table)
 
     run(go)

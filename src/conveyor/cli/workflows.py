@@ -9,7 +9,7 @@ import orjson
 from rich.markup import escape
 from rich.table import Table
 
-from conveyor.cli.common import STATE_STYLE, console, load_app, run, when, whole
+from conveyor.cli.common import STATE_STYLE, console, load_app, run, show, when, whole
 
 if TYPE_CHECKING:
     from conveyor.operations.status import State
@@ -41,7 +41,8 @@ def status(app_spec: str, instance_id: str, as_json: bool) -> None:
         style = STATE_STYLE.get(result.state, "")
         console.print(
             f"[bold]{escape(instance_id)}[/]  [{style}]{result.state}[/]"
-            + (f"  ({result.workflow})" if result.workflow else "")
+            + (f"  ({result.workflow})" if result.workflow else ""),
+            soft_wrap=True,  # the id whole on its line, to copy
         )
         console.print("path: " + " → ".join(result.path), markup=False)
         if result.current:
@@ -64,7 +65,7 @@ def status(app_spec: str, instance_id: str, as_json: bool) -> None:
                 str(entry.attempt or ""),
                 escape(entry.detail or ""),
             )
-        console.print(table)
+        show(table)
 
     run(go)
 
@@ -111,7 +112,10 @@ def workflows(
         table.add_row(
             escape(s.id), s.workflow or "-", f"[{style}]{s.state}[/]", when(s.started_at), escape(detail)
         )
-    console.print(table if found else "no workflow instances")
+    if found:
+        show(table)
+    else:
+        console.print("no workflow instances")
 
 
 @click.command()

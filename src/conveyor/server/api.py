@@ -6,7 +6,6 @@ what each role may call is in :mod:`conveyor.server.auth`.
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, which name
 # dependencies local to router().
 
-
 import base64
 import dataclasses
 from collections.abc import Awaitable, Callable
