@@ -34,7 +34,7 @@ from conveyor.ports import Backend, DeadLetterFilter, QueueStats, WorkerInfo
 from conveyor.runtime import approval, maintenance, producer, registry
 from conveyor.runtime.clock import Clock, SystemClock
 from conveyor.runtime.context import run_command
-from conveyor.runtime.loop import FORCED_EXIT_AFTER, SignalStop, run_to_end
+from conveyor.runtime.loop import FORCED_EXIT_AFTER, SignalStop, cancel_and_wait, run_to_end
 from conveyor.runtime.messages import DEFAULT_MAX_PAYLOAD_BYTES, MessageFactory, available_at
 from conveyor.runtime.producer import ENQUEUE_BATCH, ENQUEUE_IN_FLIGHT
 from conveyor.runtime.runtime import Runtime
@@ -369,9 +369,7 @@ class App:
             try:
                 await asyncio.gather(*tasks)
             finally:
-                for task in tasks + helpers:
-                    task.cancel()
-                await asyncio.gather(*tasks, *helpers, return_exceptions=True)
+                await cancel_and_wait(tasks + helpers)
                 self._workers.remove(worker)
             await registry.unregister(self.runtime, worker.id)  # a clean stop; a crash's record expires
 

@@ -30,10 +30,19 @@ async def quote(ctx: Context, cmd: Quote) -> Price:
     return Price(sku=cmd.sku, total=cmd.qty * 2.5)
 
 
-@svc.command("place", "Place an order", emits=["placed"])
-async def place(ctx: Context, cmd: dict[str, Any]) -> dict[str, Any]:
-    await ctx.emit("placed", cmd)
-    return {"placed": cmd.get("order_id")}
+class Order(BaseModel):
+    order_id: str = Field(min_length=1, max_length=100)
+    card: str = Field("4242", max_length=20)
+
+
+class Placed(BaseModel):
+    placed: str
+
+
+@svc.command("place", "Place an order", payload=Order, result=Placed, emits=["placed"])
+async def place(ctx: Context, cmd: Order) -> Placed:
+    await ctx.emit("placed", cmd.model_dump(), correlation_id=cmd.order_id)
+    return Placed(placed=cmd.order_id)
 
 
 @svc.subscription("placed", enqueue="charge")

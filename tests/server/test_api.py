@@ -162,7 +162,7 @@ async def test_dead_letters_are_filtered_inspected_redriven_and_purged(served: A
 
 
 async def test_queues_pause_resume_leases_jobs_and_workers(served: Any) -> None:
-    app, client = served
+    _, client = served
     assert (await client.post("/queues/charge/pause", headers=as_(OPERATOR))).json() == {"changed": True}
     assert (await client.post("/queues/charge/pause")).json() == {"changed": False}
     job_id = (await client.post("/queues/charge/jobs", json={"payload": {"order_id": "p-1"}})).json()["id"]

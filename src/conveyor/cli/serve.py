@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from conveyor.cli.common import load_app, run
@@ -34,8 +36,7 @@ def serve(app_spec: str, host: str | None, port: int | None, with_workers: bool)
     def started(url: str) -> None:
         click.echo(f"conveyor serve: {url}/ui  (API {url}/docs)", err=True)
 
-    from conveyor.server.run import serve_http
-
+    serve_http = server_runner()
     run(
         lambda: serve_http(
             app,
@@ -46,3 +47,15 @@ def serve(app_spec: str, host: str | None, port: int | None, with_workers: bool)
             started=started,
         )
     )
+
+
+def server_runner() -> Any:
+    """``conveyor.server.run.serve_http``, or a clear error when the serve extra is not installed."""
+    try:
+        from conveyor.server.run import serve_http
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the HTTP API needs the serve extra ({exc.name} is missing): pip install 'conveyor[serve]'"
+        ) from exc
+    return serve_http
+

@@ -120,3 +120,27 @@ def _exit_now(why: str) -> None:
     """Leave the event loop at once (raised from a loop callback, ``SystemExit`` ends the run)."""
     logger.warning("%s: exiting without waiting for running jobs to be released", why)
     raise SystemExit(1)
+
+
+RECANCEL_EVERY = 0.2
+"""How often :func:`cancel_and_wait` cancels again a task that swallowed its cancellation."""
+
+
+async def cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, cancelling again whichever is still
+    running after :data:`RECANCEL_EVERY` seconds.
+
+    One cancellation is not always enough: a driver can swallow it (redis-py 8 returns a command's
+    reply to a caller cancelled while the reply was on its way), and a periodic loop then goes back
+    to an hour-long sleep. Its next cancellation lands in that sleep.
+    """
+    for task in tasks:
+        task.cancel()
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL_EVERY)
+        for task in pending:
+            task.cancel()
+    for task in tasks:  # retrieved, so none is logged as never retrieved
+        if not task.cancelled():
+            task.exception()

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from conveyor.app import App
 from conveyor.definitions.service import Command
-from conveyor.model.errors import ConveyorError
+from conveyor.model.errors import ConveyorError, UnknownNameError
 from conveyor.operations.graph import build_graph
 from conveyor.operations.jobs import CancelOutcome, JobView
 from conveyor.operations.queues import QueueMetrics
@@ -175,7 +175,12 @@ def router(connection: Connection, auth: Auth) -> APIRouter:
         return Created(id=job_id)
 
     @api.post(
-        "/events/{event}", tags=["events"], summary="Emit an event", status_code=201, response_model=Created
+        "/events/{event}",
+        tags=["events"],
+        summary="Emit an event",
+        status_code=201,
+        response_model=Created,
+        responses={200: {"model": Created, "description": "the Idempotency-Key was used: nothing emitted"}},
     )
     async def emit(
         event: Annotated[str, Path(min_length=1, max_length=200)],
@@ -185,6 +190,9 @@ def router(connection: Connection, auth: Auth) -> APIRouter:
         response: Response,
         idempotency_key: IdempotencyKey = None,
     ) -> Created:
+        declared = app.registry.declared_events()
+        if event not in declared:
+            raise UnknownNameError.among("event", event, declared, " (no subscription or emits names it)")
         event_id, first = await producer.emit(
             app.runtime,
             event,
@@ -258,7 +266,13 @@ def router(connection: Connection, auth: Auth) -> APIRouter:
         audit.record(principal, verdict, f"workflow:{instance}", gate=gate)
         return Created(id=event_id)
 
-    @api.get("/graph", tags=["workflows"], summary="The workflow graph (Mermaid)", dependencies=[reader])
+    @api.get(
+        "/graph",
+        tags=["workflows"],
+        summary="The workflow graph (Mermaid)",
+        dependencies=[reader],
+        response_class=PlainTextResponse,
+    )
     async def graph(app: AppDep) -> PlainTextResponse:
         return PlainTextResponse(build_graph(app.registry, app.workflows.declared).mermaid)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -24,6 +25,8 @@ from conveyor.model.errors import (
 )
 
 MEDIA_TYPE = "application/problem+json"
+
+logger = logging.getLogger("conveyor.server")
 
 
 class ProblemDetails(BaseModel):
@@ -121,6 +124,12 @@ def install(api: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         return problem_response(request, exc.status_code, detail, headers=exc.headers)
+
+    @api.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        detail = f"{type(exc).__name__} while handling the request (the server log has its traceback)"
+        return problem_response(request, 500, detail)
 
     @api.exception_handler(ConveyorError)
     async def _conveyor(request: Request, exc: ConveyorError) -> JSONResponse:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+import uvicorn
 
 from conveyor.app import App
 from conveyor.model.errors import ConfigurationError
+from conveyor.runtime.loop import SignalStop
 from conveyor.server.asgi import create_app
 from conveyor.server.auth import Role, is_loopback
 
@@ -35,13 +39,50 @@ async def serve_http(
     log_level: str = "warning",
 ) -> None:
     """Serve the API and dashboard until SIGINT/SIGTERM; with ``workers``, work the app's queues
-    too (stopped gracefully after the server). ``started`` is called with the base URL."""
-    import uvicorn
+    too. ``started`` is called with the base URL.
 
+    The first signal stops the server (open requests finish) and then the workers gracefully; a
+    second one cuts both short (see :class:`~conveyor.runtime.loop.SignalStop`). uvicorn's own
+    signal handling is left out: it re-raises the signal once it has stopped, which would cancel
+    the workers' graceful stop and end the process with a KeyboardInterrupt.
+    """
     check_bind(host, tokens)
     api = create_app(app, tokens=tokens)
     config = uvicorn.Config(api, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
+    server = _Server(config)
+    await SignalStop(_Stopping(server, app)).run(_serve(app, server, host, port, workers, started))
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its signal handlers (conveyor's :class:`SignalStop` has them)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class _Stopping:
+    """What a signal stops: the server first; a second signal the workers' running jobs too."""
+
+    server: uvicorn.Server
+    app: App
+
+    def stop(self, *, now: bool = False) -> None:
+        self.server.should_exit = True
+        if now:
+            self.server.force_exit = True
+            self.app.stop(now=True)
+
+
+async def _serve(
+    app: App,
+    server: uvicorn.Server,
+    host: str,
+    port: int,
+    workers: bool,
+    started: Callable[[str], None] | None,
+) -> None:
     working: asyncio.Task[None] | None = None
     async with app:
         if workers:
