@@ -58,4 +58,3 @@ def server_runner() -> Any:
             f"the HTTP API needs the serve extra ({exc.name} is missing): pip install 'conveyor[serve]'"
         ) from exc
     return serve_http
-
