@@ -43,7 +43,6 @@ from conveyor.runtime.states import States
 from conveyor.runtime.worker import Worker, WorkerConfig
 from conveyor.settings import DEFAULT_URL, load_settings
 
-DEFAULT_BACKEND = DEFAULT_URL
 DEFAULT_HISTORY_RETENTION = 7 * 24 * 3600.0
 
 BackendOrigin = Literal["code", "environment", "default", "cli"]

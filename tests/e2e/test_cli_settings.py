@@ -78,6 +78,14 @@ def test_a_read_only_command_with_no_backend_configured_refuses_to_create_a_data
     assert list(Path.cwd().iterdir()) == []
 
 
+def test_health_with_no_backend_configured_fails_without_creating_a_database(unconfigured: str) -> None:
+    result = cli("health", unconfigured, "--json", code=2)
+    report = orjson.loads(result.stdout)
+    assert report["status"] == "fail"
+    assert "no backend configured" in report["problems"][0]
+    assert list(Path.cwd().iterdir()) == []
+
+
 def test_a_command_that_writes_creates_the_default_database(unconfigured: str) -> None:
     assert cli("enqueue", unconfigured, "accept", "{}").output.strip()
     assert (Path.cwd() / "conveyor.db").is_file()

@@ -50,7 +50,7 @@ def health(app_spec: str, max_backlog: int, max_age: float, ignore_dead_letters:
             await app.close()
 
     try:
-        app = load_app(app_spec)
+        app = load_app(app_spec, read_only=True)
     except ConveyorError as exc:  # raised while APP was imported: an unknown URL scheme, a missing extra
         report = failure(exc)
     else:
