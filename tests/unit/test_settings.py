@@ -9,7 +9,7 @@ import pytest
 from conveyor import App, Service
 from conveyor.model.errors import ConfigurationError
 from conveyor.runtime.worker import WorkerConfig
-from conveyor.settings import DEFAULT_URL, Settings, load_settings
+from conveyor.settings import DEFAULT_URL, ROLE_NAMES, Settings, load_settings
 
 TOKEN_A = "a-long-random-admin-token"
 TOKEN_R = "a-long-random-reader-token"
@@ -113,3 +113,9 @@ async def test_the_backend_of_a_connected_app_cannot_be_changed() -> None:
     async with app:
         with pytest.raises(ConfigurationError, match="connected"):
             app.use_backend("memory://")
+
+
+def test_the_role_names_are_the_servers_roles_lowest_first() -> None:
+    from conveyor.server.auth import Role
+
+    assert tuple(role.value for role in sorted(Role, key=lambda role: role.rank)) == ROLE_NAMES
