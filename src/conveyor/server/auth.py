@@ -6,7 +6,7 @@ Roles rank ``read`` < ``operate`` < ``admin``:
 - ``operate``: what an on-call operator does (pause/resume, cancel, redrive, approve/reject);
 - ``admin``: what changes data for good or starts work (purge, enqueue, emit, commands).
 
-With no token configured every caller is ``admin`` and :func:`conveyor.server.serve` refuses any
+With no token configured every caller is ``admin`` and ``conveyor serve`` refuses any
 address but loopback. A browser holds its token in an HttpOnly, SameSite=Strict cookie; every
 mutating request that does not carry ``Authorization: Bearer`` must carry the CSRF token (a form
 field ``csrf`` or the ``X-CSRF-Token`` header) and must not come from another site.

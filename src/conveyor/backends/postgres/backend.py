@@ -36,7 +36,7 @@ from conveyor.ports import (
     StateRecord,
     WorkerInfo,
 )
-from conveyor.ports.operations import bucket, live_state
+from conveyor.ports.operations import bucket, live_state, prefix_end
 
 DEFAULT_SCHEMA = "conveyor"
 DEFAULT_POOL_MIN_SIZE = 2
@@ -95,6 +95,8 @@ class PostgresBackend(WorkerPath):
         check_conninfo(self._conninfo, url)
         self._connect_options = {} if "application_name" in options else {"application_name": "conveyor"}
         self._queries = pg_schema.load_queries(self.schema)
+        self._text_by_byte: bool | None = None
+        """Whether the database sorts text by byte (asked at the first prefix listing)."""
         self._queries["commit_and_lease"] = self._queries["commit_and_lease"].replace(
             "{commit}", self._queries["commit"]
         )
@@ -216,8 +218,18 @@ class PostgresBackend(WorkerPath):
             "prefix": prefix or None,
             "limit": limit,
         }
-        rows = await self._fetch("instances", params)
+        if prefix and await self._byte_ordered():
+            params |= {"low": prefix, "high": prefix_end(prefix)}
+            rows = await self._fetch("instances_by_prefix", params)
+        else:  # the newest-first walk, each id checked with starts_with
+            rows = await self._fetch("instances", params)
         return [InstanceSummary(*row) for row in rows]
+
+    async def _byte_ordered(self) -> bool:
+        if self._text_by_byte is None:
+            rows = await self._fetch("byte_ordered", {})
+            self._text_by_byte = bool(rows and rows[0][0])
+        return self._text_by_byte
 
     async def prune_history(self, before: float) -> int:
         """Delete entries older than ``before``, a batch per transaction so no lock is held long."""

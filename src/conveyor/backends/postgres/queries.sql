@@ -195,6 +195,32 @@ WHERE h.at > %(started_after)s
 ORDER BY h.at DESC, h.correlation_id DESC
 LIMIT %(limit)s
 
+-- name: instances_by_prefix
+-- As instances, for correlation ids from %(low)s up to %(high)s (a prefix's range): read by
+-- history_correlation_id, so a narrow prefix is fast whatever the history's size. Only where text
+-- sorts by byte (a C collation, see byte_ordered): elsewhere that range may miss ids.
+SELECT correlation_id, started_at, updated_at FROM (
+    SELECT h.correlation_id, h.at AS started_at,
+           (SELECT e.at FROM {schema}.history e
+            WHERE e.correlation_id = h.correlation_id ORDER BY e.seq DESC LIMIT 1) AS updated_at
+    FROM {schema}.history h
+    WHERE h.correlation_id >= %(low)s AND h.correlation_id < %(high)s
+      AND NOT EXISTS (
+        SELECT 1 FROM {schema}.history f WHERE f.correlation_id = h.correlation_id AND f.seq < h.seq
+      )
+) AS first_entries
+WHERE started_at > %(started_after)s
+  AND (started_at < %(before_at)s OR (started_at = %(before_at)s AND correlation_id < %(before_id)s))
+ORDER BY started_at DESC, correlation_id DESC
+LIMIT %(limit)s
+
+-- name: byte_ordered
+-- Whether the database's text sorts by byte, so a prefix is an index range (libc's C, POSIX and
+-- C.UTF-8; datlocprovider exists from PostgreSQL 15 on, and 'i' there is ICU).
+SELECT coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') = 'c'
+       AND (d.datcollate IN ('C', 'POSIX') OR lower(d.datcollate) IN ('c.utf8', 'c.utf-8'))
+FROM pg_database d WHERE d.datname = current_database()
+
 -- name: prune_history
 DELETE FROM {schema}.history
 WHERE seq = ANY (ARRAY(SELECT seq FROM {schema}.history WHERE at < %(before)s LIMIT %(batch)s))
