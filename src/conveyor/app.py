@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
@@ -41,9 +41,11 @@ from conveyor.runtime.runtime import Runtime
 from conveyor.runtime.scheduler import Scheduler
 from conveyor.runtime.states import States
 from conveyor.runtime.worker import Worker, WorkerConfig
+from conveyor.settings import DEFAULT_URL, load_settings
 
-DEFAULT_BACKEND = "sqlite:///conveyor.db"
 DEFAULT_HISTORY_RETENTION = 7 * 24 * 3600.0
+
+BackendOrigin = Literal["code", "environment", "default", "cli"]
 
 
 class App:
@@ -54,7 +56,10 @@ class App:
     >>> #     await app.enqueue("validate_inventory", {...})
 
     ``backend`` is a URL (``memory://``, ``sqlite:///path``, ``redis://…``, ``postgresql://…``) or a
-    backend object. ``clock`` is injectable for tests (see :class:`conveyor.testing.FakeClock`).
+    backend object; left out, it is ``CONVEYOR_URL``, else ``sqlite:///conveyor.db`` (see
+    :mod:`conveyor.settings` for the precedence; ``conveyor --backend URL`` overrides both).
+    Without ``worker``, the worker's concurrency is ``CONVEYOR_CONCURRENCY`` when set. ``clock``
+    is injectable for tests (see :class:`conveyor.testing.FakeClock`).
     ``external_queues`` names the queues another app serves that this one enqueues to: any other
     queue no service declares is refused with :class:`UnknownQueueError`. ``tracing`` and
     ``metrics`` are on (True), off (False), on when an OpenTelemetry SDK is configured (None), or on
@@ -64,7 +69,7 @@ class App:
     def __init__(
         self,
         services: Iterable[Service],
-        backend: str | Backend = DEFAULT_BACKEND,
+        backend: str | Backend | None = None,
         *,
         resources: Mapping[str, Any] | None = None,
         clock: Clock | None = None,
@@ -78,9 +83,23 @@ class App:
         metrics: bool | MeterProvider | None = None,
     ) -> None:
         self.registry = Registry(services, external_queues, gate_timer=approval.fire_timeout)
+        settings = load_settings() if backend is None or worker is None else None
+        self.backend_origin: BackendOrigin = "code"
+        """Where the backend came from: ``code``, ``environment`` (``CONVEYOR_URL``), ``default``
+        or ``cli`` (:meth:`use_backend`)."""
+        if backend is None:
+            assert settings is not None
+            self.backend_origin = "environment" if settings.url else "default"
+            backend = settings.url or DEFAULT_URL
+        self.backend_url: str | None = backend if isinstance(backend, str) else None
+        """The backend's URL, None when a backend object was given."""
         self.backend: Backend = open_backend(backend) if isinstance(backend, str) else backend
         self.clock: Clock = clock or SystemClock()
-        self.worker_config = worker or WorkerConfig()
+        if worker is None:
+            assert settings is not None
+            given = {} if settings.concurrency is None else {"concurrency": settings.concurrency}
+            worker = WorkerConfig(**given)
+        self.worker_config = worker
         self.runtime = Runtime(
             backend=self.backend,
             registry=self.registry,
@@ -102,6 +121,18 @@ class App:
         """Pause and resume queues, their metrics and leases (:class:`~conveyor.operations.queues.Queues`)."""
         self.jobs = Jobs(self.backend, self.clock)
         """Look jobs up and cancel them (:class:`~conveyor.operations.jobs.Jobs`)."""
+
+    def use_backend(self, url: str, *, origin: BackendOrigin = "cli") -> None:
+        """Put the backend at ``url`` in place of the one this app was created with (what
+        ``conveyor --backend URL`` does); only while the app is not connected."""
+        if self.connected:
+            raise ConfigurationError("cannot change the backend of a connected app: close it first")
+        self.backend = open_backend(url)
+        self.backend_url = url
+        self.backend_origin = origin
+        self.runtime.backend = self.backend
+        self.queues = Queues(self.backend, self.clock, self.registry)
+        self.jobs = Jobs(self.backend, self.clock)
 
     # lifecycle
 

@@ -118,7 +118,8 @@ def test_dead_letters_by_filter_dry_run_redrive_and_purge(app_module: str) -> No
     )
     assert "purge what?" in CliRunner().invoke(main, ["dlq", app_module, "purge"]).output
     assert "redriven: 3" in cli("dlq", app_module, "redrive", "--grep", "declined", "--delay", "3600").output
-    assert cli("dlq", app_module, "redrive", "no-such-id", code=1).output.strip().endswith("redriven: 0")
+    missing = cli("dlq", app_module, "redrive", "no-such-id", code=1)
+    assert missing.output.strip() == "no dead letter no-such-id"
     assert "purged: 1" in cli("dlq", app_module, "purge", "--all").output
     assert orjson.loads(cli("dlq", app_module, "list", "--json").output) == []
 

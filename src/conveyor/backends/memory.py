@@ -92,6 +92,19 @@ class MemoryBackend:
     async def close(self) -> None:
         return None
 
+    def next_due(self, now: float) -> float | None:
+        """When the first job waiting for a time after ``now`` (delayed, or retrying) becomes due,
+        in a queue that is not paused; None when there is none. What
+        :meth:`conveyor.testing.TestApp.run_until_idle` moves its clock to."""
+        return min(
+            (
+                job.available_at
+                for job in self._jobs.values()
+                if not job.leased and job.available_at > now and job.queue not in self._paused
+            ),
+            default=None,
+        )
+
     # queue store
 
     def _push(self, job: _Job) -> None:

@@ -7,14 +7,20 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import orjson
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
 
 from conveyor.app import App
+from conveyor.model.errors import ConfigurationError
+from conveyor.settings import DEFAULT_SQLITE_FILE, DEFAULT_URL
 
 console = Console()
 T = TypeVar("T")
@@ -30,8 +36,30 @@ STATE_STYLE = {
 }
 
 
-def load_app(spec: str) -> App:
-    """Import ``module:attribute`` (the current directory is importable, like uvicorn does)."""
+@dataclass(frozen=True)
+class Options:
+    """The ``conveyor`` group's own flags, kept for its commands (``click.Context.obj``)."""
+
+    backend: str | None = None
+    log_level: str = "WARNING"
+    show_traceback: bool = False
+
+
+def options() -> Options:
+    """The group's flags of the command running now (the defaults outside a command)."""
+    context = click.get_current_context(silent=True)
+    found = context.find_root().obj if context is not None else None
+    return found if isinstance(found, Options) else Options()
+
+
+def load_app(spec: str, *, read_only: bool = False) -> App:
+    """Import ``module:attribute`` (the current directory is importable, like uvicorn does), on
+    the backend of ``conveyor --backend`` when given.
+
+    ``read_only`` commands look at an existing database: with no backend configured anywhere
+    (not by APP, ``CONVEYOR_URL`` nor ``--backend``) and no default SQLite file here, they refuse
+    rather than create an empty one and report on it.
+    """
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise click.BadParameter(f"{spec!r} is not module:attribute (e.g. myapp.main:app)")
@@ -44,6 +72,15 @@ def load_app(spec: str) -> App:
     app = getattr(module, attribute, None)
     if not isinstance(app, App):
         raise click.BadParameter(f"{spec!r} is {type(app).__name__}, not a conveyor App")
+    backend = options().backend
+    if backend is not None:
+        app.use_backend(backend)
+    elif read_only and app.backend_origin == "default" and not Path(DEFAULT_SQLITE_FILE).exists():
+        raise ConfigurationError(
+            f"no backend configured: {spec} names none and CONVEYOR_URL is unset, and there is no "
+            f"{DEFAULT_SQLITE_FILE} (the default, {DEFAULT_URL}) in {os.getcwd()} to read; point at "
+            "the app's database with --backend URL or CONVEYOR_URL"
+        )
     return app
 
 
@@ -108,6 +145,13 @@ def echo_json(value: Any) -> None:
 
 def whole(table: Any, header: str, values: list[str], **options: Any) -> None:
     """Add a column to a rich ``table`` that never cuts its values (ids a user must copy): as wide
-    as the longest, never wrapped nor cropped."""
+    as the longest, never wrapped nor cropped. Print the table with :func:`show`."""
     width = max([len(header), *map(len, values)])
     table.add_column(header, no_wrap=True, min_width=width, overflow="ignore", **options)
+
+
+def show(table: Table) -> None:
+    """Print ``table`` as wide as its :func:`whole` columns need, wider than the terminal if it
+    must: rich would squeeze such a table to the terminal's width and crop the ids."""
+    needed = Measurement.get(console, console.options.update_width(10_000), table).minimum
+    (console if needed <= console.width else Console(width=needed)).print(table)

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from conveyor.cli.common import console, echo_json, load_app, parse_time, run, when, whole
+from conveyor.cli.common import console, echo_json, load_app, parse_time, run, show, when, whole
 
 if TYPE_CHECKING:
     from conveyor.app import App
@@ -69,7 +69,7 @@ def dlq(
       conveyor dlq APP redrive --queue payments --grep timeout --dry-run
       conveyor dlq APP purge --all
     """
-    app = load_app(app_spec)
+    app = load_app(app_spec, read_only=True)
     now = app.clock.now()
     letters = app.dead_letters(
         queue,
@@ -122,7 +122,10 @@ async def _list(app: App, letters: DeadLetters, limit: int, before: str | None, 
             when(e.failed_at),
             escape(f"{e.error.type}: {e.error.message}"),
         )
-    console.print(table if entries else "no dead letters")
+    if entries:
+        show(table)
+    else:
+        console.print("no dead letters")
     if len(entries) == limit:
         total = await letters.count()
         console.print(f"{limit} of {total}; more: --before {entries[-1].id}", markup=False)
@@ -169,7 +172,8 @@ async def _act(
             count = await letters.redrive(present, delay=delay) if present else 0
         else:
             count = await letters.purge(present) if present else 0
-        _report(verb, count, dry_run, as_json, missing)
+        if present or as_json:  # with none found, "no dead letter ..." for each says it all
+            _report(verb, count, dry_run, as_json, missing)
         return 1 if missing else 0
     total = await letters.count()
     if dry_run or total == 0:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from conveyor.cli.common import console, run
+from conveyor.cli.common import console, options, run
 from conveyor.cli.serve import server_runner
 
 
@@ -21,7 +21,9 @@ from conveyor.cli.serve import server_runner
     default=None,
     help="where the SQLite file goes (default: a temporary directory)",
 )
-@click.option("--backend", default=None, help="backend URL instead of a SQLite file")
+@click.option(
+    "--backend", default=None, help="backend URL instead of a SQLite file (or conveyor --backend URL demo)"
+)
 @click.option(
     "--serve",
     "then_serve",
@@ -42,6 +44,7 @@ def demo(count: int, directory: Path | None, backend: str | None, then_serve: bo
     # declined cards are dead-lettered on purpose here; their log lines would tear the progress bar
     logging.getLogger("conveyor").setLevel(logging.CRITICAL)
 
+    backend = backend or options().backend
     if backend is None:
         base = directory or Path(tempfile.mkdtemp(prefix="conveyor-demo-"))
         base.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from conveyor.cli.common import options
 from conveyor.model.errors import (
     ConfigurationError,
     ConveyorError,
@@ -43,9 +44,8 @@ class ConveyorMisused(ConveyorFailed):
 
 def print_traceback_if_asked(exc: BaseException) -> None:
     """Print ``exc``'s traceback to stderr under ``--traceback`` or ``--log-level DEBUG``."""
-    context = click.get_current_context(silent=True)
-    root = context.find_root().params if context is not None else {}
-    if root.get("show_traceback") or str(root.get("log_level", "")).upper() == "DEBUG":
+    given = options()
+    if given.show_traceback or given.log_level == "DEBUG":
         traceback.print_exception(exc, file=sys.stderr)
 
 

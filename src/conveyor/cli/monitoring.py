@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from conveyor.app import App
-from conveyor.cli.common import console, load_app, run, when
+from conveyor.cli.common import console, echo_json, load_app, run, show, when, whole
 from conveyor.cli.errors import MISUSE, print_traceback_if_asked
 from conveyor.model.errors import ConveyorError
 
@@ -50,7 +50,7 @@ def health(app_spec: str, max_backlog: int, max_age: float, ignore_dead_letters:
             await app.close()
 
     try:
-        app = load_app(app_spec)
+        app = load_app(app_spec, read_only=True)
     except ConveyorError as exc:  # raised while APP was imported: an unknown URL scheme, a missing extra
         report = failure(exc)
     else:
@@ -72,19 +72,40 @@ def health(app_spec: str, max_backlog: int, max_age: float, ignore_dead_letters:
 
 @click.command()
 @click.argument("app_spec", metavar="APP")
-def stats(app_spec: str) -> None:
+@click.option("--json", "as_json", is_flag=True)
+def stats(app_spec: str, as_json: bool) -> None:
     """Jobs per queue: ready, scheduled, running, dead.
 
     Every queue APP declares or names external, and any other queue holding jobs, marked
     "(undeclared)": nothing of APP runs those.
     """
-    app = load_app(app_spec)
+    app = load_app(app_spec, read_only=True)
 
     async def go() -> None:
         async with app:
             rows = await app.stats()
         known = app.registry.known_queues
-        table = Table("queue", "ready", "scheduled", "leased", "dead", "oldest ready (UTC)")
+        if as_json:
+            echo_json(
+                [
+                    {
+                        "queue": s.queue,
+                        "declared": s.queue in known,
+                        "ready": s.ready,
+                        "scheduled": s.scheduled,
+                        "leased": s.leased,
+                        "dead": s.dead,
+                        "oldest_ready_at": s.oldest_ready_at,
+                    }
+                    for s in rows
+                ]
+            )
+            return
+        table = Table()
+        whole(table, "queue", [s.queue if s.queue in known else f"{s.queue} (undeclared)" for s in rows])
+        for header in ("ready", "scheduled", "leased", "dead"):
+            table.add_column(header, justify="right")
+        table.add_column("oldest ready (UTC)")
         for s in rows:
             table.add_row(
                 escape(s.queue) if s.queue in known else f"{escape(s.queue)} [yellow](undeclared)[/]",
@@ -94,6 +115,6 @@ def stats(app_spec: str) -> None:
                 str(s.dead),
                 when(s.oldest_ready_at),
             )
-        console.print(table)
+        show(table)
 
     run(go)

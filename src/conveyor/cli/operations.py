@@ -11,7 +11,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from conveyor.cli.common import ago, console, echo_json, load_app, run, when, whole
+from conveyor.cli.common import ago, console, echo_json, load_app, run, show, when, whole
 from conveyor.operations.jobs import CancelOutcome, JobView
 
 
@@ -24,7 +24,7 @@ from conveyor.operations.jobs import CancelOutcome, JobView
 def queues(app_spec: str, window: float, as_json: bool) -> None:
     """Every queue: paused or not, ready, scheduled, in flight, dead, the oldest ready job's wait,
     and what it settled per minute (completed, retried, dead-lettered)."""
-    app = load_app(app_spec)
+    app = load_app(app_spec, read_only=True)
 
     async def go() -> None:
         async with app:
@@ -58,7 +58,10 @@ def queues(app_spec: str, window: float, as_json: bool) -> None:
                 f"{m.retried_per_minute:.1f}",
                 f"{m.dead_per_minute:.1f}",
             )
-        console.print(table if rows else "no queues")
+        if rows:
+            show(table)
+        else:
+            console.print("no queues")
 
     run(go)
 
@@ -110,7 +113,7 @@ def leases(app_spec: str, queue: str | None, limit: int, after: str | None, as_j
 
     An expired lease (its worker died or stalled) shows until another worker takes the job.
     """
-    app = load_app(app_spec)
+    app = load_app(app_spec, read_only=True)
 
     async def go() -> None:
         async with app:
@@ -136,7 +139,10 @@ def leases(app_spec: str, queue: str | None, limit: int, after: str | None, as_j
                 ago(left) if left >= 0 else f"[red]expired {ago(-left)} ago[/]",
                 str(x.extensions),
             )
-        console.print(table if found else "no leases")
+        if found:
+            show(table)
+        else:
+            console.print("no leases")
         if len(found) == limit:
             console.print(f"more: --after {escape(found[-1].job_id)}", markup=False)
 
@@ -158,7 +164,7 @@ def job(
     """
     if (job_id is None) == (idempotency_key is None) or (idempotency_key is not None and queue is None):
         raise click.UsageError("give JOB_ID, or --queue and --key")
-    app = load_app(app_spec)
+    app = load_app(app_spec, read_only=True)
 
     async def go() -> JobView | None:
         async with app:
@@ -224,7 +230,7 @@ def _print_job(view: JobView) -> None:
                 str(entry.attempt or "-"),
                 escape(entry.detail or ""),
             )
-        console.print(table)
+        show(table)
     if view.last_error is not None and view.last_error.traceback:
         console.print(escape(view.last_error.traceback.rstrip()), style="dim")
 
@@ -263,7 +269,7 @@ def cancel(app_spec: str, job_ids: tuple[str, ...], by: str | None) -> None:
 def workers(app_spec: str, as_json: bool) -> None:
     """The worker processes alive (a heartbeat within the last few intervals): host, pid, queues,
     concurrency, started, last seen, jobs settled."""
-    app = load_app(app_spec)
+    app = load_app(app_spec, read_only=True)
 
     async def go() -> tuple[list[Any], float]:
         async with app:
@@ -287,4 +293,7 @@ def workers(app_spec: str, as_json: bool) -> None:
             f"{ago(max(0.0, now - w.last_seen))} ago",
             str(w.settled),
         )
-    console.print(table if alive else "no workers alive")
+    if alive:
+        show(table)
+    else:
+        console.print("no workers alive")

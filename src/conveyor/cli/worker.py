@@ -5,39 +5,45 @@ from __future__ import annotations
 import click
 
 from conveyor.cli.common import load_app
+from conveyor.settings import load_settings
 
 
 @click.command()
 @click.argument("app_spec", metavar="APP")
-@click.option("--concurrency", "-c", type=int, default=None, help="jobs run at once")
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    default=None,
+    help="jobs run at once  [default: the app's WorkerConfig, else CONVEYOR_CONCURRENCY, else 50]",
+)
 @click.option("--queues", "-q", default=None, help="comma-separated queues to work (default: all)")
 @click.option(
     "--metrics-port",
-    type=int,
+    type=click.IntRange(0, 65535),
     default=None,
-    envvar="CONVEYOR_METRICS_PORT",
-    show_envvar=True,
-    help="serve Prometheus metrics on this port",
+    help="serve Prometheus metrics on this port  [default: CONVEYOR_METRICS_PORT, else none]",
 )
 @click.option(
     "--metrics-host",
-    default="127.0.0.1",
-    show_default=True,
-    envvar="CONVEYOR_METRICS_HOST",
-    show_envvar=True,
+    default=None,
     help="address of the metrics endpoint (0.0.0.0: every interface, so anyone who reaches the "
-    "host reads queue names and depths)",
+    "host reads queue names and depths)  [default: CONVEYOR_METRICS_HOST, else 127.0.0.1]",
 )
 def worker(
-    app_spec: str, concurrency: int | None, queues: str | None, metrics_port: int | None, metrics_host: str
+    app_spec: str,
+    concurrency: int | None,
+    queues: str | None,
+    metrics_port: int | None,
+    metrics_host: str | None,
 ) -> None:
-    """Work APP's queues and fire its schedules until SIGTERM (graceful) or a second SIGINT."""
-    import logging
+    """Work APP's queues and fire its schedules until SIGTERM (graceful) or a second SIGINT.
 
-    if logging.getLogger("conveyor").level > logging.INFO:
-        logging.getLogger("conveyor").setLevel(logging.INFO)
-    if metrics_port is not None:
-        serve_prometheus(metrics_host, metrics_port)
+    Logs at INFO unless --log-level (or CONVEYOR_LOG_LEVEL) says otherwise.
+    """
+    settings = load_settings(metrics_port=metrics_port, metrics_host=metrics_host)
+    if settings.metrics_port is not None:
+        serve_prometheus(settings.metrics_host, settings.metrics_port)
     app = load_app(app_spec)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     app.run(queues=names, concurrency=concurrency)  # a ConveyorError ends it as every command's does

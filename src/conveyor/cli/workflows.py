@@ -9,7 +9,7 @@ import orjson
 from rich.markup import escape
 from rich.table import Table
 
-from conveyor.cli.common import STATE_STYLE, console, load_app, run, when
+from conveyor.cli.common import STATE_STYLE, console, load_app, run, show, when, whole
 
 if TYPE_CHECKING:
     from conveyor.operations.status import State
@@ -20,24 +20,30 @@ if TYPE_CHECKING:
 @click.argument("instance_id")
 @click.option("--json", "as_json", is_flag=True)
 def status(app_spec: str, instance_id: str, as_json: bool) -> None:
-    """Where is workflow instance ID, and why: state, path, steps and timeline."""
-    app = load_app(app_spec)
+    """Where is workflow instance ID, and why: state, path, steps and timeline.
+
+    Exit code 1 when no history is recorded for ID.
+    """
+    app = load_app(app_spec, read_only=True)
 
     async def go() -> None:
         async with app:
             result = await app.workflows.status(instance_id)
             state = await app.states.get(f"workflow:{instance_id}")
+        if result.state == "unknown":
+            raise click.ClickException(
+                f"no workflow instance {instance_id!r}: no history is recorded for this id "
+                "(a typo, another backend, App(history=False), or its history was pruned)"
+            )
         if as_json:
             click.echo(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode())
             return
         style = STATE_STYLE.get(result.state, "")
         console.print(
             f"[bold]{escape(instance_id)}[/]  [{style}]{result.state}[/]"
-            + (f"  ({result.workflow})" if result.workflow else "")
+            + (f"  ({result.workflow})" if result.workflow else ""),
+            soft_wrap=True,  # the id whole on its line, to copy
         )
-        if result.state == "unknown":
-            console.print("no history recorded for this id")
-            return
         console.print("path: " + " → ".join(result.path), markup=False)
         if result.current:
             console.print("waiting on: " + ", ".join(result.current), markup=False)
@@ -47,7 +53,10 @@ def status(app_spec: str, instance_id: str, as_json: bool) -> None:
             console.print(f"[red]last error:[/] {escape(result.last_error)}")
         if state is not None:
             console.print(f"state: {orjson.dumps(state).decode()}", markup=False)
-        table = Table("time (UTC)", "what", "name", "attempt", "detail")
+        table = Table("time (UTC)", "what")
+        whole(table, "name", [entry.name for entry in result.history])
+        table.add_column("attempt")
+        table.add_column("detail", overflow="fold")
         for entry in result.history:
             table.add_row(
                 when(entry.at),
@@ -56,7 +65,7 @@ def status(app_spec: str, instance_id: str, as_json: bool) -> None:
                 str(entry.attempt or ""),
                 escape(entry.detail or ""),
             )
-        console.print(table)
+        show(table)
 
     run(go)
 
@@ -74,7 +83,7 @@ def workflows(
     app_spec: str, state: str | None, workflow: str | None, since: float | None, limit: int, as_json: bool
 ) -> None:
     """List workflow instances, newest first: state, current step, last error."""
-    app = load_app(app_spec)
+    app = load_app(app_spec, read_only=True)
 
     async def go() -> list[Any]:
         async with app:
@@ -91,14 +100,22 @@ def workflows(
             ).decode()
         )
         return
-    table = Table("instance", "workflow", "state", "started (UTC)", "current / last error")
+    table = Table()
+    whole(table, "instance", [s.id for s in found])
+    whole(table, "workflow", [s.workflow or "-" for s in found])
+    table.add_column("state")
+    table.add_column("started (UTC)")
+    table.add_column("current / last error", overflow="fold")
     for s in found:
         style = STATE_STYLE.get(s.state, "")
         detail = ", ".join(s.current) or (s.last_error or "")
         table.add_row(
             escape(s.id), s.workflow or "-", f"[{style}]{s.state}[/]", when(s.started_at), escape(detail)
         )
-    console.print(table if found else "no workflow instances")
+    if found:
+        show(table)
+    else:
+        console.print("no workflow instances")
 
 
 @click.command()

@@ -1,6 +1,9 @@
 """Helpers for testing conveyor apps, and the contract suites every backend passes.
 
 * :class:`FakeClock`: time that moves only when the test says so.
+* :class:`TestApp` (``conveyor.testing.app``): an app's services on ``memory://`` and a FakeClock,
+  with ``run_until_idle()`` and ``assert_workflow()``; the pytest plugin
+  (``conveyor.testing.pytest_plugin``, on by itself) gives it as the ``conveyor_app`` fixture.
 * :func:`running`: run an app's workers in the background for the duration of a block.
 * :func:`wait_until`: wait for a condition (never a fixed sleep).
 * ``conveyor.testing.store_contract`` / ``conveyor.testing.runtime_contract`` /
@@ -19,8 +22,19 @@ from conveyor.testing.clock import FakeClock
 
 if TYPE_CHECKING:
     from conveyor.app import App
+    from conveyor.testing.app import TestApp
 
-__all__ = ["FakeClock", "running", "wait_until"]
+__all__ = ["FakeClock", "TestApp", "running", "wait_until"]
+
+
+def __getattr__(name: str) -> Any:
+    # TestApp is the whole library (App and the memory backend): imported only when asked for, so
+    # `import conveyor.testing` (the pytest plugin, the contract suites) stays light
+    if name == "TestApp":
+        from conveyor.testing.app import TestApp
+
+        return TestApp
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 async def wait_until(

@@ -295,16 +295,26 @@ def test_options_come_from_the_url_and_keywords_win() -> None:
         SQLiteBackend("sqlite:///x.db?busy_timeout=soon")
 
 
-async def test_missing_parent_directories_are_created(tmp_path: Path) -> None:
-    backend = SQLiteBackend(f"sqlite:///{tmp_path}/a/b/c/conveyor.db")
-    await backend.connect()
-    await backend.close()
+async def test_a_missing_directory_is_refused_unless_create_dirs_is_given(tmp_path: Path) -> None:
+    refused = SQLiteBackend(f"sqlite:///{tmp_path}/a/b/c/conveyor.db")
+    with pytest.raises(ConfigurationError, match=r"does not exist.*\?create_dirs=1"):
+        await refused.connect()
+    assert not (tmp_path / "a").exists()
+    for backend in (
+        SQLiteBackend(f"sqlite:///{tmp_path}/a/b/c/conveyor.db?create_dirs=1"),
+        SQLiteBackend(f"sqlite:///{tmp_path}/d/conveyor.db", create_dirs=True),
+    ):
+        await backend.connect()
+        await backend.close()
     assert (tmp_path / "a/b/c/conveyor.db").is_file()
+    assert (tmp_path / "d/conveyor.db").is_file()
+    with pytest.raises(ConfigurationError, match="not 0 or 1"):
+        SQLiteBackend(f"sqlite:///{tmp_path}/x.db?create_dirs=maybe")
 
 
 async def test_a_path_that_cannot_be_created_is_unavailable(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
-    backend = SQLiteBackend(f"sqlite:///{tmp_path}/file/conveyor.db")
+    backend = SQLiteBackend(f"sqlite:///{tmp_path}/file/conveyor.db?create_dirs=1")
     with pytest.raises(BackendUnavailableError, match="cannot"):
         await backend.connect()
 

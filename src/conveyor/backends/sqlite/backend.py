@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 from conveyor.backends import DEFAULT_IDEMPOTENCY_RETENTION, url_options
 from conveyor.backends.sqlite.store import Store
 from conveyor.backends.sqlite.wakeup import Watcher
-from conveyor.model.errors import BackendError, ConfigurationError
+from conveyor.model.errors import BackendError, BackendUnavailableError, ConfigurationError
 from conveyor.ports import (
     Commit,
     CommitResult,
@@ -64,6 +65,15 @@ def database_path(url: str) -> str:
     return path
 
 
+def _flag(given: bool | None, options: Mapping[str, str], name: str) -> bool:
+    if given is not None:
+        return given
+    text = options.get(name, "0").strip().lower()
+    if text not in ("0", "1", "true", "false", "yes", "no", ""):
+        raise ConfigurationError(f"URL option {name}={options[name]!r} is not 0 or 1")
+    return text in ("1", "true", "yes")
+
+
 def _option(given: float | None, options: Mapping[str, str], name: str, default: float) -> float:
     if given is not None:
         return float(given)
@@ -88,7 +98,9 @@ class SQLiteBackend:
     * ``wakeup_interval``: how often idle workers look for commits of other processes (default
       0.001 s; only while some worker is idle);
     * ``wakeup_idle_interval``: how often once nothing has happened for a second (default 0.05 s:
-      the longest a job another process enqueues after a quiet spell waits for an idle worker).
+      the longest a job another process enqueues after a quiet spell waits for an idle worker);
+    * ``create_dirs``: ``1`` creates the file's directory when it is missing; by default a
+      missing directory is refused (a typo in a path should not grow a new empty database).
 
     >>> backend = SQLiteBackend("sqlite:///var/conveyor.db?busy_timeout=30")
     >>> backend.busy_timeout
@@ -103,10 +115,12 @@ class SQLiteBackend:
         busy_timeout: float | None = None,
         wakeup_interval: float | None = None,
         wakeup_idle_interval: float | None = None,
+        create_dirs: bool | None = None,
     ) -> None:
         self.url = url
         self.path = database_path(url)
         options = url_options(url)
+        self.create_dirs = _flag(create_dirs, options, "create_dirs")
         self.idempotency_retention = _option(
             idempotency_retention, options, "idempotency_retention", DEFAULT_IDEMPOTENCY_RETENTION
         )
@@ -154,6 +168,17 @@ class SQLiteBackend:
             )
 
     def _open_store(self) -> Store:
+        directory = Path(self.path).parent
+        if not directory.is_dir():
+            if not self.create_dirs:
+                raise ConfigurationError(
+                    f"the directory of the SQLite database {self.path!r} does not exist: create it, "
+                    "or add ?create_dirs=1 to the URL to have it created"
+                )
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BackendUnavailableError(f"cannot create the directory of {self.path!r}: {exc}") from exc
         return Store(
             self.path,
             busy_timeout=self.busy_timeout,

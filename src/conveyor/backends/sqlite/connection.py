@@ -9,7 +9,6 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TypeVar
 
 from conveyor.backends.sqlite.sql import MIGRATIONS, QUERIES, SCHEMA_VERSION
@@ -91,7 +90,6 @@ class Connection:
         self.path = path
         self.busy_timeout = busy_timeout
         try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(
                 path,
                 timeout=0,  # lock waits are ours (see _retrying), not SQLite's coarse busy handler
@@ -99,8 +97,6 @@ class Connection:
                 check_same_thread=False,  # created and used on the backend thread, closed there too
                 cached_statements=256,
             )
-        except OSError as exc:
-            raise BackendUnavailableError(f"cannot create the directory of {path!r}: {exc}") from exc
         except sqlite3.Error as exc:
             raise translate(exc, path) from exc
 
