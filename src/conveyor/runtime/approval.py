@@ -9,6 +9,7 @@ the ``<gate>_requested`` event in its job's commit. Whichever of :func:`decide` 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
@@ -44,14 +45,16 @@ class HandlerContext(Protocol):
 
     async def emit(self, event: str, payload: Any = None, *, correlation_id: str | None = None) -> str: ...
 
-    async def enqueue(
+    def _enqueue(
         self,
         queue: str,
-        payload: Any = None,
-        *,
+        payload: Any,
         delay: Seconds | None = None,
+        run_at: datetime | float | None = None,
         idempotency_key: str | None = None,
-    ) -> str: ...
+    ) -> str:
+        """Enqueue a job of the runtime's own (the gate's timer), which no handler declares."""
+        ...
 
 
 async def request(
@@ -85,9 +88,7 @@ async def request(
         "payload": data,
     }
     ctx.buffer.effects.states.append(StateWrite(key, StateOp.SET, encode_state(pending), expected_version=0))
-    await ctx.enqueue(
-        declared.timer_queue, {"instance_id": instance_id, "gate": gate}, delay=limit, idempotency_key=key
-    )
+    ctx._enqueue(declared.timer_queue, {"instance_id": instance_id, "gate": gate}, limit, idempotency_key=key)
     ctx.history(HistoryKind.APPROVAL_REQUESTED, gate, detail=orjson.dumps({"deadline": now + limit}).decode())
     emit(declared.event("requested"), {"instance_id": instance_id, "gate": gate, "payload": data})
 
