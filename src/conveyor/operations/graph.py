@@ -1,4 +1,5 @@
-"""The workflow graph, drawn from code: declared ``emits``, subscriptions, schedules and commands."""
+"""The workflow graph, drawn from code: every declared queue and event, what each handler declares it
+``emits`` and ``enqueues``, subscriptions, schedules and commands."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ def _node(kind: str, name: str) -> str:
         return f'{ident}[/"{name}"/]'
     if kind == "schedule":
         return f'{ident}{{{{"{name}"}}}}'
+    if kind == "external":
+        return f'{ident}[["{name}"]]'
     return f'{ident}["{name}"]'
 
 
@@ -31,11 +34,13 @@ def _id(kind: str, name: str) -> str:
 
 
 def build_graph(registry: Registry, workflows: Iterable[Workflow] = ()) -> Graph:
-    """A Mermaid flowchart: commands and schedules start, events fan out to queues, queues emit.
+    """A Mermaid flowchart: commands and schedules start, events fan out to queues, queues emit
+    events and enqueue jobs (``enqueues=[...]``). Every declared queue and event is a node, even
+    one with no edge.
 
-    Warnings name events nobody consumes (unless a workflow declares them terminal) and queues
-    nothing feeds (no subscription, schedule or command leads to them; ``ctx.enqueue`` calls are
-    not visible from declarations, so such queues may still be fed at run time).
+    Warnings name events nobody consumes (unless a workflow declares them terminal), queues
+    nothing feeds (no subscription, schedule, command or declared enqueue leads to them: only
+    ``app.enqueue`` can reach them) and declared enqueues to queues no service of the app works.
     """
     lines = ["flowchart TD"]
     nodes: dict[str, str] = {}
@@ -49,10 +54,23 @@ def build_graph(registry: Registry, workflows: Iterable[Workflow] = ()) -> Graph
     consumed = {route.event for route in registry.routes}
     fed = {route.queue for route in registry.routes}
     emitted: set[str] = set()
+    enqueued: set[str] = set()
+
+    def enqueue_edges(source: str, queues: Iterable[str], arrow: str = "-- enqueue -->") -> None:
+        for queue in sorted(queues):
+            kind = "external" if queue in registry.external_queues else "queue"
+            edges.append(f"{source} {arrow} {node(kind, queue)}")
+            enqueued.add(queue)
+
+    for definition in registry.queues.values():
+        node("queue", definition.name)
+    for event in sorted(registry.declared_events()):
+        node("event", event)
     for command in registry.commands.values():
         for event in sorted(command.emits):
             edges.append(f"{node('command', command.name)} --> {node('event', event)}")
             emitted.add(event)
+        enqueue_edges(node("command", command.name), command.enqueues)
     for definition in registry.queues.values():
         if definition.schedule is not None:
             spec = definition.schedule.cron or f"every {definition.schedule.every:g}s"
@@ -68,6 +86,10 @@ def build_graph(registry: Registry, workflows: Iterable[Workflow] = ()) -> Graph
         for event in sorted(dead_letter_events):
             edges.append(f"{node('queue', definition.name)} -. dead letter .-> {node('event', event)}")
             emitted.add(event)
+        enqueue_edges(node("queue", definition.name), definition.enqueues)
+        enqueue_edges(
+            node("queue", definition.name), definition.dead_letter_enqueues or (), "-. dead letter .->"
+        )
     for route in registry.routes:
         edges.append(f"{node('event', route.event)} --> {node('queue', route.queue)}")
     lines += [f"    {text}" for text in nodes.values()]
@@ -80,9 +102,14 @@ def build_graph(registry: Registry, workflows: Iterable[Workflow] = ()) -> Graph
         for event in sorted(emitted - consumed - terminal)
     ]
     warnings += [
-        f"queue {name!r} is not fed by any subscription or schedule "
-        "(only ctx.enqueue/app.enqueue can reach it)"
-        for name in sorted(set(registry.queues) - fed)
+        f"queue {name!r} is not fed by any subscription, schedule or declared enqueue "
+        "(only app.enqueue can reach it)"
+        for name in sorted(set(registry.queues) - fed - enqueued - registry.timer_queues)
+    ]
+    warnings += [
+        f"a handler declares enqueues to {name!r}, which no service of this app works "
+        "(nor App(external_queues=...) names)"
+        for name in sorted(enqueued - registry.known_queues)
     ]
     warnings += [
         f"subscription to {route.event!r} enqueues into {route.queue!r}, which no service of this app works"
