@@ -58,7 +58,9 @@ class App:
     ``external_queues`` names the queues another app serves that this one enqueues to: any other
     queue no service declares is refused with :class:`UnknownQueueError`. ``tracing`` and
     ``metrics`` are on (True), off (False), on when an OpenTelemetry SDK is configured (None), or on
-    with the given provider.
+    with the given provider. ``name`` names the app where a service's name is wanted, as the
+    OpenTelemetry resource's ``service.name`` of the metrics ``conveyor worker --metrics-port``
+    serves (default: the first service's name, or ``"conveyor"`` without one).
     """
 
     def __init__(
@@ -76,8 +78,12 @@ class App:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         tracing: bool | TracerProvider | None = None,
         metrics: bool | MeterProvider | None = None,
+        name: str | None = None,
     ) -> None:
         self.registry = Registry(services, external_queues, gate_timer=approval.fire_timeout)
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise ConfigurationError(f"App(name=...) must be a non-empty string, not {name!r}")
+        self.name: str = name or (self.registry.services[0].name if self.registry.services else "conveyor")
         self.backend: Backend = open_backend(backend) if isinstance(backend, str) else backend
         self.clock: Clock = clock or SystemClock()
         self.worker_config = worker or WorkerConfig()
