@@ -279,7 +279,7 @@ class App:
         ``error_type`` (the stored type, or its last dotted part: ``PaymentDeclined``), failed
         at or after ``since`` and before ``until``, ``text`` in the error's message (any case)."""
         where = DeadLetterFilter(queue, error_type, _timestamp(since), _timestamp(until), text)
-        return DeadLetters(self.backend, self.clock, where)
+        return DeadLetters(self.backend, self.clock, where, history=self.runtime.history_enabled)
 
     async def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
         """Counts of ``queues``; by default of every queue this app declares or names external,

@@ -103,6 +103,7 @@ async def test_a_schedule_handler_gets_its_tick_and_runs_in_an_instance_named_by
 
     app = App([svc], backend="memory://", clock=clock)
     async with running(app):
+        await wait_until(lambda: app.states.get("conveyor:schedule:every_minute"))  # its start is recorded
         clock.advance(60)
         await app._scheduler.fire_due()  # type: ignore[union-attr]
         await wait_until(lambda: ticks)
