@@ -9,7 +9,6 @@ the ``<gate>_requested`` event in its job's commit. Whichever of :func:`decide` 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
@@ -45,14 +44,7 @@ class HandlerContext(Protocol):
 
     async def emit(self, event: str, payload: Any = None, *, correlation_id: str | None = None) -> str: ...
 
-    def _enqueue(
-        self,
-        queue: str,
-        payload: Any,
-        delay: Seconds | None = None,
-        run_at: datetime | float | None = None,
-        idempotency_key: str | None = None,
-    ) -> str:
+    def _enqueue(self, queue: str, payload: Any, delay: Seconds | None, idempotency_key: str | None) -> str:
         """Enqueue a job of the runtime's own (the gate's timer), which no handler declares."""
         ...
 
@@ -88,7 +80,7 @@ async def request(
         "payload": data,
     }
     ctx.buffer.effects.states.append(StateWrite(key, StateOp.SET, encode_state(pending), expected_version=0))
-    ctx._enqueue(declared.timer_queue, {"instance_id": instance_id, "gate": gate}, limit, idempotency_key=key)
+    ctx._enqueue(declared.timer_queue, {"instance_id": instance_id, "gate": gate}, limit, key)
     ctx.history(HistoryKind.APPROVAL_REQUESTED, gate, detail=orjson.dumps({"deadline": now + limit}).decode())
     emit(declared.event("requested"), {"instance_id": instance_id, "gate": gate, "payload": data})
 

@@ -219,29 +219,26 @@ class Context:
                 f"enqueued to queue {queue!r}, which this handler does not declare (it declares "
                 f"{declared}); add it to enqueues=[...]"
             )
-        return self._enqueue(
-            queue, payload, delay, run_at, idempotency_key, priority, max_attempts, visibility_timeout
-        )
-
-    def _enqueue(
-        self,
-        queue: str,
-        payload: Any,
-        delay: Seconds | None = None,
-        run_at: datetime | float | None = None,
-        idempotency_key: str | None = None,
-        priority: int = 0,
-        max_attempts: int | None = None,
-        visibility_timeout: Seconds | None = None,
-    ) -> str:
-        """``enqueue`` without the declaration check: the runtime's own jobs (approval timers)."""
-        buffer = self.buffer
-        buffer.check_open()
         options = (
             DEFAULT_OPTIONS
             if priority == 0 and max_attempts is None and visibility_timeout is None
             else JobOptions(priority, max_attempts, visibility_timeout)
         )
+        return self._enqueue(queue, payload, delay, idempotency_key, run_at=run_at, options=options)
+
+    def _enqueue(
+        self,
+        queue: str,
+        payload: Any,
+        delay: Seconds | None,
+        idempotency_key: str | None,
+        *,
+        run_at: datetime | float | None = None,
+        options: JobOptions = DEFAULT_OPTIONS,
+    ) -> str:
+        """``enqueue`` without the declaration check: the runtime's own jobs (approval timers)."""
+        buffer = self.buffer
+        buffer.check_open()
         new = producer.add_job(
             self.runtime,
             buffer.effects,
