@@ -157,3 +157,12 @@ async def test_an_undeclared_enqueue_raises_and_a_declared_one_commits() -> None
     assert isinstance(undeclared, UndeclaredEnqueueError)
     assert "'third'" in str(undeclared) and "enqueues=[...]" in str(undeclared)
     assert isinstance(unknown, UnknownQueueError) and unknown.suggestions == ["third"]
+
+
+def test_a_single_name_given_as_a_string_is_one_name_not_its_letters() -> None:
+    svc = Service("svc")
+
+    @svc.queue_worker("work", emits="order_placed", enqueues="ship")
+    async def work(ctx: Context, job: Any) -> None: ...
+
+    assert work.emits == {"order_placed"} and work.enqueues == {"ship"}
