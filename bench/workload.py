@@ -80,7 +80,7 @@ async def noop(ctx: Context, job: Noop) -> None:
     record(1, 0, 0, 0.0, time.time())
 
 
-@bench.queue_worker("step", "one step of a three-step chain", payload=Step)
+@bench.queue_worker("step", "one step of a three-step chain", payload=Step, enqueues=["step"])
 async def step(ctx: Context, job: Step) -> None:
     record(2, job.wf, job.k, job.t_enq, time.time())
     if job.k < 3:

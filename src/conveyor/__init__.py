@@ -5,6 +5,7 @@ schedules; a state store; effects that commit with the job's acknowledgement.
 """
 
 from conveyor.app import App
+from conveyor.definitions.handlers import ScheduleTick
 from conveyor.definitions.service import Service
 from conveyor.definitions.workflow import Workflow
 from conveyor.model.errors import (
@@ -14,11 +15,13 @@ from conveyor.model.errors import (
     EnqueueIncompleteError,
     JobCancelledError,
     LeaseLostError,
+    NotInJobError,
     PayloadValidationError,
     PermanentError,
     Retry,
     StateConflictError,
     UndeclaredEmitError,
+    UndeclaredEnqueueError,
     UnknownApprovalGateError,
     UnknownCommandError,
     UnknownNameError,
@@ -29,7 +32,7 @@ from conveyor.model.history import HistoryKind
 from conveyor.model.lifecycle import Lifecycle, RetryStrategy
 from conveyor.operations.dead_letters import DeadLetters
 from conveyor.operations.status import WorkflowStatus
-from conveyor.runtime.context import Context
+from conveyor.runtime.context import Context, JobInfo
 from conveyor.runtime.worker import WorkerConfig
 
 __all__ = [
@@ -42,15 +45,19 @@ __all__ = [
     "EnqueueIncompleteError",
     "HistoryKind",
     "JobCancelledError",
+    "JobInfo",
     "LeaseLostError",
     "Lifecycle",
+    "NotInJobError",
     "PayloadValidationError",
     "PermanentError",
     "Retry",
     "RetryStrategy",
+    "ScheduleTick",
     "Service",
     "StateConflictError",
     "UndeclaredEmitError",
+    "UndeclaredEnqueueError",
     "UnknownApprovalGateError",
     "UnknownCommandError",
     "UnknownNameError",

@@ -41,7 +41,7 @@ from conveyor.runtime.runtime import Runtime
 from conveyor.runtime.scheduler import Scheduler
 from conveyor.runtime.states import States
 from conveyor.runtime.worker import Worker, WorkerConfig
-from conveyor.settings import DEFAULT_URL, load_settings
+from conveyor.settings import DEFAULT_URL, load_app_settings
 
 DEFAULT_HISTORY_RETENTION = 7 * 24 * 3600.0
 
@@ -63,7 +63,9 @@ class App:
     ``external_queues`` names the queues another app serves that this one enqueues to: any other
     queue no service declares is refused with :class:`UnknownQueueError`. ``tracing`` and
     ``metrics`` are on (True), off (False), on when an OpenTelemetry SDK is configured (None), or on
-    with the given provider.
+    with the given provider. ``name`` names the app where a service's name is wanted, as the
+    OpenTelemetry resource's ``service.name`` of the metrics ``conveyor worker --metrics-port``
+    serves (default: the first service's name, or ``"conveyor"`` without one).
     """
 
     def __init__(
@@ -81,9 +83,10 @@ class App:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         tracing: bool | TracerProvider | None = None,
         metrics: bool | MeterProvider | None = None,
+        name: str | None = None,
     ) -> None:
         self.registry = Registry(services, external_queues, gate_timer=approval.fire_timeout)
-        settings = load_settings() if backend is None or worker is None else None
+        settings = load_app_settings() if backend is None or worker is None else None
         self.backend_origin: BackendOrigin = "code"
         """Where the backend came from: ``code``, ``environment`` (``CONVEYOR_URL``), ``default``
         or ``cli`` (:meth:`use_backend`)."""
@@ -93,6 +96,9 @@ class App:
             backend = settings.url or DEFAULT_URL
         self.backend_url: str | None = backend if isinstance(backend, str) else None
         """The backend's URL, None when a backend object was given."""
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise ConfigurationError(f"App(name=...) must be a non-empty string, not {name!r}")
+        self.name: str = name or (self.registry.services[0].name if self.registry.services else "conveyor")
         self.backend: Backend = open_backend(backend) if isinstance(backend, str) else backend
         self.clock: Clock = clock or SystemClock()
         if worker is None:
@@ -304,7 +310,7 @@ class App:
         ``error_type`` (the stored type, or its last dotted part: ``PaymentDeclined``), failed
         at or after ``since`` and before ``until``, ``text`` in the error's message (any case)."""
         where = DeadLetterFilter(queue, error_type, _timestamp(since), _timestamp(until), text)
-        return DeadLetters(self.backend, self.clock, where)
+        return DeadLetters(self.backend, self.clock, where, history=self.runtime.history_enabled)
 
     async def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
         """Counts of ``queues``; by default of every queue this app declares or names external,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -37,6 +37,8 @@ DEFAULT_URL = f"sqlite:///{DEFAULT_SQLITE_FILE}"
 """The backend of an app that names none, with ``CONVEYOR_URL`` unset: a file in the current directory."""
 
 ENV_PREFIX = "CONVEYOR_"
+
+T = TypeVar("T", bound=BaseSettings)
 
 RoleName = Literal["read", "operate", "admin"]
 """An API role, lowest first (``conveyor.server.auth.Role`` holds what each may do)."""
@@ -59,11 +61,9 @@ class ApiToken(BaseModel):
     role: RoleName
 
 
-class Settings(BaseSettings):
-    """What a process of conveyor is configured with, each field read from ``CONVEYOR_<NAME>``.
-
-    A field left ``None`` is unset: what uses it falls back to code or to its own default.
-    """
+class AppSettings(BaseSettings):
+    """What an :class:`~conveyor.App` itself reads, when its code leaves it out: only these, so a
+    bad value of a setting it does not use (an API token) cannot stop a worker from starting."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="forbid", validate_default=True
@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     concurrency: int | None = Field(
         None, ge=1, description="jobs a worker runs at once (unset: WorkerConfig's, 50)"
     )
+
+
+class Settings(AppSettings):
+    """What a process of conveyor is configured with, each field read from ``CONVEYOR_<NAME>``.
+
+    A field left ``None`` is unset: what uses it falls back to code or to its own default.
+    """
+
     log_level: LogLevel | None = Field(
         None, description="conveyor's log level (unset: INFO for worker and serve, WARNING for the rest)"
     )
@@ -154,8 +162,17 @@ def load_settings(**given: Any) -> Settings:
     >>> load_settings(concurrency=None, serve_port=9000).serve_port
     9000
     """
+    return _load(Settings, given)
+
+
+def load_app_settings() -> AppSettings:
+    """The settings an App reads (:class:`AppSettings`), from the environment."""
+    return _load(AppSettings, {})
+
+
+def _load(kind: type[T], given: Mapping[str, Any]) -> T:
     try:
-        return Settings(**{name: value for name, value in given.items() if value is not None})
+        return kind(**{name: value for name, value in given.items() if value is not None})
     except ValidationError as exc:
         problems = "; ".join(
             f"{ENV_PREFIX}{'.'.join(map(str, error['loc'])).upper()}: {error['msg']}"
@@ -169,8 +186,10 @@ __all__ = [
     "LOG_LEVELS",
     "ROLE_NAMES",
     "ApiToken",
+    "AppSettings",
     "LogLevel",
     "RoleName",
     "Settings",
+    "load_app_settings",
     "load_settings",
 ]

@@ -80,7 +80,7 @@ class Numbered(BaseModel):
 
 
 def attempt(ctx: Context) -> int:
-    return ctx.job.attempt if ctx.job is not None else 0
+    return ctx.job.attempt
 
 
 def jittered(seconds: float) -> float:
@@ -94,7 +94,7 @@ def build_app(settings: Settings) -> App:
     short = Lifecycle(visibility_timeout=settings.visibility_timeout, max_attempts=MANY_ATTEMPTS)
     records = settings.records
 
-    @crash.queue_worker("work", emits=["worked"], lifecycle=short)
+    @crash.queue_worker("work", emits=["worked"], enqueues=["after"], lifecycle=short)
     async def work(ctx: Context, job: Numbered) -> None:
         """Three effects that must each commit once: an event, a state write and a job."""
         await asyncio.sleep(jittered(settings.handler_seconds))

@@ -63,7 +63,7 @@ def make(backend: str, clock: FakeClock) -> App:
 
 async def _waiting(app: App, instance: str) -> bool:
     status = await app.workflows.status(instance)
-    return status.state == "waiting" and status.pending_approvals == ["manager_approval"]
+    return status.state == "awaiting_approval" and status.pending_approvals == ["manager_approval"]
 
 
 async def test_approve_and_reject_resume_the_workflow(backend_url: str) -> None:

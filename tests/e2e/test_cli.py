@@ -105,6 +105,23 @@ def test_bad_payload_and_bad_app_give_clear_errors(app_module: str) -> None:
     assert result.exit_code != 0 and "not a conveyor App" in result.output
 
 
+def test_workflows_leaves_schedule_ticks_out_unless_asked(app_module: str) -> None:
+    tick = "schedule:nightly:2027-01-15T02:00:00+00:00"
+    for instance in ("order-1", tick):
+        invoke("enqueue", app_module, "accept", "{}", "--correlation-id", instance)
+    listed = orjson.loads(invoke("workflows", app_module, "--json"))
+    assert [w["id"] for w in listed] == ["order-1"]
+    listed = orjson.loads(invoke("workflows", app_module, "--schedules", "--json"))
+    assert {w["id"] for w in listed} == {"order-1", tick}
+
+
+def test_every_workflow_state_has_a_style() -> None:
+    from conveyor.cli.common import STATE_STYLE
+    from conveyor.operations.status import STATES
+
+    assert set(STATE_STYLE) == set(STATES)
+
+
 def test_graph_prints_mermaid_and_warns_about_unconsumed_events(app_module: str) -> None:
     result = CliRunner().invoke(main, ["graph", app_module])
     assert result.exit_code == 0

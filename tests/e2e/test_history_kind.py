@@ -95,7 +95,7 @@ async def test_status_of_history_stored_as_plain_strings_is_unchanged(backend_ur
         Step("refund", "j3", "succeeded", 1, T0 + 11, T0 + 12, None),
     ]
     assert (status.started_at, status.updated_at) == (T0, T0 + 13)
-    assert waiting.state == "waiting"
+    assert waiting.state == "awaiting_approval"
     assert waiting.current == ["approval:manager"]
     assert waiting.pending_approvals == ["manager"]
     assert waiting.path == ["(order_placed)", "charge"]

@@ -66,6 +66,8 @@ async def test_counters_and_duration_follow_the_jobs() -> None:
     assert points[("conveyor.jobs.started", "ok")].value == 3
     assert points[("conveyor.jobs.dead_lettered", "bad")].value == 1
     assert points[("conveyor.job.duration", "ok")].count == 3
+    bounds = points[("conveyor.job.duration", "ok")].explicit_bounds
+    assert bounds[0] == 0.001 and bounds[-1] == 600.0  # 1 ms to 10 minutes
     assert points[("conveyor.queue.dead_letters", "bad")].value == 1
     assert points[("conveyor.queue.depth", "ok")].value == 0
 
@@ -223,7 +225,8 @@ def test_worker_serves_prometheus_metrics_on_loopback_only_by_default(tmp_path: 
     with _worker_serving_metrics(tmp_path) as (port, worker):
         text = _scrape_until(worker, f"http://127.0.0.1:{port}/metrics", succeeded)
         assert succeeded.search(text), text[-2000:]
-        assert "conveyor_job_duration_seconds_bucket" in text
+        assert re.search(r'conveyor_job_duration_seconds_bucket\{[^}]*le="0\.001"', text), text[-2000:]
+        assert re.search(r'target_info\{[^}]*service_name="svc"', text), text[:2000]
         outside = _non_loopback_address()
         if outside is not None:  # queue names and depths are not served to the network
             with pytest.raises(ConnectionRefusedError):
@@ -266,3 +269,20 @@ async def test_queue_gauges_show_scheduled_in_flight_and_paused() -> None:
         await app.queues.resume("later")
         app.runtime.metrics.record_stats(await app.stats(), app.clock.now())
         assert _points(reader)[("conveyor.queue.paused", "later")].value == 0
+
+
+def test_the_app_is_named_after_its_first_service_unless_named() -> None:
+    first, second = Service("billing"), Service("mail")
+    assert App([first, second], backend="memory://").name == "billing"
+    assert App([first], backend="memory://", name="shop").name == "shop"
+    assert App([], backend="memory://").name == "conveyor"
+
+
+def test_the_prometheus_provider_carries_the_apps_service_name() -> None:
+    from conveyor.observability.metrics import prometheus_meter_provider
+
+    provider = prometheus_meter_provider("shop")
+    try:
+        assert provider._sdk_config.resource.attributes["service.name"] == "shop"
+    finally:
+        provider.shutdown()

@@ -22,7 +22,7 @@ async def signup(ctx: Context, job: dict[str, Any]) -> None:
 svc.subscription("signed_up", enqueue="welcome_email")
 
 
-@svc.queue_worker("welcome_email")
+@svc.queue_worker("welcome_email", enqueues=["follow_up"])
 async def welcome_email(ctx: Context, job: dict[str, Any]) -> None:
     if ctx.job.attempt == 1:
         raise Retry(delay=30)  # the mail server is down; the FakeClock skips the wait

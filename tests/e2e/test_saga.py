@@ -11,13 +11,15 @@ trip = Service("trip")
 log: list[str] = []
 
 
-@trip.queue_worker("book_flight", emits=["flight_booked"], compensate="cancel_flight")
+@trip.queue_worker(
+    "book_flight", emits=["flight_booked"], enqueues=["book_hotel"], compensate="cancel_flight"
+)
 async def book_flight(ctx: Context, job: dict[str, Any]) -> None:
     log.append(f"book flight {job['trip']}")
     await ctx.enqueue("book_hotel", job)
 
 
-@trip.queue_worker("book_hotel", compensate="cancel_hotel")
+@trip.queue_worker("book_hotel", enqueues=["book_car"], compensate="cancel_hotel")
 async def book_hotel(ctx: Context, job: dict[str, Any]) -> None:
     log.append(f"book hotel {job['trip']}")
     await ctx.enqueue("book_car", job)

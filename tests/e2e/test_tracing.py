@@ -46,7 +46,7 @@ async def test_a_three_step_chain_is_one_trace_of_parent_and_child_spans(
         ctx.logger.info("first step")
         await ctx.emit("one_done", {})
 
-    @svc.subscription("one_done")
+    @svc.subscription("one_done", enqueues=["step_three"])
     async def step_two(ctx: Context, event: dict[str, Any]) -> None:
         await ctx.enqueue("step_three", {})
 

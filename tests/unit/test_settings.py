@@ -119,3 +119,13 @@ def test_the_role_names_are_the_servers_roles_lowest_first() -> None:
     from conveyor.server.auth import Role
 
     assert tuple(role.value for role in sorted(Role, key=lambda role: role.rank)) == ROLE_NAMES
+
+
+def test_an_app_reads_only_its_own_settings_so_a_bad_api_token_does_not_stop_a_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CONVEYOR_API_TOKENS", "short:admin")
+    monkeypatch.setenv("CONVEYOR_URL", "memory://")
+    assert App([Service("svc")]).backend_url == "memory://"
+    with pytest.raises(ConfigurationError, match="CONVEYOR_API_TOKENS"):
+        load_settings()

@@ -50,7 +50,7 @@ async def test_handler_cancelling_itself_runs_again_after_its_lease() -> None:
 
     @svc.queue_worker("odd", lifecycle=Lifecycle(visibility_timeout=30))
     async def odd(ctx: Context, job: dict[str, Any]) -> None:
-        attempts.append(ctx.job.attempt if ctx.job else 0)
+        attempts.append(ctx.job.attempt)
         if len(attempts) == 1:
             raise asyncio.CancelledError()
 

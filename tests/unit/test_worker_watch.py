@@ -114,7 +114,7 @@ async def test_a_heartbeat_that_finds_its_lease_taken_cancels_the_handler_at_onc
 
     @svc.queue_worker("beating", lifecycle=Lifecycle(visibility_timeout=30, heartbeat=True))
     async def beating(ctx: Context, job: dict[str, Any]) -> None:
-        attempts.append(ctx.job.attempt if ctx.job else 0)
+        attempts.append(ctx.job.attempt)
         if len(attempts) == 1:
             try:
                 await asyncio.Event().wait()

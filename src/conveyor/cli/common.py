@@ -30,10 +30,14 @@ STATE_STYLE = {
     "failed": "red",
     "compensated": "yellow",
     "running": "cyan",
+    "retrying": "dark_orange",
+    "scheduled": "blue",
+    "awaiting_approval": "bright_magenta",
     "waiting": "blue",
     "timed_out": "magenta",
     "unknown": "dim",
 }
+"""How each workflow state (:data:`conveyor.operations.status.STATES`) shows."""
 
 
 @dataclass(frozen=True)

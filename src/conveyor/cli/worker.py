@@ -42,20 +42,23 @@ def worker(
     Logs at INFO unless --log-level (or CONVEYOR_LOG_LEVEL) says otherwise.
     """
     settings = load_settings(metrics_port=metrics_port, metrics_host=metrics_host)
-    if settings.metrics_port is not None:
-        serve_prometheus(settings.metrics_host, settings.metrics_port)
     app = load_app(app_spec)
+    if settings.metrics_port is not None:
+        serve_prometheus(settings.metrics_host, settings.metrics_port, app.name)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     app.run(queues=names, concurrency=concurrency)  # a ConveyorError ends it as every command's does
 
 
-def serve_prometheus(host: str, port: int) -> None:
-    """Install an OpenTelemetry SDK meter provider exporting to a Prometheus endpoint."""
+def serve_prometheus(host: str, port: int, service_name: str) -> None:
+    """Install an OpenTelemetry SDK meter provider (``service.name``: ``service_name``) exporting to
+    a Prometheus endpoint."""
     try:
         from opentelemetry import metrics
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from opentelemetry.sdk.metrics import MeterProvider
         from prometheus_client import start_http_server
+
+        from conveyor.observability.metrics import prometheus_meter_provider
+
+        provider = prometheus_meter_provider(service_name)
     except ImportError as exc:
         raise click.ClickException(
             "--metrics-port needs the OpenTelemetry SDK and its Prometheus exporter: "
@@ -65,5 +68,5 @@ def serve_prometheus(host: str, port: int) -> None:
         start_http_server(port, addr=host)
     except OSError as exc:  # the port is taken, or the address is not this machine's
         raise click.ClickException(f"cannot serve metrics on {host}:{port}: {exc}") from exc
-    metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+    metrics.set_meter_provider(provider)
     click.echo(f"metrics: http://{host}:{port}/metrics", err=True)

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from conveyor.cli.common import STATE_STYLE, console, load_app, run, show, when, whole
+from conveyor.operations.status import STATES
 
 if TYPE_CHECKING:
     from conveyor.operations.status import State
@@ -72,24 +73,33 @@ def status(app_spec: str, instance_id: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("app_spec", metavar="APP")
-@click.option(
-    "--state", type=click.Choice(list(STATE_STYLE)), default=None, help="only instances in this state"
-)
+@click.option("--state", type=click.Choice(STATES), default=None, help="only instances in this state")
 @click.option("--workflow", default=None, help="only instances of this declared workflow")
 @click.option("--since", type=float, default=None, help="only instances started in the last N seconds")
 @click.option("--limit", default=50, show_default=True)
+@click.option("--schedules", is_flag=True, help="include schedule ticks' instances (schedule:<name>:<tick>)")
 @click.option("--json", "as_json", is_flag=True)
 def workflows(
-    app_spec: str, state: str | None, workflow: str | None, since: float | None, limit: int, as_json: bool
+    app_spec: str,
+    state: str | None,
+    workflow: str | None,
+    since: float | None,
+    limit: int,
+    schedules: bool,
+    as_json: bool,
 ) -> None:
-    """List workflow instances, newest first: state, current step, last error."""
+    """List workflow instances, newest first: state, current step, last error.
+
+    Schedule ticks' instances are left out unless --schedules is given."""
     app = load_app(app_spec, read_only=True)
 
     async def go() -> list[Any]:
         async with app:
             after = None if since is None else app.clock.now() - since
             wanted = cast("State | None", state)
-            return await app.workflows.list(workflow=workflow, state=wanted, since=after, limit=limit)
+            return await app.workflows.list(
+                workflow=workflow, state=wanted, since=after, limit=limit, schedules=schedules
+            )
 
     found = run(go)
     if as_json:

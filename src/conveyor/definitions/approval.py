@@ -28,7 +28,12 @@ class ApprovalGate:
 
     @property
     def timer_queue(self) -> str:
-        return f"{self.name}.timeout"
+        return self.timer_queue_of(self.name)
+
+    @staticmethod
+    def timer_queue_of(gate: str) -> str:
+        """The queue of gate ``gate``'s timeout timers."""
+        return f"{gate}.timeout"
 
     def event(self, outcome: str) -> str:
         return f"{self.name}_{outcome}"

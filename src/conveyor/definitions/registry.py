@@ -118,6 +118,11 @@ class Registry:
             raise UnknownApprovalGateError.among("approval gate", name, self.gates) from None
 
     @property
+    def timer_queues(self) -> set[str]:
+        """The approval gates' timer queues, fed by ``ctx.request_approval``."""
+        return {gate.timer_queue for gate in self.gates.values()}
+
+    @property
     def schedules(self) -> list[QueueWorker[Any]]:
         return [q for q in self.queues.values() if q.schedule is not None]
 

@@ -21,6 +21,15 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel
 
 from conveyor.definitions.approval import ApprovalGate
+from conveyor.definitions.handlers import (
+    COMMAND,
+    DEAD_LETTER,
+    QUEUE_WORKER,
+    SCHEDULE,
+    SUBSCRIPTION,
+    check_handler,
+    check_tick_annotation,
+)
 from conveyor.model.errors import ConfigurationError
 from conveyor.model.lifecycle import Lifecycle, Seconds, seconds
 
@@ -57,6 +66,13 @@ def _payload_model(handler: Callable[..., Any], position: int) -> type[BaseModel
     return None
 
 
+def _declared(kind: str, names: Iterable[str]) -> frozenset[str]:
+    """The checked names a handler declares it ``emits`` (events) or ``enqueues`` (queues)."""
+    if isinstance(names, str):  # emits="order_placed": one name, not its letters
+        names = [names]
+    return frozenset(check_name(kind, name) for name in names)
+
+
 @dataclass(eq=False)
 class QueueWorker(Generic[F]):
     """A queue and the handler that works its jobs. Subscriptions and schedules are queues too.
@@ -83,6 +99,12 @@ class QueueWorker(Generic[F]):
     dead_letter_event: str | None = None
     """The event emitted, in the same commit, when one of this queue's jobs is dead-lettered
     (payload: job_id, queue, attempts, error {type, message}, and the job's payload)."""
+    enqueues: frozenset[str] = frozenset()
+    """The queues the handler may ``ctx.enqueue`` to (enforced, like ``emits``)."""
+    dead_letter_enqueues: frozenset[str] | None = None
+    """What ``on_dead_letter`` may enqueue to; ``None``: anything (not declared)."""
+    takes_tick: bool = False
+    """For a schedule: whether the handler takes the :class:`ScheduleTick` (``(ctx, tick)``)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.handler(*args, **kwargs)
@@ -91,22 +113,32 @@ class QueueWorker(Generic[F]):
     def on_dead_letter(self, handler: DeadLetterHandler) -> DeadLetterHandler: ...
 
     @typing.overload
-    def on_dead_letter(self, *, emits: Iterable[str]) -> Callable[[DeadLetterHandler], DeadLetterHandler]: ...
+    def on_dead_letter(
+        self, *, emits: Iterable[str] | None = None, enqueues: Iterable[str] | None = None
+    ) -> Callable[[DeadLetterHandler], DeadLetterHandler]: ...
 
     def on_dead_letter(
-        self, handler: DeadLetterHandler | None = None, *, emits: Iterable[str] | None = None
+        self,
+        handler: DeadLetterHandler | None = None,
+        *,
+        emits: Iterable[str] | None = None,
+        enqueues: Iterable[str] | None = None,
     ) -> Any:
         """Register ``handler(ctx, payload, error)`` to run when a job moves to the dead-letter queue.
 
         Its emits and enqueues commit together with the move: this is where compensation goes.
         ``@worker.on_dead_letter(emits=["inventory_check_failed"])`` declares (and enforces) what it
-        emits; the bare ``@worker.on_dead_letter`` form may emit any event.
+        emits, and ``enqueues=[...]`` the queues it enqueues to; the bare ``@worker.on_dead_letter``
+        form may emit and enqueue anything.
         ``payload`` is the validated job, or ``None`` when the job could not be decoded.
         """
         if emits is not None:
-            self.dead_letter_emits = frozenset(check_name("event", e) for e in emits)
+            self.dead_letter_emits = _declared("event", emits)
+        if enqueues is not None:
+            self.dead_letter_enqueues = _declared("queue", enqueues)
 
         def register(hook: DeadLetterHandler) -> DeadLetterHandler:
+            check_handler(DEAD_LETTER, self.name, hook)
             self.dead_letter_handler = hook
             return hook
 
@@ -139,6 +171,7 @@ class Command:
     payload: type[BaseModel] | None
     result: type[BaseModel] | None
     emits: frozenset[str]
+    enqueues: frozenset[str] = frozenset()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.handler(*args, **kwargs)
@@ -187,11 +220,15 @@ class Service:
         *,
         payload: type[BaseModel] | None = None,
         emits: Iterable[str] = (),
+        enqueues: Iterable[str] = (),
         lifecycle: Lifecycle | None = None,
         compensate: str | None = None,
         dead_letter_event: str | None = None,
     ) -> Callable[[F], QueueWorker[F]]:
         """Declare the queue ``name`` and its handler ``async def handler(ctx, job)``.
+
+        ``emits`` names the events the handler may ``ctx.emit`` and ``enqueues`` the queues it may
+        ``ctx.enqueue`` to; anything else raises at run time, and the graph draws both.
 
         ``payload`` is the pydantic model of a job (taken from the handler's annotation when
         omitted); a job that fails validation goes to the dead-letter queue without retry.
@@ -206,9 +243,11 @@ class Service:
         if dead_letter_event is not None:
             check_name("event", dead_letter_event)
         check_name("queue", name)
-        declared = frozenset(check_name("event", e) for e in emits)
+        declared = _declared("event", emits)
+        targets = _declared("queue", enqueues)
 
         def decorate(handler: F) -> QueueWorker[F]:
+            check_handler(QUEUE_WORKER, name, handler)
             model = payload or _payload_model(handler, 1)
             definition = QueueWorker(
                 self,
@@ -220,6 +259,7 @@ class Service:
                 lifecycle or Lifecycle(),
                 compensate=compensate,
                 dead_letter_event=dead_letter_event,
+                enqueues=targets,
             )
             self._add(definition)
             return definition
@@ -238,6 +278,7 @@ class Service:
         name: str | None = None,
         payload: type[BaseModel] | None = None,
         emits: Iterable[str] = (),
+        enqueues: Iterable[str] = (),
         lifecycle: Lifecycle | None = None,
         dead_letter_event: str | None = None,
     ) -> Callable[[F], QueueWorker[F]]: ...
@@ -251,6 +292,7 @@ class Service:
         name: str | None = None,
         payload: type[BaseModel] | None = None,
         emits: Iterable[str] = (),
+        enqueues: Iterable[str] = (),
         lifecycle: Lifecycle | None = None,
         dead_letter_event: str | None = None,
     ) -> Callable[[F], Any]:
@@ -262,7 +304,7 @@ class Service:
 
         Handler form: ``async def handler(ctx, event)`` runs in a queue of its own (named after the
         function unless ``name=`` is given) with lease, retry and dead-letter like any queue
-        (``dead_letter_event`` as for :meth:`queue_worker`).
+        (``emits``, ``enqueues`` and ``dead_letter_event`` as for :meth:`queue_worker`).
         """
         check_name("event", event)
         if dead_letter_event is not None:
@@ -274,10 +316,12 @@ class Service:
                 return handler
 
             return keep
-        declared = frozenset(check_name("event", e) for e in emits)
+        declared = _declared("event", emits)
+        targets = _declared("queue", enqueues)
 
         def decorate(handler: F) -> QueueWorker[F]:
-            queue = check_name("subscription", name or handler.__name__)
+            queue = check_name("subscription", name or str(getattr(handler, "__name__", "")))
+            check_handler(SUBSCRIPTION, queue, handler)
             model = payload or _payload_model(handler, 1)
             definition = QueueWorker(
                 self,
@@ -290,6 +334,7 @@ class Service:
                 kind="subscription",
                 event=event,
                 dead_letter_event=dead_letter_event,
+                enqueues=targets,
             )
             self._add(definition)
             self.routes.append(Route(event, queue))
@@ -308,9 +353,14 @@ class Service:
         misfire_grace: Seconds = 60.0,
         description: str = "",
         emits: Iterable[str] = (),
+        enqueues: Iterable[str] = (),
         lifecycle: Lifecycle | None = None,
     ) -> Callable[[F], QueueWorker[F]]:
-        """Run ``async def handler(ctx)`` on a cron expression (in ``tz``) or ``every`` N seconds.
+        """Run ``async def handler(ctx, tick: ScheduleTick)`` (or ``handler(ctx)``) on a cron
+        expression (in ``tz``) or ``every`` N seconds.
+
+        The tick (:class:`~conveyor.definitions.handlers.ScheduleTick`) says which one it runs for.
+        Its workflow instance is named ``schedule:<name>:<iso tick>``.
 
         Every replica's scheduler enqueues each tick with the idempotency key
         ``schedule:<name>:<tick-iso>``, so a tick runs once however many replicas run. After
@@ -337,9 +387,13 @@ class Service:
         if interval is not None and interval <= 0:
             raise ConfigurationError(f"schedule {name!r}: every= must be positive")
         spec = Schedule(cron, interval, tz, catch_up, seconds(misfire_grace))
-        declared = frozenset(check_name("event", e) for e in emits)
+        declared = _declared("event", emits)
+        targets = _declared("queue", enqueues)
 
         def decorate(handler: F) -> QueueWorker[F]:
+            takes_tick = check_handler(SCHEDULE, name, handler) == 2
+            if takes_tick:
+                check_tick_annotation(name, handler)
             definition = QueueWorker(
                 self,
                 name,
@@ -350,6 +404,8 @@ class Service:
                 lifecycle or Lifecycle(max_attempts=3),
                 kind="schedule",
                 schedule=spec,
+                enqueues=targets,
+                takes_tick=takes_tick,
             )
             self._add(definition)
             return definition
@@ -384,15 +440,19 @@ class Service:
         payload: type[BaseModel] | None = None,
         result: type[BaseModel] | None = None,
         emits: Iterable[str] = (),
+        enqueues: Iterable[str] = (),
     ) -> Callable[[F], Command]:
         """A request/response entry point ``async def handler(ctx, cmd) -> result``.
 
-        Its emits and enqueues commit when it returns; nothing commits if it raises.
+        Its emits and enqueues (declared in ``emits`` and ``enqueues``, as for
+        :meth:`queue_worker`) commit when it returns; nothing commits if it raises.
         """
         check_name("command", name)
-        declared = frozenset(check_name("event", e) for e in emits)
+        declared = _declared("event", emits)
+        targets = _declared("queue", enqueues)
 
         def decorate(handler: F) -> Command:
+            check_handler(COMMAND, name, handler)
             if name in self.commands:
                 raise ConfigurationError(f"service {self.name!r} already defines command {name!r}")
             command = Command(
@@ -403,6 +463,7 @@ class Service:
                 payload or _payload_model(handler, 1),
                 result,
                 declared,
+                targets,
             )
             self.commands[name] = command
             return command

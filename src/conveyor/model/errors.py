@@ -48,6 +48,14 @@ class UndeclaredEmitError(ConveyorError):
     """A handler emitted an event it did not declare in ``emits=[...]``."""
 
 
+class UndeclaredEnqueueError(ConveyorError):
+    """A handler enqueued to a queue it did not declare in ``enqueues=[...]``."""
+
+
+class NotInJobError(ConveyorError):
+    """``ctx.job`` was read where there is no job: in a command run by ``app.invoke``."""
+
+
 class UnknownNameError(ConveyorError):
     """A name (queue, command, approval gate) that no service of the app declares.
 

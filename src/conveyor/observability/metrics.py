@@ -20,6 +20,15 @@ if TYPE_CHECKING:
 
 QUEUE = "messaging.destination.name"
 
+DURATION_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+"""Bounds (seconds) of ``conveyor.job.duration``'s buckets, 1 ms to 10 minutes: a handler's run
+time spans that range, where OpenTelemetry's default (0, 5, 10 ... 10000 s) puts every
+millisecond job in its first bucket. Given as the instrument's advice, which an SDK view may
+override."""
+
 
 def sdk_configured() -> bool:
     provider = metrics.get_meter_provider()
@@ -56,7 +65,10 @@ class Metrics:
             "conveyor.lease.expired", "{job}", "attempts whose lease expired before they could commit"
         )
         self.duration = meter.create_histogram(
-            "conveyor.job.duration", "s", "handler run time of one attempt"
+            "conveyor.job.duration",
+            "s",
+            "handler run time of one attempt",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         meter.create_observable_gauge(
             "conveyor.queue.depth", [self._observe_depth], "{job}", "jobs ready to run now"
@@ -103,3 +115,14 @@ class Metrics:
             return [Observation(int(getattr(s, field)), {QUEUE: q}) for q, s in self._stats.items()]
 
         return observe
+
+
+def prometheus_meter_provider(service_name: str) -> MeterProvider:
+    """An OpenTelemetry SDK meter provider exporting to the Prometheus client's registry, its
+    resource's ``service.name`` the app's (``App(name=...)``). Needs ``conveyor[otel]``."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+
+    resource = Resource.create({SERVICE_NAME: service_name})
+    return SdkMeterProvider(metric_readers=[PrometheusMetricReader()], resource=resource)

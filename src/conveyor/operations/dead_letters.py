@@ -13,7 +13,11 @@ import builtins
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from typing import Any
 
-from conveyor.ports import Backend, DeadLetter, DeadLetterFilter
+import orjson
+
+from conveyor.model.envelope import Envelope
+from conveyor.model.history import HistoryKind
+from conveyor.ports import Backend, Commit, DeadLetter, DeadLetterFilter, Effects, HistoryEntry
 from conveyor.runtime.clock import Clock
 
 BATCH = 1000
@@ -30,10 +34,13 @@ class DeadLetters:
     >>> # await app.dead_letters("process_payment", error_type="PaymentDeclined").redrive()
     """
 
-    def __init__(self, backend: Backend, clock: Clock, where: DeadLetterFilter) -> None:
+    def __init__(
+        self, backend: Backend, clock: Clock, where: DeadLetterFilter, *, history: bool = True
+    ) -> None:
         self._backend = backend
         self._clock = clock
         self.where = where
+        self._history = history
 
     @property
     def queue(self) -> str | None:
@@ -91,13 +98,36 @@ class DeadLetters:
     ) -> int:
         """Put dead jobs back on their queues with fresh attempts, ``delay`` seconds from now (at
         once by default): the given ``ids``, or every one matching the filter. Returns the count.
-        A dead letter whose id a live job holds (the same event delivered again) stays put."""
+        A dead letter whose id a live job holds (the same event delivered again) stays put.
+
+        Each job's workflow instance records it as enqueued again, so its status follows the
+        redriven job rather than the dead letter's outcome (failed, compensated)."""
         now = self._clock.now()
         at = None if delay is None else now + max(0.0, delay)
         backend = self._backend
-        if ids is not None:
+        if ids is None:
+            return await self._each_found(lambda found: self._redrive(found, now, at), progress)
+        if not self._history:
             return await backend.redrive(list(ids), now, at)
-        return await self._each_batch(lambda batch: backend.redrive(batch, now, at), progress)
+        found = [dead for dead_id in ids if (dead := await backend.dead_letter(dead_id)) is not None]
+        return await self._redrive(found, now, at)
+
+    async def _redrive(self, found: builtins.list[DeadLetter], now: float, at: float | None) -> int:
+        count = await self._backend.redrive([d.id for d in found], now, at)
+        if count and self._history:
+            effects = Effects()
+            detail = orjson.dumps({"redriven": True} | ({} if at is None else {"available_at": at})).decode()
+            for dead in found:
+                try:
+                    correlation_id = Envelope.decode(dead.body).correlation_id
+                except Exception:  # an undecodable job belongs to no instance
+                    continue
+                effects.history.append(
+                    HistoryEntry(correlation_id, now, HistoryKind.ENQUEUED, dead.queue, dead.id, None, detail)
+                )
+            if effects.history:
+                await self._backend.commit([Commit(effects=effects)], now)
+        return count
 
     async def purge(self, ids: Sequence[str] | None = None, *, progress: Progress | None = None) -> int:
         """Delete dead jobs for good: the given ``ids``, or every one matching the filter."""
@@ -111,13 +141,18 @@ class DeadLetters:
     async def _each_batch(
         self, act: Callable[[builtins.list[str]], Awaitable[int]], progress: Progress | None
     ) -> int:
+        return await self._each_found(lambda found: act([d.id for d in found]), progress)
+
+    async def _each_found(
+        self, act: Callable[[builtins.list[DeadLetter]], Awaitable[int]], progress: Progress | None
+    ) -> int:
         done = 0
         before: tuple[float, str] | None = None
         while True:
             found = await self._backend.find_dead_letters(self.where, BATCH, before)
             if not found:
                 return done
-            done += await act([d.id for d in found])
+            done += await act(found)
             if progress is not None:
                 progress(done)
             if len(found) < BATCH:

@@ -44,14 +44,9 @@ class HandlerContext(Protocol):
 
     async def emit(self, event: str, payload: Any = None, *, correlation_id: str | None = None) -> str: ...
 
-    async def enqueue(
-        self,
-        queue: str,
-        payload: Any = None,
-        *,
-        delay: Seconds | None = None,
-        idempotency_key: str | None = None,
-    ) -> str: ...
+    def _enqueue(self, queue: str, payload: Any, delay: Seconds | None, idempotency_key: str | None) -> str:
+        """Enqueue a job of the runtime's own (the gate's timer), which no handler declares."""
+        ...
 
 
 async def request(
@@ -85,9 +80,7 @@ async def request(
         "payload": data,
     }
     ctx.buffer.effects.states.append(StateWrite(key, StateOp.SET, encode_state(pending), expected_version=0))
-    await ctx.enqueue(
-        declared.timer_queue, {"instance_id": instance_id, "gate": gate}, delay=limit, idempotency_key=key
-    )
+    ctx._enqueue(declared.timer_queue, {"instance_id": instance_id, "gate": gate}, limit, key)
     ctx.history(HistoryKind.APPROVAL_REQUESTED, gate, detail=orjson.dumps({"deadline": now + limit}).decode())
     emit(declared.event("requested"), {"instance_id": instance_id, "gate": gate, "payload": data})
 

@@ -30,6 +30,7 @@ from conveyor.runtime.error_text import describe_error, error_info
 from conveyor.runtime.observers import JobHistory, JobMetrics
 from conveyor.runtime.outcome import decide
 from conveyor.runtime.runtime import Runtime
+from conveyor.runtime.scheduler import schedule_tick
 from conveyor.runtime.watch import Running, Watch
 
 logger = logging.getLogger("conveyor.worker")
@@ -138,6 +139,7 @@ class Attempts:
                     service=definition.service.name,
                     service_version=definition.service.version,
                     emits=definition.emits,
+                    enqueues=definition.enqueues,
                     envelope=envelope,
                     leased=leased,
                     max_attempts=lifecycle.max_attempts,
@@ -259,11 +261,12 @@ class Attempts:
         running: Running | None,
     ) -> None:
         lifecycle = job_lifecycle(definition.lifecycle, context.message)
-        call = (
-            definition.handler(context)
-            if definition.kind == "schedule"
-            else definition.handler(context, payload)
-        )
+        if definition.kind != "schedule":
+            call = definition.handler(context, payload)
+        elif definition.takes_tick:
+            call = definition.handler(context, schedule_tick(definition.name, context.message))
+        else:
+            call = definition.handler(context)
         heartbeat = None
         if lifecycle.heartbeat:
             heartbeat = asyncio.create_task(self._heartbeat(leased, lifecycle.lease_seconds, running))

@@ -14,8 +14,10 @@ from conveyor.model.envelope import Envelope
 from conveyor.model.errors import (
     JobCancelledError,
     LeaseLostError,
+    NotInJobError,
     PayloadValidationError,
     UndeclaredEmitError,
+    UndeclaredEnqueueError,
 )
 from conveyor.model.history import HistoryKind
 from conveyor.model.lifecycle import DEFAULT_OPTIONS, JobOptions, Seconds, seconds
@@ -58,6 +60,7 @@ class Context:
         service: str | None,
         service_version: str | None,
         emits: frozenset[str] | None,
+        enqueues: frozenset[str] | None = None,
         envelope: Envelope | None = None,
         leased: LeasedJob | None = None,
         max_attempts: int = 1,
@@ -69,6 +72,7 @@ class Context:
         self.runtime = runtime
         self.message = envelope
         self.emits = emits
+        self.enqueues = enqueues
         self.buffer = EffectsBuffer(envelope.id if envelope is not None else None)
         self._states: States | None = None
         self._leased = leased
@@ -108,11 +112,20 @@ class Context:
         return self.runtime.resources
 
     @property
-    def job(self) -> JobInfo | None:
+    def job(self) -> JobInfo:
+        """The job being worked. Every queue worker, subscription, schedule and ``on_dead_letter``
+        has one; a command run by ``app.invoke`` has none, and raises :class:`NotInJobError`."""
         leased = self._leased
         if leased is None:
-            return None
+            raise NotInJobError(
+                "ctx.job is read outside a job (a command run by app.invoke has none); check ctx.in_job first"
+            )
         return JobInfo(leased.id, leased.queue, leased.attempt, self._max_attempts, leased.enqueued_at)
+
+    @property
+    def in_job(self) -> bool:
+        """Whether this context works a job (so ``ctx.job`` is set)."""
+        return self._leased is not None
 
     @property
     def correlation_id(self) -> str | None:
@@ -196,15 +209,36 @@ class Context:
         keeps its own id). A queue that no service declares, and that is not in
         ``App(external_queues=...)``, raises :class:`UnknownQueueError`. ``priority`` (-10 to 10:
         higher first), ``max_attempts`` and ``visibility_timeout`` are this job's own (see
-        :class:`~conveyor.model.lifecycle.JobOptions`).
+        :class:`~conveyor.model.lifecycle.JobOptions`). A queue the handler did not declare in
+        ``enqueues=[...]`` raises :class:`UndeclaredEnqueueError`.
         """
-        buffer = self.buffer
-        buffer.check_open()
+        if self.enqueues is not None and queue not in self.enqueues:
+            self.runtime.registry.destination(queue)  # an unknown queue says so first, with suggestions
+            declared = ", ".join(sorted(self.enqueues)) or "nothing"
+            raise UndeclaredEnqueueError(
+                f"enqueued to queue {queue!r}, which this handler does not declare (it declares "
+                f"{declared}); add it to enqueues=[...]"
+            )
         options = (
             DEFAULT_OPTIONS
             if priority == 0 and max_attempts is None and visibility_timeout is None
             else JobOptions(priority, max_attempts, visibility_timeout)
         )
+        return self._enqueue(queue, payload, delay, idempotency_key, run_at=run_at, options=options)
+
+    def _enqueue(
+        self,
+        queue: str,
+        payload: Any,
+        delay: Seconds | None,
+        idempotency_key: str | None,
+        *,
+        run_at: datetime | float | None = None,
+        options: JobOptions = DEFAULT_OPTIONS,
+    ) -> str:
+        """``enqueue`` without the declaration check: the runtime's own jobs (approval timers)."""
+        buffer = self.buffer
+        buffer.check_open()
         new = producer.add_job(
             self.runtime,
             buffer.effects,
@@ -303,7 +337,10 @@ async def run_command(runtime: Runtime, name: str, payload: Any, *, parent: Cont
         service=command.service.name,
         service_version=command.service.version,
         emits=command.emits,
+        enqueues=command.enqueues,
         envelope=parent.message if parent is not None else None,
+        leased=parent._leased if parent is not None else None,
+        max_attempts=parent._max_attempts if parent is not None else 1,
     )
     if parent is not None:
         context.buffer = parent.buffer

@@ -110,6 +110,7 @@ class DeadLetters:
                 service=definition.service.name,
                 service_version=definition.service.version,
                 emits=definition.dead_letter_emits,
+                enqueues=definition.dead_letter_enqueues,
                 envelope=envelope,
                 leased=leased,
                 max_attempts=envelope.max_attempts or definition.lifecycle.max_attempts,

@@ -17,7 +17,9 @@ from zoneinfo import ZoneInfo
 import orjson
 from croniter import croniter
 
+from conveyor.definitions.handlers import ScheduleTick
 from conveyor.definitions.service import QueueWorker, Schedule
+from conveyor.model.envelope import Envelope
 from conveyor.model.errors import BackendError
 from conveyor.ports import Commit, CommitStatus, Effects, StateOp, StateWrite
 from conveyor.runtime.messages import Origin
@@ -34,7 +36,29 @@ def state_key(name: str) -> str:
 
 
 def tick_key(name: str, tick: float) -> str:
+    """A tick's idempotency key, which is also the id of its workflow instance."""
     return f"schedule:{name}:{datetime.fromtimestamp(tick, UTC).isoformat()}"
+
+
+SCHEDULE_INSTANCE_PREFIX = "schedule:"
+"""Every schedule tick's workflow instance id starts so (lists leave them out unless asked)."""
+
+
+def schedule_tick(name: str, envelope: Envelope | None) -> ScheduleTick:
+    """The tick a schedule's job runs for, read from its payload (``{"tick": iso}``); a job
+    enqueued by hand without one runs for the time it was enqueued."""
+    payload = envelope.payload if envelope is not None else None
+    text = payload.get("tick") if isinstance(payload, dict) else None
+    try:
+        at = datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        at = None
+    if at is None:
+        at = datetime.fromtimestamp(envelope.created_at if envelope is not None else 0.0, UTC)
+    elif at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    key = (envelope.idempotency_key if envelope is not None else None) or tick_key(name, at.timestamp())
+    return ScheduleTick(name, at, key)
 
 
 def ticks_between(schedule: Schedule, after: float, until: float, limit: int) -> list[float]:
@@ -165,6 +189,7 @@ class Scheduler:
                 origin=origin,
                 now=now,
                 idempotency_key=key_text,
+                correlation_id=key_text,
             )
         if await self._advance(definition.name, effects, due[-1], version):
             return len(fire)

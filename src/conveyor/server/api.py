@@ -219,6 +219,7 @@ def router(connection: Connection, auth: Auth) -> APIRouter:
         prefix: Annotated[str | None, Query(max_length=200, description="correlation id prefix")] = None,
         step: Annotated[str | None, Query(max_length=200, description="a queue it has a job open on")] = None,
         dead_letters: Annotated[bool | None, Query(description="has dead-lettered steps")] = None,
+        schedules: Annotated[bool, Query(description="include schedule ticks' instances")] = False,
         limit: Limit = 50,
         before: Annotated[str | None, Query(max_length=2000)] = None,
     ) -> WorkflowPage:
@@ -232,6 +233,7 @@ def router(connection: Connection, auth: Auth) -> APIRouter:
             prefix=prefix,
             step=step,
             dead_letters=dead_letters,
+            schedules=schedules,
         )
         return WorkflowPage(
             items=[WorkflowView.of(s, full=False) for s in page.items],

@@ -284,12 +284,10 @@ class _Harness:
 
         @svc.queue_worker(ANY_QUEUE, lifecycle=lifecycle)
         async def anything(ctx: Context, job: Any) -> None:
-            assert ctx.job is not None
             self.ran[ctx.job.id] += 1
 
         @svc.queue_worker(TYPED_QUEUE, payload=Sample, lifecycle=lifecycle)
         async def typed(ctx: Context, job: Sample) -> None:
-            assert ctx.job is not None
             self.ran[ctx.job.id] += 1
 
         self.app = App(

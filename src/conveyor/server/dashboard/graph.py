@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
-from conveyor.operations.graph import Edge
+from conveyor.operations.graph import DEAD_LETTER, DEAD_LETTER_ENQUEUE, Edge
 
 ROW, GAP, CHAR, PAD, NODE_HEIGHT = 64, 18, 7.2, 18, 30
 
@@ -141,4 +141,4 @@ def _arrow(source: Box, target: Box, edge: Edge, visited: AbstractSet[Node]) -> 
         side = max(source.x + source.width, target.x + target.width) + 30
         path = f"M{x1:.1f},{y1:.1f} C{side:.1f},{y1 + 40:.1f} {side:.1f},{y2 - 40:.1f} {x2:.1f},{y2:.1f}"
     lit = edge.source in visited and edge.target in visited
-    return Arrow(path, edge.label, lit, edge.label == "dead letter")
+    return Arrow(path, edge.label, lit, edge.label in (DEAD_LETTER, DEAD_LETTER_ENQUEUE))

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from conveyor.app import App
-from conveyor.operations.graph import edges
+from conveyor.operations.graph import edges, nodes
 from conveyor.operations.status import State, WorkflowStatus
 from conveyor.server import audit
 from conveyor.server.auth import Principal, Role
@@ -85,7 +85,7 @@ async def instance(app: App, instance_id: str) -> dict[str, Any]:
         "ran": ran,
         "graph": layout(
             edges(app.registry),
-            nodes=[("queue", name) for name in app.registry.queues],
+            nodes=nodes(app.registry),
             visited=visited,
             dead=dead,
         ),

@@ -108,7 +108,7 @@ async def beside_good_jobs(
     total = GOOD_JOBS + len(kinds) + raw_jobs
     gate, arrived, runs = asyncio.Event(), set[int](), Counter[int]()
 
-    @svc.queue_worker("work", lifecycle=Lifecycle(max_attempts=1), emits=["noted"])
+    @svc.queue_worker("work", lifecycle=Lifecycle(max_attempts=1), emits=["noted"], enqueues=["work"])
     async def work(ctx: Context, job: dict[str, Any]) -> None:
         runs[job["n"]] += 1
         arrived.add(job["n"])

@@ -114,7 +114,7 @@ class CorruptEnvelopesContract(AppFixtures):
 
         @svc.queue_worker("step", compensate="undo", lifecycle=Lifecycle(max_attempts=3))
         async def step(ctx: Context, job: Any) -> None:
-            ran.append(ctx.job.attempt if ctx.job else 0)
+            ran.append(ctx.job.attempt)
 
         @svc.queue_worker("undo")
         async def undo(ctx: Context, job: Any) -> None:

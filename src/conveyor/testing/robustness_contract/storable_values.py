@@ -64,7 +64,7 @@ class StorableValuesContract(AppFixtures):
 
         refused: list[str] = []
 
-        @svc.queue_worker("plain", emits=["noted"])
+        @svc.queue_worker("plain", emits=["noted"], enqueues=["plain", "priced"])
         async def plain(ctx: Context, job: dict[str, Any]) -> None:
             for call in (
                 lambda: ctx.enqueue("plain", {"p": math.nan}),

@@ -88,7 +88,7 @@ class TimingContract(AppFixtures):
 
         @svc.queue_worker("slow")
         async def slow(ctx: Context, job: dict[str, Any]) -> None:
-            attempts.append(ctx.job.attempt if ctx.job else 0)
+            attempts.append(ctx.job.attempt)
             await release.wait()
 
         app = make_app(svc, worker=WorkerConfig(concurrency=2, poll_interval=0.05, shutdown_grace=300))
@@ -150,7 +150,7 @@ class TimingContract(AppFixtures):
         clock = FakeClock(early_wakeups=False)
         svc, started = Service("svc"), []
 
-        @svc.queue_worker("parent")
+        @svc.queue_worker("parent", enqueues=["child"])
         async def parent(ctx: Context, job: dict[str, Any]) -> None:
             await ctx.enqueue("child", {}, delay=0.25)
 
@@ -206,7 +206,7 @@ def _stubborn_service(release: asyncio.Event, attempts: list[int]) -> Service:
     svc = Service("svc")
 
     async def stubborn(ctx: Context, job: dict[str, Any]) -> None:
-        attempts.append(ctx.job.attempt if ctx.job else 0)
+        attempts.append(ctx.job.attempt)
         await _ignore_cancellation_until(release)
 
     svc.queue_worker("stubborn")(stubborn)

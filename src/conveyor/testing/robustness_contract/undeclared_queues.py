@@ -50,7 +50,7 @@ class UndeclaredQueuesContract(AppFixtures):
     ) -> None:
         svc = Service("svc")
 
-        @svc.queue_worker("order")
+        @svc.queue_worker("order", enqueues=["billing.charge"])
         async def order(ctx: Context, job: dict[str, str]) -> None:
             await ctx.enqueue("billing.charge", job)
 

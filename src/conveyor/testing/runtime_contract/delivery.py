@@ -28,7 +28,7 @@ class DeliveryContract(AppFixtures):
 
         @svc.queue_worker("work", payload=Item)
         async def work(ctx: Context, job: Item) -> None:
-            rec.calls.append(("work", job.n, ctx.job.attempt if ctx.job else 0))
+            rec.calls.append(("work", job.n, ctx.job.attempt))
 
         app = make_app(svc)
         async with running(app):
@@ -41,7 +41,7 @@ class DeliveryContract(AppFixtures):
     async def test_effects_commit_with_the_ack(self, make_app: Callable[..., App]) -> None:
         svc, rec = Service("svc"), Recorder()
 
-        @svc.queue_worker("first", payload=Item, emits=["first_done"])
+        @svc.queue_worker("first", payload=Item, emits=["first_done"], enqueues=["second"])
         async def first(ctx: Context, job: Item) -> None:
             await ctx.emit("first_done", {"n": job.n})
             await ctx.enqueue("second", {"n": job.n + 1})
@@ -71,10 +71,10 @@ class DeliveryContract(AppFixtures):
             "flaky",
             payload=Item,
             emits=["done"],
+            enqueues=["after"],
             lifecycle=Lifecycle(max_attempts=3, retry=NO_JITTER),
         )
         async def flaky(ctx: Context, job: Item) -> None:
-            assert ctx.job is not None
             await ctx.emit("done", {"n": ctx.job.attempt})
             await ctx.enqueue("after", {"n": ctx.job.attempt})
             await ctx.states.set("attempt", ctx.job.attempt)
@@ -131,7 +131,7 @@ class DeliveryContract(AppFixtures):
 
         @svc.queue_worker("work", payload=Item, lifecycle=Lifecycle(visibility_timeout=30))
         async def work(ctx: Context, job: Item) -> None:
-            rec.calls.append(("work", job.n, ctx.job.attempt if ctx.job else 0))
+            rec.calls.append(("work", job.n, ctx.job.attempt))
 
         app = make_app(svc)
         async with app:
@@ -159,7 +159,6 @@ class DeliveryContract(AppFixtures):
             "slow", payload=Item, emits=["slow_done"], lifecycle=Lifecycle(visibility_timeout=30)
         )
         async def slow(ctx: Context, job: Item) -> None:
-            assert ctx.job is not None
             rec.calls.append(("slow", job.n, ctx.job.attempt))
             await ctx.emit("slow_done", {"n": ctx.job.attempt})
             if ctx.job.attempt == 1:
@@ -194,7 +193,7 @@ class DeliveryContract(AppFixtures):
 
         @svc.queue_worker("long", payload=Item, lifecycle=Lifecycle(visibility_timeout=30))
         async def long(ctx: Context, job: Item) -> None:
-            rec.calls.append(("long", job.n, ctx.job.attempt if ctx.job else 0))
+            rec.calls.append(("long", job.n, ctx.job.attempt))
             await ctx.extend_lease(300)
             extended.set()
             await gate.wait()
@@ -217,7 +216,7 @@ class DeliveryContract(AppFixtures):
 
         @svc.queue_worker("crunch", lifecycle=Lifecycle(visibility_timeout=30, heartbeat=True))
         async def crunch(ctx: Context, job: dict[str, Any]) -> None:
-            rec.calls.append(("crunch", None, ctx.job.attempt if ctx.job else 0))
+            rec.calls.append(("crunch", None, ctx.job.attempt))
             started.set()
             await gate.wait()
 

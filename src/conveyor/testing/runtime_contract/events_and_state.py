@@ -106,7 +106,7 @@ class EventsAndStateContract(AppFixtures):
         @svc.queue_worker("increment", lifecycle=Lifecycle(max_attempts=3, retry=NO_JITTER))
         async def increment(ctx: Context, job: dict[str, Any]) -> None:
             value, version = await ctx.states.get_versioned("counter")
-            rec.calls.append(("increment", value, ctx.job.attempt if ctx.job else 0))
+            rec.calls.append(("increment", value, ctx.job.attempt))
             if not raced.is_set():
                 raced.set()
                 await app.states.set("counter", 100)  # another writer wins the race
@@ -127,7 +127,7 @@ class EventsAndStateContract(AppFixtures):
     ) -> None:
         svc, rec = Service("svc"), Recorder()
 
-        @svc.queue_worker("request_approval")
+        @svc.queue_worker("request_approval", enqueues=["approval_timeout"])
         async def request_approval(ctx: Context, job: dict[str, Any]) -> None:
             await ctx.enqueue("approval_timeout", {}, delay=3600, idempotency_key="timeout:order-1")
 

@@ -61,7 +61,6 @@ class JobOptionsContract(AppFixtures):
 
         @svc.queue_worker("fails", payload=Item, lifecycle=Lifecycle(max_attempts=5, retry=NO_JITTER))
         async def fails(ctx: Context, job: Item) -> None:
-            assert ctx.job is not None
             rec.calls.append(("fails", job.n, ctx.job.max_attempts))
             raise ValueError("no")
 

@@ -115,9 +115,11 @@ class OperationsContract(AppFixtures):
         svc, rec = Service("svc"), Recorder()
         started = asyncio.Event()
 
-        @svc.queue_worker("export", emits=["exported"], lifecycle=Lifecycle(max_attempts=3))
+        @svc.queue_worker(
+            "export", emits=["exported"], enqueues=["audit"], lifecycle=Lifecycle(max_attempts=3)
+        )
         async def export(ctx: Context, job: dict[str, Any]) -> None:
-            rec.calls.append(("export", ctx.cancel_requested, ctx.job.attempt if ctx.job else 0))
+            rec.calls.append(("export", ctx.cancel_requested, ctx.job.attempt))
             await ctx.emit("exported", {})
             await ctx.enqueue("audit", {})
             started.set()
@@ -216,7 +218,7 @@ class OperationsContract(AppFixtures):
             lifecycle=Lifecycle(visibility_timeout=30, timeout=timeout, max_attempts=3),
         )
         async def lost(ctx: Context, job: dict[str, Any]) -> None:
-            attempt = ctx.job.attempt if ctx.job else 0
+            attempt = ctx.job.attempt
             rec.calls.append(("lost", None, attempt))
             await ctx.emit("lost_done", {"attempt": attempt})
             if attempt == 1:
@@ -252,7 +254,7 @@ class OperationsContract(AppFixtures):
 
         @svc.queue_worker("kept", lifecycle=Lifecycle(visibility_timeout=30, heartbeat=True))
         async def kept(ctx: Context, job: dict[str, Any]) -> None:
-            rec.calls.append(("kept", None, ctx.job.attempt if ctx.job else 0))
+            rec.calls.append(("kept", None, ctx.job.attempt))
             started.set()
             try:
                 await gate.wait()

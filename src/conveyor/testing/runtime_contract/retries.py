@@ -33,7 +33,7 @@ class RetriesContract(AppFixtures):
 
         @svc.queue_worker("fails", payload=Item, lifecycle=Lifecycle(max_attempts=3, retry=NO_JITTER))
         async def fails(ctx: Context, job: Item) -> None:
-            rec.calls.append(("fails", clock.now(), ctx.job.attempt if ctx.job else 0))
+            rec.calls.append(("fails", clock.now(), ctx.job.attempt))
             raise ValueError(f"broken {job.n}")
 
         app = make_app(svc)
@@ -89,7 +89,7 @@ class RetriesContract(AppFixtures):
 
         @svc.queue_worker("refuses", lifecycle=Lifecycle(max_attempts=5))
         async def refuses(ctx: Context, job: dict[str, Any]) -> None:
-            rec.calls.append(("refuses", None, ctx.job.attempt if ctx.job else 0))
+            rec.calls.append(("refuses", None, ctx.job.attempt))
             raise PermanentError("card declined")
 
         app = make_app(svc)
@@ -130,7 +130,7 @@ class RetriesContract(AppFixtures):
 
         @svc.queue_worker("fragile", payload=Item, lifecycle=Lifecycle(max_attempts=1))
         async def fragile(ctx: Context, job: Item) -> None:
-            rec.calls.append(("fragile", job.n, ctx.job.attempt if ctx.job else 0))
+            rec.calls.append(("fragile", job.n, ctx.job.attempt))
             if not healed.is_set():
                 raise RuntimeError("not yet")
 
@@ -173,7 +173,7 @@ class RetriesContract(AppFixtures):
 
         @svc.queue_worker("hangs", lifecycle=Lifecycle(timeout=0.05, max_attempts=2, retry=NO_JITTER))
         async def hangs(ctx: Context, job: dict[str, Any]) -> None:
-            rec.calls.append(("hangs", None, ctx.job.attempt if ctx.job else 0))
+            rec.calls.append(("hangs", None, ctx.job.attempt))
             await asyncio.Event().wait()
 
         app = make_app(svc)

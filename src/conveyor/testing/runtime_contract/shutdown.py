@@ -24,7 +24,7 @@ class ShutdownContract(AppFixtures):
         svc = Service("svc")
         running_now, most, done = 0, 0, 0
 
-        @svc.queue_worker("chain", payload=Item)
+        @svc.queue_worker("chain", payload=Item, enqueues=["chain"])
         async def chain(ctx: Context, job: Item) -> None:
             nonlocal running_now, most, done
             running_now += 1
