@@ -63,6 +63,20 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 QueueName = Annotated[str, Path(min_length=1, max_length=200)]
 
 
+def _dead_letter_where(
+    queue: Annotated[str | None, Query(max_length=200)] = None,
+    error_type: Annotated[str | None, Query(max_length=500)] = None,
+    since: Annotated[float | None, Query(description="failed at or after")] = None,
+    until: Annotated[float | None, Query(description="failed before")] = None,
+    text: Annotated[str | None, Query(max_length=1000, description="in the error message")] = None,
+) -> dict[str, Any]:
+    """The dead-letter filter of a query string, as ``app.dead_letters(**where)`` takes it."""
+    return {"queue": queue, "error_type": error_type, "since": since, "until": until, "text": text}
+
+
+DeadLetterWhere = Annotated[dict[str, Any], Depends(_dead_letter_where)]
+
+
 def _cursor(values: list[Any]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(values)).decode()
 
@@ -362,17 +376,11 @@ def router(connection: Connection, auth: Auth) -> APIRouter:
     @api.get("/dead-letters", tags=["dead letters"], response_model=DeadLetterPage, dependencies=[reader])
     async def dead_letters(
         app: AppDep,
-        queue: Annotated[str | None, Query(max_length=200)] = None,
-        error_type: Annotated[str | None, Query(max_length=500)] = None,
-        since: float | None = None,
-        until: float | None = None,
-        text: Annotated[str | None, Query(max_length=1000)] = None,
+        where: DeadLetterWhere,
         limit: Limit = 50,
         before: Annotated[str | None, Query(max_length=2000)] = None,
     ) -> DeadLetterPage:
-        found = await app.dead_letters(
-            queue, error_type=error_type, since=since, until=until, text=text
-        ).page(limit, _uncursor(before, "before"))
+        found = await app.dead_letters(**where).page(limit, _uncursor(before, "before"))
         last = found[-1] if len(found) == limit else None
         return DeadLetterPage(
             items=[DeadLetterView.of(d, full=False) for d in found],
@@ -380,16 +388,8 @@ def router(connection: Connection, auth: Auth) -> APIRouter:
         )
 
     @api.get("/dead-letters/count", tags=["dead letters"], response_model=Count, dependencies=[reader])
-    async def count_dead_letters(
-        app: AppDep,
-        queue: Annotated[str | None, Query(max_length=200)] = None,
-        error_type: Annotated[str | None, Query(max_length=500)] = None,
-        since: float | None = None,
-        until: float | None = None,
-        text: Annotated[str | None, Query(max_length=1000)] = None,
-    ) -> Count:
-        where = app.dead_letters(queue, error_type=error_type, since=since, until=until, text=text)
-        return Count(count=await where.count())
+    async def count_dead_letters(app: AppDep, where: DeadLetterWhere) -> Count:
+        return Count(count=await app.dead_letters(**where).count())
 
     @api.get(
         "/dead-letters/{dead_id}", tags=["dead letters"], response_model=DeadLetterView, dependencies=[reader]
