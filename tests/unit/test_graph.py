@@ -44,7 +44,7 @@ def test_every_queue_and_event_is_drawn_and_declared_enqueues_are_edges() -> Non
     } <= lines
     assert graph.warnings == [
         "queue 'lonely' is not fed by any subscription, schedule or declared enqueue "
-        "(only app.enqueue can reach it)"
+        "(only app.enqueue, or a ctx.enqueue of a handler that declares no enqueues=[...], can reach it)"
     ]
 
 

@@ -159,6 +159,32 @@ async def test_an_undeclared_enqueue_raises_and_a_declared_one_commits() -> None
     assert isinstance(unknown, UnknownQueueError) and unknown.suggestions == ["third"]
 
 
+async def test_a_handler_that_declares_no_enqueues_is_not_checked_and_an_empty_list_allows_none() -> None:
+    svc, outcomes = Service("svc"), dict[str, Any]()
+
+    @svc.queue_worker("free")  # written before enqueues=[...] existed: keeps working
+    async def free(ctx: Context, job: dict[str, Any]) -> None:
+        outcomes["free"] = await ctx.enqueue("target", {})
+
+    @svc.queue_worker("closed", enqueues=[])
+    async def closed(ctx: Context, job: dict[str, Any]) -> None:
+        try:
+            await ctx.enqueue("target", {})
+        except UndeclaredEnqueueError as exc:
+            outcomes["closed"] = exc
+
+    @svc.queue_worker("target")
+    async def target(ctx: Context, job: dict[str, Any]) -> None: ...
+
+    app = App([svc], backend="memory://")
+    async with running(app):
+        await app.enqueue("free", {})
+        await app.enqueue("closed", {})
+        await wait_until(lambda: len(outcomes) == 2)
+    assert isinstance(outcomes["free"], str)
+    assert "declares nothing" in str(outcomes["closed"])
+
+
 def test_a_single_name_given_as_a_string_is_one_name_not_its_letters() -> None:
     svc = Service("svc")
 

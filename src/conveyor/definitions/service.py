@@ -99,8 +99,9 @@ class QueueWorker(Generic[F]):
     dead_letter_event: str | None = None
     """The event emitted, in the same commit, when one of this queue's jobs is dead-lettered
     (payload: job_id, queue, attempts, error {type, message}, and the job's payload)."""
-    enqueues: frozenset[str] = frozenset()
-    """The queues the handler may ``ctx.enqueue`` to (enforced, like ``emits``)."""
+    enqueues: frozenset[str] | None = None
+    """The queues the handler may ``ctx.enqueue`` to, enforced once declared (even empty, as for
+    ``emits``); ``None``: not declared, any queue of the app (the graph cannot draw those)."""
     dead_letter_enqueues: frozenset[str] | None = None
     """What ``on_dead_letter`` may enqueue to; ``None``: anything (not declared)."""
     takes_tick: bool = False
@@ -171,7 +172,7 @@ class Command:
     payload: type[BaseModel] | None
     result: type[BaseModel] | None
     emits: frozenset[str]
-    enqueues: frozenset[str] = frozenset()
+    enqueues: frozenset[str] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.handler(*args, **kwargs)
@@ -220,7 +221,7 @@ class Service:
         *,
         payload: type[BaseModel] | None = None,
         emits: Iterable[str] = (),
-        enqueues: Iterable[str] = (),
+        enqueues: Iterable[str] | None = None,
         lifecycle: Lifecycle | None = None,
         compensate: str | None = None,
         dead_letter_event: str | None = None,
@@ -228,7 +229,8 @@ class Service:
         """Declare the queue ``name`` and its handler ``async def handler(ctx, job)``.
 
         ``emits`` names the events the handler may ``ctx.emit`` and ``enqueues`` the queues it may
-        ``ctx.enqueue`` to; anything else raises at run time, and the graph draws both.
+        ``ctx.enqueue`` to; anything else raises at run time, and the graph draws both. Left out,
+        ``enqueues`` is not checked (existing handlers keep working) and draws nothing.
 
         ``payload`` is the pydantic model of a job (taken from the handler's annotation when
         omitted); a job that fails validation goes to the dead-letter queue without retry.
@@ -244,7 +246,7 @@ class Service:
             check_name("event", dead_letter_event)
         check_name("queue", name)
         declared = _declared("event", emits)
-        targets = _declared("queue", enqueues)
+        targets = None if enqueues is None else _declared("queue", enqueues)
 
         def decorate(handler: F) -> QueueWorker[F]:
             check_handler(QUEUE_WORKER, name, handler)
@@ -278,7 +280,7 @@ class Service:
         name: str | None = None,
         payload: type[BaseModel] | None = None,
         emits: Iterable[str] = (),
-        enqueues: Iterable[str] = (),
+        enqueues: Iterable[str] | None = None,
         lifecycle: Lifecycle | None = None,
         dead_letter_event: str | None = None,
     ) -> Callable[[F], QueueWorker[F]]: ...
@@ -292,7 +294,7 @@ class Service:
         name: str | None = None,
         payload: type[BaseModel] | None = None,
         emits: Iterable[str] = (),
-        enqueues: Iterable[str] = (),
+        enqueues: Iterable[str] | None = None,
         lifecycle: Lifecycle | None = None,
         dead_letter_event: str | None = None,
     ) -> Callable[[F], Any]:
@@ -317,7 +319,7 @@ class Service:
 
             return keep
         declared = _declared("event", emits)
-        targets = _declared("queue", enqueues)
+        targets = None if enqueues is None else _declared("queue", enqueues)
 
         def decorate(handler: F) -> QueueWorker[F]:
             queue = check_name("subscription", name or str(getattr(handler, "__name__", "")))
@@ -353,7 +355,7 @@ class Service:
         misfire_grace: Seconds = 60.0,
         description: str = "",
         emits: Iterable[str] = (),
-        enqueues: Iterable[str] = (),
+        enqueues: Iterable[str] | None = None,
         lifecycle: Lifecycle | None = None,
     ) -> Callable[[F], QueueWorker[F]]:
         """Run ``async def handler(ctx, tick: ScheduleTick)`` (or ``handler(ctx)``) on a cron
@@ -388,7 +390,7 @@ class Service:
             raise ConfigurationError(f"schedule {name!r}: every= must be positive")
         spec = Schedule(cron, interval, tz, catch_up, seconds(misfire_grace))
         declared = _declared("event", emits)
-        targets = _declared("queue", enqueues)
+        targets = None if enqueues is None else _declared("queue", enqueues)
 
         def decorate(handler: F) -> QueueWorker[F]:
             takes_tick = check_handler(SCHEDULE, name, handler) == 2
@@ -440,7 +442,7 @@ class Service:
         payload: type[BaseModel] | None = None,
         result: type[BaseModel] | None = None,
         emits: Iterable[str] = (),
-        enqueues: Iterable[str] = (),
+        enqueues: Iterable[str] | None = None,
     ) -> Callable[[F], Command]:
         """A request/response entry point ``async def handler(ctx, cmd) -> result``.
 
@@ -449,7 +451,7 @@ class Service:
         """
         check_name("command", name)
         declared = _declared("event", emits)
-        targets = _declared("queue", enqueues)
+        targets = None if enqueues is None else _declared("queue", enqueues)
 
         def decorate(handler: F) -> Command:
             check_handler(COMMAND, name, handler)

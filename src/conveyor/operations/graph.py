@@ -71,7 +71,7 @@ def edges(registry: Registry) -> list[Edge]:
     for command in registry.commands.values():
         source = ("command", command.name)
         found += [Edge(source, ("event", event)) for event in sorted(command.emits)]
-        found += enqueues(source, command.enqueues, ENQUEUE)
+        found += enqueues(source, command.enqueues or (), ENQUEUE)
     for definition in registry.queues.values():
         queue = ("queue", definition.name)
         if definition.schedule is not None:
@@ -82,7 +82,7 @@ def edges(registry: Registry) -> list[Edge]:
         if definition.dead_letter_event is not None:
             dead_letter_events.add(definition.dead_letter_event)
         found += [Edge(queue, ("event", event), DEAD_LETTER) for event in sorted(dead_letter_events)]
-        found += enqueues(queue, definition.enqueues, ENQUEUE)
+        found += enqueues(queue, definition.enqueues or (), ENQUEUE)
         found += enqueues(queue, definition.dead_letter_enqueues or (), DEAD_LETTER_ENQUEUE)
     found += [Edge(("event", route.event), ("queue", route.queue)) for route in registry.routes]
     return found
@@ -140,7 +140,7 @@ def build_graph(registry: Registry, workflows: Iterable[Workflow] = ()) -> Graph
     ]
     warnings += [
         f"queue {name!r} is not fed by any subscription, schedule or declared enqueue "
-        "(only app.enqueue can reach it)"
+        "(only app.enqueue, or a ctx.enqueue of a handler that declares no enqueues=[...], can reach it)"
         for name in sorted(set(registry.queues) - fed - enqueued - registry.timer_queues)
     ]
     warnings += [
