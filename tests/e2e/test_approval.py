@@ -84,6 +84,9 @@ async def test_approve_and_reject_resume_the_workflow(backend_url: str) -> None:
             await app.workflows.decide("nobody", "manager_approval", approve=True)
         await wait_until(lambda: _state(app, "r-1", "completed"))
         await wait_until(lambda: _state(app, "r-2", "failed"))
+        for instance in ("r-1", "r-2"):  # each decision cancelled its gate's timer, and its step says so
+            timers = [s for s in (await app.workflows.status(instance)).steps if s.queue.endswith(".timeout")]
+            assert [s.state for s in timers] == ["cancelled"]
         clock.advance(25 * 3600)  # the cancelled timers never fire
         [stats] = await app.stats(["manager_approval.timeout"])
         assert stats.ready + stats.scheduled + stats.leased == 0

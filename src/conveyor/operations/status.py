@@ -109,6 +109,14 @@ _STEP_STATE: dict[str, str] = {
 """A step's state after an attempt's entry. Keyed by str: kinds are read back as the stored text,
 which a member equals and hashes as."""
 
+
+def _cancel_pending(steps: dict[str, dict[str, Any]], queue: str) -> None:
+    """Mark the jobs of ``queue`` still pending in ``steps`` as cancelled (a gate's timer)."""
+    for step in steps.values():
+        if step["queue"] == queue and step["state"] == "pending":
+            step["state"] = "cancelled"
+
+
 _TERMINAL: tuple[tuple[str, State], ...] = (
     ("compensated", "compensated"),
     ("failed", "failed"),
@@ -192,6 +200,8 @@ def summarize(
             continue
         if entry.kind in (HistoryKind.APPROVAL_DECIDED, HistoryKind.APPROVAL_TIMED_OUT):
             gates.pop(entry.name, None)
+            if entry.kind == HistoryKind.APPROVAL_DECIDED:  # the decision cancelled the gate's timer
+                _cancel_pending(steps, ApprovalGate.timer_queue_of(entry.name))
             continue
         if entry.kind == HistoryKind.EMITTED:
             events.append(entry.name)
@@ -202,7 +212,8 @@ def summarize(
             compensated_at.append(position)
             continue
         if entry.kind == HistoryKind.CANCELLED and entry.name in timers:
-            continue  # the gate's timer, cancelled by its decision: shown by the gate
+            _cancel_pending(steps, entry.name)
+            continue
         if entry.message_id is None or entry.kind in (HistoryKind.STATE_CHANGED, HistoryKind.CANCELLED):
             continue
         step = steps.setdefault(
