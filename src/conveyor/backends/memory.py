@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from conveyor.backends import DEFAULT_IDEMPOTENCY_RETENTION
@@ -164,6 +164,19 @@ class MemoryBackend:
                 )
             )
         return leased
+
+    def has_due(self, queues: Iterable[str], now: float) -> bool:
+        """Whether a lease of ``queues`` at ``now`` may find a job; False means it surely finds none.
+
+        For a backend that keeps this state as a replica (``nats://``): an idle worker's poll asks
+        here first, and writes nothing when there is nothing to lease."""
+        for queue in queues:
+            if queue in self._paused:
+                continue
+            for heap in self._ready.get(queue, {}).values():
+                if heap and heap[0][0] <= now:  # (a superseded entry may answer True: harmless)
+                    return True
+        return False
 
     def _live(self, job_id: str, token: int, now: float) -> _Job | None:
         job = self._jobs.get(job_id)

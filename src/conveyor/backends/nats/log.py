@@ -1,0 +1,270 @@
+"""The commit log: one JetStream stream, every record applied in stream order by every instance.
+
+:class:`CommitLog` publishes a record with a ``Nats-Msg-Id`` unique to this instance and call, so a
+publish retried after a lost acknowledgement is stored once (within the stream's duplicate
+window), and waits until its own ordered consumer has applied the record at its position in the
+stream: the result of the call is what applying it there gave. Every instance applies the same
+records in the same order to the same deterministic state, so every instance computes the same
+result for every record, its own and the others'.
+
+A record larger than the server's ``max_payload`` goes as numbered parts (``records.encode_part``)
+and is applied when its last part is: at one position, all of it or none of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import os
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import Any
+
+import nats
+from nats.errors import ConnectionClosedError, NoServersError, OutboundBufferLimitError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import api
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+
+from conveyor.backends.nats import records
+from conveyor.model.errors import BackendError, BackendUnavailableError, CommitRejectedError
+
+Apply = Callable[[str, tuple[Any, ...]], Awaitable[Any]]
+
+_UNAVAILABLE = (
+    NatsTimeoutError,
+    asyncio.TimeoutError,
+    ConnectionClosedError,
+    NoServersError,
+    OutboundBufferLimitError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+    OSError,
+)
+_PART_HEADROOM = 4096
+"""Bytes of a message left for its headers and a part's own header."""
+_PARTS_KEPT = 10_000
+"""Records after which the parts of a record never completed (its publisher died) are dropped."""
+
+
+class LogSettings:
+    """What an operator chooses for the stream (the URL's query options, see the package docstring)."""
+
+    def __init__(
+        self,
+        *,
+        replicas: int = 1,
+        duplicate_window: float = 120.0,
+        publish_timeout: float = 30.0,
+        max_bytes: int = -1,
+    ) -> None:
+        self.replicas = replicas
+        self.duplicate_window = duplicate_window
+        self.publish_timeout = publish_timeout
+        """How long one call retries its publish before it gives up (the record is then in doubt);
+        kept below the duplicate window so every retry is deduplicated."""
+        self.max_bytes = max_bytes
+
+
+class CommitLog:
+    """The stream ``stream`` on the servers of ``servers``, applied in order by ``apply``."""
+
+    def __init__(
+        self, servers: list[str], stream: str, subject: str, settings: LogSettings, apply: Apply
+    ) -> None:
+        self._servers = servers
+        self.stream = stream
+        self._subject = subject
+        self._settings = settings
+        self._apply = apply
+        self._origin = os.urandom(6).hex()
+        self._calls = itertools.count(1)
+        self._nc: Any = None
+        self._js: Any = None
+        self._subscription: Any = None
+        self._max_record = 1024 * 1024 - _PART_HEADROOM
+        self.applied = 0
+        """The stream sequence of the last record applied here."""
+        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._seq_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiter_ids = itertools.count()
+        self._parts: dict[str, tuple[int, list[bytes | None]]] = {}
+
+    # lifecycle
+
+    async def connect(self, start_after: int = 0) -> None:
+        """Connect, create the stream if it is missing, and apply every record after ``start_after``
+        (the sequence a snapshot was taken at) up to the stream's end before returning."""
+        try:
+            self._nc = await nats.connect(
+                self._servers,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=5,
+                error_cb=_ignore,
+            )
+            self._js = self._nc.jetstream(timeout=5)
+            self._max_record = int(self._nc.max_payload) - _PART_HEADROOM
+            last = await self._ensure_stream()
+            self.applied = start_after
+            self._subscription = await self._js.subscribe(
+                self._subject,
+                cb=self._on_record,
+                ordered_consumer=True,
+                idle_heartbeat=1.0,
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                config=api.ConsumerConfig(opt_start_seq=start_after + 1),
+            )
+        except _UNAVAILABLE as exc:
+            await self.close()
+            raise BackendUnavailableError(
+                f"NATS is unavailable at {', '.join(self._servers)}: {exc}"
+            ) from exc
+        await self.wait_applied(last)
+
+    async def _ensure_stream(self) -> int:
+        """The stream's last sequence, creating the stream first if it does not exist."""
+        try:
+            info = await self._js.stream_info(self.stream)
+        except NotFoundError:
+            settings = self._settings
+            config = api.StreamConfig(
+                name=self.stream,
+                subjects=[self._subject],
+                retention=api.RetentionPolicy.LIMITS,
+                storage=api.StorageType.FILE,
+                num_replicas=settings.replicas,
+                duplicate_window=settings.duplicate_window,
+                max_bytes=settings.max_bytes,
+                discard=api.DiscardPolicy.NEW,  # a full log refuses records, never drops them
+                description="conveyor commit log",
+            )
+            info = await self._js.add_stream(config)  # the same config twice (a racing instance): OK
+        return int(info.state.last_seq)
+
+    async def close(self) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(BackendUnavailableError("the NATS backend was closed"))
+        self._pending.clear()
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            with suppress(Exception):
+                await nc.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and bool(self._nc.is_connected)
+
+    # writing
+
+    async def submit(self, command: str, args: tuple[Any, ...]) -> Any:
+        """Publish ``command(*args)`` as one record and return what applying it gave."""
+        try:
+            record = records.encode(command, args)
+        except TypeError as exc:
+            raise CommitRejectedError(f"NATS cannot carry this {command}: {exc}") from exc
+        call = f"{self._origin}.{next(self._calls)}"
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[call] = future
+        try:
+            if len(record) <= self._max_record:
+                await self._publish(call, record)
+            else:
+                size = self._max_record
+                total = (len(record) + size - 1) // size
+                for index in range(total):
+                    chunk = record[index * size : (index + 1) * size]
+                    await self._publish(f"{call}.{index}", records.encode_part(call, index, total, chunk))
+            # (a publish answered as a duplicate: the first one is stored, and resolves the same future)
+            return await future
+        finally:
+            self._pending.pop(call, None)
+
+    async def _publish(self, msg_id: str, record: bytes) -> None:
+        if self._js is None:
+            raise BackendUnavailableError("the NATS backend is not connected")
+        deadline = time.monotonic() + self._settings.publish_timeout
+        while True:
+            try:
+                await self._js.publish(self._subject, record, timeout=5, headers={"Nats-Msg-Id": msg_id})
+                return
+            except _UNAVAILABLE as exc:
+                if time.monotonic() >= deadline or self._nc is None or self._nc.is_closed:
+                    raise BackendUnavailableError(f"NATS did not store the record: {exc}") from exc
+                await asyncio.sleep(0.2)
+            except APIError as exc:
+                if exc.err_code == 10077 or exc.code == 503:  # stream store full / temporarily offline
+                    raise BackendUnavailableError(f"NATS refused the record: {exc}") from exc
+                raise BackendError(f"NATS refused the record: {exc}") from exc
+
+    # reading
+
+    async def last_sequence(self) -> int:
+        """The stream's last sequence now (one round trip)."""
+        if self._js is None:
+            raise BackendUnavailableError("the NATS backend is not connected")
+        try:
+            info = await self._js.stream_info(self.stream)
+        except _UNAVAILABLE as exc:
+            raise BackendUnavailableError(f"NATS is unavailable: {exc}") from exc
+        return int(info.state.last_seq)
+
+    async def catch_up(self) -> None:
+        """Return once every record stored before the call is applied here: a read after it sees
+        every write any instance had acknowledged when it began."""
+        await self.wait_applied(await self.last_sequence())
+
+    async def wait_applied(self, sequence: int) -> None:
+        if self.applied >= sequence:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._seq_waiters, (sequence, next(self._waiter_ids), future))
+        await future
+
+    # applying
+
+    async def _on_record(self, msg: Any) -> None:
+        sequence = msg.metadata.sequence.stream
+        if sequence <= self.applied:  # a consumer reset delivers from where it stood
+            return
+        data = msg.data
+        call: str | None = (msg.headers or {}).get("Nats-Msg-Id")
+        part = records.part_of(data)
+        if part is not None:
+            assembled = self._assemble(sequence, *part)
+            call, data = part[0], assembled if assembled is not None else b""
+        if data:
+            try:
+                result: Any = await self._apply(*records.decode(data))
+                failed = False
+            except Exception as exc:  # a record this version cannot apply: its caller learns why
+                result, failed = exc, True
+            future = self._pending.get(call) if call is not None else None
+            if future is not None and not future.done():
+                if failed:
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        self.applied = sequence
+        waiters = self._seq_waiters
+        while waiters and waiters[0][0] <= sequence:
+            _, _, waiter = heapq.heappop(waiters)
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _assemble(self, sequence: int, group: str, index: int, total: int, chunk: bytes) -> bytes | None:
+        _, chunks = self._parts.setdefault(group, (sequence, [None] * total))
+        chunks[index] = chunk
+        if index == total - 1 and all(c is not None for c in chunks):
+            del self._parts[group]
+            return b"".join(c for c in chunks if c is not None)
+        for stale in [g for g, (at, _) in self._parts.items() if sequence - at > _PARTS_KEPT]:
+            del self._parts[stale]
+        return None
+
+
+async def _ignore(exc: Exception) -> None:
+    """nats-py's error callback: reconnection is automatic, and calls report their own errors."""
