@@ -189,7 +189,8 @@ class CommitLog:
         deadline = time.monotonic() + self._settings.publish_timeout
         while True:
             try:
-                await self._js.publish(self._subject, record, timeout=5, headers={"Nats-Msg-Id": msg_id})
+                wait = min(5.0, max(0.1, deadline - time.monotonic()))
+                await self._js.publish(self._subject, record, timeout=wait, headers={"Nats-Msg-Id": msg_id})
                 return
             except _UNAVAILABLE as exc:
                 if time.monotonic() >= deadline or self._nc is None or self._nc.is_closed:
