@@ -87,7 +87,9 @@ class CommitLog:
         self._max_record = 1024 * 1024 - _PART_HEADROOM
         self.applied = 0
         """The stream sequence of the last record applied here."""
-        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._pending: dict[str, tuple[asyncio.Future[Any], str, tuple[Any, ...]]] = {}
+        """This instance's calls on their way: future, command, arguments. Its own record is
+        applied from the arguments it was encoded from, not decoded again (the same values)."""
         self._seq_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = itertools.count()
         self._parts: dict[str, tuple[int, list[bytes | None]]] = {}
@@ -145,7 +147,7 @@ class CommitLog:
         return int(info.state.last_seq)
 
     async def close(self) -> None:
-        for future in self._pending.values():
+        for future, _, _ in self._pending.values():
             if not future.done():
                 future.set_exception(BackendUnavailableError("the NATS backend was closed"))
         self._pending.clear()
@@ -168,7 +170,7 @@ class CommitLog:
             raise CommitRejectedError(f"NATS cannot carry this {command}: {exc}") from exc
         call = f"{self._origin}.{next(self._calls)}"
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[call] = future
+        self._pending[call] = (future, command, args)
         try:
             if len(record) <= self._max_record:
                 await self._publish(call, record)
@@ -238,12 +240,14 @@ class CommitLog:
             assembled = self._assemble(sequence, *part)
             call, data = part[0], assembled if assembled is not None else b""
         if data:
+            own = self._pending.get(call) if call is not None else None
             try:
-                result: Any = await self._apply(*records.decode(data))
+                command, args = (own[1], own[2]) if own is not None else records.decode(data)
+                result: Any = await self._apply(command, args)
                 failed = False
             except Exception as exc:  # a record this version cannot apply: its caller learns why
                 result, failed = exc, True
-            future = self._pending.get(call) if call is not None else None
+            future = own[0] if own is not None else None
             if future is not None and not future.done():
                 if failed:
                     future.set_exception(result)
