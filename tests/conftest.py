@@ -94,7 +94,8 @@ def fresh_url(kind: str, tmp_path: Path) -> str:
         return f"{POSTGRES_URL}?schema=test_{unique}"
     if kind == "nats":
         require_server("NATS", "127.0.0.1", 4222)
-        return f"{NATS_URL}?prefix=test-{unique}"
+        # snapshots every few records: the suites run through restores and purges too
+        return f"{NATS_URL}?prefix=test-{unique}&snapshot_every=7"
     raise ValueError(kind)
 
 
@@ -142,11 +143,12 @@ def drop(url: str) -> None:
         with psycopg.connect(url.split("?", 1)[0], autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{options["schema"]}" CASCADE')
     elif url.startswith("nats") and options.get("prefix", "").startswith("test-"):
-        _drop_nats_stream(url.split("?", 1)[0], f"CONVEYOR_{options['prefix']}")
+        stream = f"CONVEYOR_{options['prefix']}"
+        _drop_nats_streams(url.split("?", 1)[0], [stream, f"OBJ_{stream}_snapshots"])
 
 
-def _drop_nats_stream(server: str, stream: str) -> None:
-    """Delete a test's stream (in a thread: a test's event loop may still be running here)."""
+def _drop_nats_streams(server: str, streams: list[str]) -> None:
+    """Delete a test's streams (in a thread: a test's event loop may still be running here)."""
     import asyncio
     import threading
 
@@ -156,8 +158,9 @@ def _drop_nats_stream(server: str, stream: str) -> None:
     async def delete() -> None:
         nc = await nats.connect(server)
         try:
-            with contextlib.suppress(NotFoundError):
-                await nc.jetstream().delete_stream(stream)
+            for stream in streams:
+                with contextlib.suppress(NotFoundError):
+                    await nc.jetstream().delete_stream(stream)
         finally:
             await nc.close()
 

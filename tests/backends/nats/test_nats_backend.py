@@ -194,3 +194,24 @@ def test_records_carry_bodies_and_times_exactly() -> None:
 def test_url_options_are_checked(url: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         NatsBackend(url)
+
+
+async def test_snapshots_purge_the_log_and_a_new_instance_starts_from_the_newest(nats_url: str) -> None:
+    url = f"{nats_url}&snapshot_every=20"
+    async with connected(NatsBackend(url)) as backend:
+        await backend.commit([state("order-1", b"paid")], T0)
+        for job in new_jobs(100):  # a record each: five snapshot intervals
+            await backend.commit(enqueue(job), T0)
+        [leased] = await backend.lease(LEASE, 1, T0)
+        log = backend._log
+        await wait_until(lambda: not log._tasks, message="the snapshots stored")
+        info = await log._js.stream_info(log.stream)
+        assert info.state.first_seq > 60, "the records before the previous snapshot were purged"
+        async with connected(NatsBackend(url)) as fresh:
+            assert fresh._log.applied == log.applied
+            assert (await fresh.get_states(["order-1"]))["order-1"].value == b"paid"
+            assert await fresh.stats(["q"], T0) == await backend.stats(["q"], T0)
+            [result] = await fresh.commit([Commit(Settlement(leased.id, leased.token, Outcome.ACK))], T0)
+            assert result.status is CommitStatus.OK, "the lease's token survived the snapshot"
+            rest = await backend.lease(LEASE, 200, T0)
+            assert len(rest) == 99

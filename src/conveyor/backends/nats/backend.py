@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from conveyor.backends import DEFAULT_IDEMPOTENCY_RETENTION, url_options
 from conveyor.backends.memory import MemoryBackend
 from conveyor.backends.nats.log import CommitLog, LogSettings
@@ -51,7 +53,9 @@ class NatsBackend:
     (``CONVEYOR_<prefix>``, subject ``conveyor.<prefix>.log``), ``idempotency_retention``
     (seconds), and for the stream when this instance creates it: ``replicas`` (1),
     ``duplicate_window`` (seconds, 120), ``max_bytes`` (-1: unlimited); ``publish_timeout``
-    (seconds, 30) bounds one call's retries of its publish.
+    (seconds, 30) bounds one call's retries of its publish; ``snapshot_every`` (records, 10,000;
+    0: never) how often the state is stored in the object store ``CONVEYOR_<prefix>_snapshots``
+    and the records before the previous snapshot purged.
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class NatsBackend:
             duplicate_window=_number(options, "duplicate_window", 120.0, url),
             publish_timeout=_number(options, "publish_timeout", 30.0, url),
             max_bytes=int(_number(options, "max_bytes", -1, url)),
+            snapshot_every=int(_number(options, "snapshot_every", 10_000, url)),
         )
         if settings.publish_timeout >= settings.duplicate_window:
             raise ConfigurationError(
@@ -91,17 +96,33 @@ class NatsBackend:
         servers = [f"{scheme}://{credentials}{host}" for host in hosts]
         self._state = MemoryBackend(idempotency_retention=self.idempotency_retention)
         self._log = CommitLog(
-            servers, f"CONVEYOR_{self.prefix}", f"conveyor.{self.prefix}.log", settings, self._apply
+            servers,
+            f"CONVEYOR_{self.prefix}",
+            f"conveyor.{self.prefix}.log",
+            settings,
+            self._apply,
+            self._dump,
+            self._restore,
         )
 
     async def _apply(self, command: str, args: tuple[Any, ...]) -> Any:
         return await getattr(self._state, command)(*args)
 
+    def _dump(self) -> bytes:
+        return orjson.dumps(self._state.dump())
+
+    def _restore(self, snapshot: bytes | None) -> None:
+        """Start the replica over: empty, or as of a snapshot (a reconnect after close() too)."""
+        retention = self.idempotency_retention
+        self._state = (
+            MemoryBackend(idempotency_retention=retention)
+            if snapshot is None
+            else MemoryBackend.load(orjson.loads(snapshot), idempotency_retention=retention)
+        )
+
     # lifecycle
 
     async def connect(self) -> None:
-        # a reconnect after close() replays the log from the start: onto an empty replica
-        self._state = MemoryBackend(idempotency_retention=self.idempotency_retention)
         await self._log.connect()
 
     async def close(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,9 @@ from conveyor.backends.nats import records
 from conveyor.model.errors import BackendError, BackendUnavailableError, CommitRejectedError
 
 Apply = Callable[[str, tuple[Any, ...]], Awaitable[Any]]
+Dump = Callable[[], bytes]
+Restore = Callable[[bytes | None], None]
+logger = logging.getLogger("conveyor.backends.nats")
 
 _UNAVAILABLE = (
     NatsTimeoutError,
@@ -59,6 +63,7 @@ class LogSettings:
         duplicate_window: float = 120.0,
         publish_timeout: float = 30.0,
         max_bytes: int = -1,
+        snapshot_every: int = 10_000,
     ) -> None:
         self.replicas = replicas
         self.duplicate_window = duplicate_window
@@ -66,19 +71,34 @@ class LogSettings:
         """How long one call retries its publish before it gives up (the record is then in doubt);
         kept below the duplicate window so every retry is deduplicated."""
         self.max_bytes = max_bytes
+        self.snapshot_every = snapshot_every
+        """Records between two snapshots of the state (0: none, the stream is never purged)."""
 
 
 class CommitLog:
     """The stream ``stream`` on the servers of ``servers``, applied in order by ``apply``."""
 
     def __init__(
-        self, servers: list[str], stream: str, subject: str, settings: LogSettings, apply: Apply
+        self,
+        servers: list[str],
+        stream: str,
+        subject: str,
+        settings: LogSettings,
+        apply: Apply,
+        dump: Dump,
+        restore: Restore,
     ) -> None:
         self._servers = servers
         self.stream = stream
+        self.bucket = f"{stream}_snapshots"
         self._subject = subject
         self._settings = settings
         self._apply = apply
+        self._dump = dump
+        self._restore = restore
+        self._snapshots: Any = None
+        self._resyncing = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self._origin = os.urandom(6).hex()
         self._calls = itertools.count(1)
         self._nc: Any = None
@@ -96,9 +116,9 @@ class CommitLog:
 
     # lifecycle
 
-    async def connect(self, start_after: int = 0) -> None:
-        """Connect, create the stream if it is missing, and apply every record after ``start_after``
-        (the sequence a snapshot was taken at) up to the stream's end before returning."""
+    async def connect(self) -> None:
+        """Connect, create the stream if it is missing, restore the newest snapshot and apply every
+        record after it up to the stream's end before returning."""
         try:
             self._nc = await nats.connect(
                 self._servers,
@@ -110,15 +130,11 @@ class CommitLog:
             self._js = self._nc.jetstream(timeout=5)
             self._max_record = int(self._nc.max_payload) - _PART_HEADROOM
             last = await self._ensure_stream()
-            self.applied = start_after
-            self._subscription = await self._js.subscribe(
-                self._subject,
-                cb=self._on_record,
-                ordered_consumer=True,
-                idle_heartbeat=1.0,
-                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                config=api.ConsumerConfig(opt_start_seq=start_after + 1),
-            )
+            if self._settings.snapshot_every:
+                self._snapshots = await self._js.create_object_store(
+                    self.bucket, storage=api.StorageType.FILE, replicas=self._settings.replicas
+                )
+            await self._subscribe(await self._load_snapshot())
         except _UNAVAILABLE as exc:
             await self.close()
             raise BackendUnavailableError(
@@ -146,7 +162,79 @@ class CommitLog:
             info = await self._js.add_stream(config)  # the same config twice (a racing instance): OK
         return int(info.state.last_seq)
 
+    async def _subscribe(self, start_after: int) -> None:
+        self.applied = start_after
+        self._subscription = await self._js.subscribe(
+            self._subject,
+            cb=self._on_record,
+            ordered_consumer=True,
+            idle_heartbeat=1.0,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            config=api.ConsumerConfig(opt_start_seq=start_after + 1),
+        )
+
+    # snapshots
+
+    async def _load_snapshot(self) -> int:
+        """Restore the newest snapshot (or the empty state); the sequence it was taken at."""
+        newest: tuple[int, str] | None = None
+        if self._snapshots is not None:
+            try:
+                infos = await self._snapshots.list(ignore_deletes=True)
+            except NotFoundError:
+                infos = []
+            for info in infos:
+                if info.name.startswith("state-") and not info.deleted:
+                    newest = max(newest or (0, ""), (int(info.name[6:]), info.name))
+        if newest is None:
+            self._restore(None)
+            return 0
+        self._restore((await self._snapshots.get(newest[1])).data)
+        return newest[0]
+
+    def _snapshot(self, sequence: int) -> None:
+        """Take a snapshot of the state as of ``sequence`` (now, between two records), store it in
+        the background, then purge the records before the previous snapshot's sequence: an
+        instance behind by less than a snapshot interval reads on, one further behind restores."""
+        data = self._dump()
+        task = asyncio.create_task(self._store_snapshot(sequence, data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _store_snapshot(self, sequence: int, data: bytes) -> None:
+        every = self._settings.snapshot_every
+        try:
+            await self._snapshots.put(f"state-{sequence:020d}", data)
+            if sequence > every:
+                await self._js.purge_stream(self.stream, seq=sequence - every + 1)
+            for info in await self._snapshots.list(ignore_deletes=True):
+                name = info.name
+                if name.startswith("state-") and not info.deleted and int(name[6:]) < sequence - every:
+                    await self._snapshots.delete(name)
+        except Exception as exc:  # the next snapshot tries again; the log alone is complete
+            logger.warning("could not store the snapshot at record %d: %s", sequence, exc)
+
+    async def _resync(self) -> None:
+        """Records this instance had not applied were purged: restore the newest snapshot."""
+        try:
+            old, self._subscription = self._subscription, None
+            if old is not None:
+                with suppress(Exception):
+                    await old.unsubscribe()
+            for future, _, _ in self._pending.values():  # their records may be in the gap
+                if not future.done():
+                    future.set_exception(BackendUnavailableError("NATS: the call is in doubt (resync)"))
+            start = await self._load_snapshot()
+            self._resyncing = False
+            await self._subscribe(start)
+        except Exception as exc:
+            logger.error("could not restore the newest snapshot: %s", exc)
+            self._resyncing = False
+
     async def close(self) -> None:
+        for task in list(self._tasks):
+            with suppress(Exception):
+                await task
         for future, _, _ in self._pending.values():
             if not future.done():
                 future.set_exception(BackendUnavailableError("the NATS backend was closed"))
@@ -231,7 +319,13 @@ class CommitLog:
 
     async def _on_record(self, msg: Any) -> None:
         sequence = msg.metadata.sequence.stream
-        if sequence <= self.applied:  # a consumer reset delivers from where it stood
+        if sequence <= self.applied or self._resyncing:  # a reset delivers from where it stood
+            return
+        if sequence != self.applied + 1:  # purged before this instance applied them
+            self._resyncing = True
+            task = asyncio.create_task(self._resync())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
             return
         data = msg.data
         call: str | None = (msg.headers or {}).get("Nats-Msg-Id")
@@ -254,6 +348,9 @@ class CommitLog:
                 else:
                     future.set_result(result)
         self.applied = sequence
+        every = self._settings.snapshot_every
+        if every and sequence % every == 0 and own is not None and self._snapshots is not None:
+            self._snapshot(sequence)
         waiters = self._seq_waiters
         while waiters and waiters[0][0] <= sequence:
             _, _, waiter = heapq.heappop(waiters)
