@@ -215,3 +215,15 @@ async def test_snapshots_purge_the_log_and_a_new_instance_starts_from_the_newest
             assert result.status is CommitStatus.OK, "the lease's token survived the snapshot"
             rest = await backend.lease(LEASE, 200, T0)
             assert len(rest) == 99
+
+
+async def test_an_instance_behind_the_purged_records_restores_the_newest_snapshot(nats_url: str) -> None:
+    url = f"{nats_url}&snapshot_every=10"
+    async with connected(NatsBackend(url)) as ahead, connected(NatsBackend(url)) as behind:
+        await behind._log._subscription.unsubscribe()  # it stops applying here
+        stopped_at = behind._log.applied
+        for job in new_jobs(60):
+            await ahead.commit(enqueue(job), T0)
+        await wait_until(lambda: not ahead._log._tasks, message="the snapshots stored")
+        await behind._log._subscribe(stopped_at)  # it reads on from where it stood: purged
+        assert len(await behind.lease(LEASE, 100, T0)) == 60

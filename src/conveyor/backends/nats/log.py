@@ -164,6 +164,7 @@ class CommitLog:
 
     async def _subscribe(self, start_after: int) -> None:
         self.applied = start_after
+        self._release_waiters()  # (a restore may jump past what they wait for)
         self._subscription = await self._js.subscribe(
             self._subject,
             cb=self._on_record,
@@ -351,8 +352,11 @@ class CommitLog:
         every = self._settings.snapshot_every
         if every and sequence % every == 0 and own is not None and self._snapshots is not None:
             self._snapshot(sequence)
-        waiters = self._seq_waiters
-        while waiters and waiters[0][0] <= sequence:
+        self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        waiters, applied = self._seq_waiters, self.applied
+        while waiters and waiters[0][0] <= applied:
             _, _, waiter = heapq.heappop(waiters)
             if not waiter.done():
                 waiter.set_result(None)
