@@ -8,6 +8,8 @@ operator configures are in the package docstring.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -36,6 +38,8 @@ from conveyor.ports import (
 )
 
 DEFAULT_PREFIX = "conveyor"
+_WAKING = frozenset({"commit", "commit_and_lease", "redrive", "resume"})
+"""The commands whose records may make jobs due: a waiting worker wakes when one is applied."""
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -95,6 +99,12 @@ class NatsBackend:
         hosts = (parts.netloc.rsplit("@", 1)[-1] or "127.0.0.1:4222").split(",")
         servers = [f"{scheme}://{credentials}{host}" for host in hosts]
         self._state = MemoryBackend(idempotency_retention=self.idempotency_retention)
+        self._arrivals = 0
+        """Records applied here that may have made jobs due (commits, redrives, resumes)."""
+        self._looked_at = 0
+        """``_arrivals`` when this instance last leased: a wait returns at once if it has grown,
+        so a record applied between a lease that found nothing and the wait is never missed."""
+        self._arrived = asyncio.Event()
         self._log = CommitLog(
             servers,
             f"CONVEYOR_{self.prefix}",
@@ -106,7 +116,11 @@ class NatsBackend:
         )
 
     async def _apply(self, command: str, args: tuple[Any, ...]) -> Any:
-        return await getattr(self._state, command)(*args)
+        result = await getattr(self._state, command)(*args)
+        if command in _WAKING:
+            self._arrivals += 1
+            self._arrived.set()
+        return result
 
     def _dump(self) -> bytes:
         return orjson.dumps(self._state.dump())
@@ -146,6 +160,7 @@ class NatsBackend:
     ) -> tuple[list[CommitResult], list[LeasedJob]]:
         if not commits:
             return [], await self.lease(queues, limit, now, worker)
+        self._looked_at = self._arrivals
         results, leased = await self._log.submit(
             "commit_and_lease", (commits, now, dict(queues), limit, worker)
         )
@@ -157,8 +172,10 @@ class NatsBackend:
         # An idle poll writes nothing: the replica, caught up, says whether anything is due.
         if limit <= 0:
             return []
+        self._looked_at = self._arrivals
         if not self._state.has_due(queues, now):
             await self._log.catch_up()
+            self._looked_at = self._arrivals
             if not self._state.has_due(queues, now):
                 return []
         leased: list[LeasedJob] = await self._log.submit("lease", (dict(queues), limit, now, worker))
@@ -226,7 +243,12 @@ class NatsBackend:
     # reads: caught up with the stream, then the replica
 
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
-        await self._state.wait_for_jobs(queues, timeout)
+        if self._arrivals != self._looked_at:  # something came since the last lease looked
+            self._looked_at = self._arrivals
+            return
+        self._arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), timeout)
 
     async def dead_letters(self, queue: str | None, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         await self._log.catch_up()
