@@ -40,6 +40,8 @@ from conveyor.ports import (
 DEFAULT_PREFIX = "conveyor"
 _WAKING = frozenset({"commit", "commit_and_lease", "redrive", "resume"})
 """The commands whose records may make jobs due: a waiting worker wakes when one is applied."""
+_LEASING = frozenset({"lease", "commit_and_lease"})
+"""The commands that lease: applying one also answers how many arrivals its lease saw."""
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -120,6 +122,8 @@ class NatsBackend:
         if command in _WAKING:
             self._arrivals += 1
             self._arrived.set()
+        if command in _LEASING:  # what the lease saw: the arrivals up to its own record
+            return result, self._arrivals
         return result
 
     def _dump(self) -> bytes:
@@ -160,10 +164,10 @@ class NatsBackend:
     ) -> tuple[list[CommitResult], list[LeasedJob]]:
         if not commits:
             return [], await self.lease(queues, limit, now, worker)
-        self._looked_at = self._arrivals
-        results, leased = await self._log.submit(
+        (results, leased), seen = await self._log.submit(
             "commit_and_lease", (commits, now, dict(queues), limit, worker)
         )
+        self._looked_at = max(self._looked_at, seen)
         return results, leased
 
     async def lease(
@@ -178,8 +182,9 @@ class NatsBackend:
             self._looked_at = self._arrivals
             if not self._state.has_due(queues, now):
                 return []
-        leased: list[LeasedJob] = await self._log.submit("lease", (dict(queues), limit, now, worker))
-        return leased
+        leased, seen = await self._log.submit("lease", (dict(queues), limit, now, worker))
+        self._looked_at = max(self._looked_at, seen)
+        return list(leased)
 
     async def extend(self, job_id: str, token: int, until: float, now: float) -> bool:
         extended: bool = await self._log.submit("extend", (job_id, token, until, now))
