@@ -21,6 +21,7 @@ from tests.helpers import connected
 
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/conveyor_test")
+NATS_URL = os.environ.get("CONVEYOR_TEST_NATS", "nats://127.0.0.1:4222")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -44,7 +45,7 @@ def require_server(name: str, host: str, port: int) -> None:
 def _available_backends() -> list[str]:
     backends = ["memory", "sqlite"]
     here = Path(__file__).parent.parent / "src" / "conveyor" / "backends"
-    for name in ("redis", "postgres"):
+    for name in ("redis", "postgres", "nats"):
         if (here / name / "__init__.py").exists():
             backends.append(name)
     return backends
@@ -91,6 +92,10 @@ def fresh_url(kind: str, tmp_path: Path) -> str:
         require_server("PostgreSQL", "127.0.0.1", 5432)
         _create_postgres_database()
         return f"{POSTGRES_URL}?schema=test_{unique}"
+    if kind == "nats":
+        require_server("NATS", "127.0.0.1", 4222)
+        # snapshots every few records: the suites run through restores and purges too
+        return f"{NATS_URL}?prefix=test-{unique}&snapshot_every=7"
     raise ValueError(kind)
 
 
@@ -137,3 +142,28 @@ def drop(url: str) -> None:
 
         with psycopg.connect(url.split("?", 1)[0], autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{options["schema"]}" CASCADE')
+    elif url.startswith("nats") and options.get("prefix", "").startswith("test-"):
+        stream = f"CONVEYOR_{options['prefix']}"
+        _drop_nats_streams(url.split("?", 1)[0], [stream, f"OBJ_{stream}_snapshots"])
+
+
+def _drop_nats_streams(server: str, streams: list[str]) -> None:
+    """Delete a test's streams (in a thread: a test's event loop may still be running here)."""
+    import asyncio
+    import threading
+
+    import nats
+    from nats.js.errors import NotFoundError
+
+    async def delete() -> None:
+        nc = await nats.connect(server)
+        try:
+            for stream in streams:
+                with contextlib.suppress(NotFoundError):
+                    await nc.jetstream().delete_stream(stream)
+        finally:
+            await nc.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(delete(),))
+    thread.start()
+    thread.join()

@@ -183,7 +183,7 @@ def test_enqueue_to_an_undeclared_queue_exits_2_and_external_enqueues_show_in_st
     assert report["problems"][0].startswith("billing.charge: 1 job(s) in a queue no service")
 
 
-STORED = ["sqlite", "redis", "postgres"]
+STORED = ["sqlite", "redis", "postgres", "nats"]
 
 
 @pytest.fixture(params=STORED)
@@ -263,7 +263,7 @@ def test_a_configuration_error_is_one_line_and_exit_2_in_every_command(
         assert result.exit_code == 2, (command, result.output)
         assert result.stderr.splitlines() == [
             "Error: ConfigurationError: unknown backend URL scheme 'nosuch' in 'nosuch://x'; known: "
-            "memory://, postgres://, postgresql://, redis://, rediss://, sqlite://"
+            "memory://, nats://, postgres://, postgresql://, redis://, rediss://, sqlite://"
         ], command
     shown = CliRunner().invoke(main, ["--traceback", "stats", spec])
     assert shown.exit_code == 2 and "Traceback (most recent call last)" in shown.stderr

@@ -108,8 +108,8 @@ def test_unknown_queue_and_command_are_clear_errors() -> None:
 def test_unknown_backend_scheme_is_refused_and_there_is_no_per_role_backend() -> None:
     with pytest.raises(ConfigurationError, match="unknown backend URL scheme 'kafka'"):
         App([Service("svc")], backend="kafka://localhost")
-    with pytest.raises(ConfigurationError, match=r"NATS JetStream backend .* is not available"):
-        App([Service("svc")], backend="nats://127.0.0.1:4222")
+    with pytest.raises(ConfigurationError, match=r"RabbitMQ backend .* is not available"):
+        App([Service("svc")], backend="amqp://127.0.0.1:5672")
     with pytest.raises(TypeError, match="unexpected keyword argument 'events'"):
         App([Service("svc")], backend="memory://", **{"events": "memory://"})
 

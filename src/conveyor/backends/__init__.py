@@ -20,11 +20,12 @@ _SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "rediss": ("conveyor.backends.redis", "RedisBackend", "redis"),
     "postgresql": ("conveyor.backends.postgres", "PostgresBackend", "postgres"),
     "postgres": ("conveyor.backends.postgres", "PostgresBackend", "postgres"),
+    "nats": ("conveyor.backends.nats", "NatsBackend", "nats"),
 }
 
 
 # schemes named in the design whose backends are not built yet
-_PLANNED = {"nats": "NATS JetStream", "amqp": "RabbitMQ", "amqps": "RabbitMQ"}
+_PLANNED = {"amqp": "RabbitMQ", "amqps": "RabbitMQ"}
 
 
 def url_options(url: str) -> dict[str, str]:
@@ -38,7 +39,7 @@ def open_backend(url: str, **options: Any) -> Backend:
     if scheme in _PLANNED:
         raise ConfigurationError(
             f"the {_PLANNED[scheme]} backend ({scheme}://) is not available in this version of conveyor; "
-            "use sqlite://, redis:// or postgresql://"
+            "use sqlite://, redis://, postgresql:// or nats://"
         )
     if scheme not in _SCHEMES:
         known = ", ".join(f"{s}://" for s in sorted(_SCHEMES))

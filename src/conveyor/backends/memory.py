@@ -7,11 +7,13 @@ All operations run on the event loop without awaiting in between, so each commit
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import heapq
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from conveyor.backends import DEFAULT_IDEMPOTENCY_RETENTION
 from conveyor.ports import (
@@ -71,7 +73,7 @@ class MemoryBackend:
         # skipped lazily
         self._ready: dict[str, dict[int, list[tuple[float, int, str, int]]]] = {}
         self._seq = itertools.count()
-        self._tokens = itertools.count(1)
+        self._last_token = 0
         # (queue, key) -> (job_id, expires_at or None while the job exists)
         self._keys: dict[tuple[str, str], tuple[str, float | None]] = {}
         self._routes: dict[str, list[str]] = {}
@@ -83,6 +85,102 @@ class MemoryBackend:
         """(queue, bucket) -> [completed, retried, dead]"""
         self._workers: dict[str, WorkerInfo] = {}
         self._wakeup = asyncio.Event()
+
+    # the whole state as JSON-able data, for a backend that snapshots it (``nats://``)
+
+    def dump(self) -> dict[str, Any]:
+        """Everything this store holds, as JSON-able data (bytes as base64): :meth:`load` of it
+        gives a store that answers every later call exactly as this one does (superseded entries
+        of the ready lanes are left out; they never change an answer)."""
+        jobs = self._jobs
+        lanes = {
+            queue: {
+                str(priority): [
+                    list(entry)
+                    for entry in heap
+                    if (job := jobs.get(entry[2])) is not None
+                    and job.token == entry[3]
+                    and job.available_at == entry[0]
+                ]
+                for priority, heap in by_priority.items()
+            }
+            for queue, by_priority in self._ready.items()
+        }
+        return {
+            "jobs": [
+                [
+                    j.id,
+                    j.queue,
+                    _b64(j.body),
+                    j.available_at,
+                    j.enqueued_at,
+                    j.idempotency_key,
+                    j.priority,
+                    j.lease_seconds,
+                    j.attempts,
+                    j.token,
+                    j.leased,
+                    j.leased_at,
+                    j.worker,
+                    j.extensions,
+                    j.cancel_requested,
+                    _error_data(j.last_error),
+                ]
+                for j in jobs.values()
+            ],
+            "lanes": lanes,
+            "last_token": self._last_token,
+            "keys": [[queue, key, job_id, expires] for (queue, key), (job_id, expires) in self._keys.items()],
+            "routes": self._routes,
+            "states": [[key, _b64(r.value), r.version] for key, r in self._states.items()],
+            "dead": [
+                [d.id, d.queue, _b64(d.body), _error_data(d.error), d.attempts, d.enqueued_at, d.failed_at]
+                for d in self._dead.values()
+            ],
+            "history": [
+                [[e.correlation_id, e.at, e.kind, e.name, e.message_id, e.attempt, e.detail] for e in entries]
+                for entries in self._history.values()
+            ],
+            "paused": self._paused,
+            "counts": [[queue, minute, *counts] for (queue, minute), counts in self._counts.items()],
+            "workers": [
+                [w.id, w.host, w.pid, list(w.queues), w.concurrency, w.started_at, w.last_seen, w.settled]
+                for w in self._workers.values()
+            ],
+        }
+
+    @classmethod
+    def load(cls, data: Mapping[str, Any], *, idempotency_retention: float | None = None) -> MemoryBackend:
+        """A store holding what :meth:`dump` gave."""
+        store = cls(idempotency_retention=idempotency_retention)
+        for row in data["jobs"]:
+            job = _Job(row[0], row[1], _unb64(row[2]), row[3], row[4], row[5], row[6], row[7])
+            (job.attempts, job.token, job.leased, job.leased_at, job.worker) = row[8:13]
+            job.extensions, job.cancel_requested, job.last_error = row[13], row[14], _error_from(row[15])
+            store._jobs[job.id] = job
+        highest = -1
+        for queue, by_priority in data["lanes"].items():
+            lanes = store._ready.setdefault(queue, {})
+            for priority, entries in by_priority.items():
+                heap = [(e[0], e[1], e[2], e[3]) for e in entries]
+                heapq.heapify(heap)
+                lanes[int(priority)] = heap
+                highest = max([highest, *(e[1] for e in heap)])
+        store._seq = itertools.count(highest + 1)  # later entries still sort after every earlier one
+        store._last_token = data["last_token"]
+        store._keys = {(queue, key): (job_id, expires) for queue, key, job_id, expires in data["keys"]}
+        store._routes = {event: list(queues) for event, queues in data["routes"].items()}
+        store._states = {key: StateRecord(_unb64(value), version) for key, value, version in data["states"]}
+        for d in data["dead"]:
+            error = _error_from(d[3])
+            assert error is not None
+            store._dead[d[0]] = DeadLetter(d[0], d[1], _unb64(d[2]), error, d[4], d[5], d[6])
+        for entries in data["history"]:
+            store._history[entries[0][0]] = [HistoryEntry(*e) for e in entries]
+        store._paused = dict(data["paused"])
+        store._counts = {(c[0], c[1]): list(c[2:]) for c in data["counts"]}
+        store._workers = {w[0]: WorkerInfo(w[0], w[1], w[2], tuple(w[3]), *w[4:]) for w in data["workers"]}
+        return store
 
     # lifecycle
 
@@ -145,7 +243,8 @@ class MemoryBackend:
                 heapq.heappush(self._ready[queue][-negated], (available_at, seq, job_id, token))
                 continue
             job.attempts += 1
-            job.token = next(self._tokens)
+            self._last_token += 1
+            job.token = self._last_token
             job.leased = True
             job.leased_at = now
             job.worker = worker
@@ -164,6 +263,19 @@ class MemoryBackend:
                 )
             )
         return leased
+
+    def has_due(self, queues: Iterable[str], now: float) -> bool:
+        """Whether a lease of ``queues`` at ``now`` may find a job; False means it surely finds none.
+
+        For a backend that keeps this state as a replica (``nats://``): an idle worker's poll asks
+        here first, and writes nothing when there is nothing to lease."""
+        for queue in queues:
+            if queue in self._paused:
+                continue
+            for heap in self._ready.get(queue, {}).values():
+                if heap and heap[0][0] <= now:  # (a superseded entry may answer True: harmless)
+                    return True
+        return False
 
     def _live(self, job_id: str, token: int, now: float) -> _Job | None:
         job = self._jobs.get(job_id)
@@ -550,6 +662,22 @@ class MemoryBackend:
 
     async def dead_letter(self, dead_id: str) -> DeadLetter | None:
         return self._dead.get(dead_id)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def _error_data(error: ErrorInfo | None) -> list[str | None] | None:
+    return None if error is None else [error.type, error.message, error.traceback]
+
+
+def _error_from(data: list[Any] | None) -> ErrorInfo | None:
+    return None if data is None else ErrorInfo(data[0], data[1], data[2])
 
 
 _COUNTED = {Outcome.ACK: 0, Outcome.RETRY: 1, Outcome.DEAD: 2}
