@@ -87,12 +87,15 @@ class WorkerProcess:
     async def terminate(self, timeout: float) -> int:
         """SIGTERM, then the exit code (fails if the worker is still running after ``timeout``)."""
         self.process.send_signal(signal.SIGTERM)
-        await wait_until(
-            lambda: self.process.poll() is not None,
-            timeout=timeout,
-            interval=0.02,
-            message=f"worker {self.pid} to exit after SIGTERM",
-        )
+        try:
+            await wait_until(
+                lambda: self.process.poll() is not None,
+                timeout=timeout,
+                interval=0.02,
+                message=f"worker {self.pid} to exit after SIGTERM",
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its output:\n{self.output()}") from None
         return self.process.returncode
 
 

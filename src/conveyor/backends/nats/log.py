@@ -37,6 +37,9 @@ Dump = Callable[[], bytes]
 Restore = Callable[[bytes | None], None]
 logger = logging.getLogger("conveyor.backends.nats")
 
+CLOSE_GRACE = 5.0
+"""Seconds ``close`` waits for the snapshot and resync tasks it cancelled."""
+
 _UNAVAILABLE = (
     NatsTimeoutError,
     asyncio.TimeoutError,
@@ -233,9 +236,14 @@ class CommitLog:
             self._resyncing = False
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            with suppress(Exception):
-                await task
+        # A snapshot or resync still running is given up, not awaited: one can wait on an object
+        # store another instance (killed mid-write) left half-made, and hang the worker's stop. A
+        # snapshot is an optimisation: the next start restores an older one and replays.
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_GRACE)
         for future, _, _ in self._pending.values():
             if not future.done():
                 future.set_exception(BackendUnavailableError("the NATS backend was closed"))
