@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -31,6 +32,19 @@ _PLANNED = {"amqp": "RabbitMQ", "amqps": "RabbitMQ"}
 def url_options(url: str) -> dict[str, str]:
     """The query string of a backend URL as a dict (``?poll_interval=0.5&prefix=x``)."""
     return dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+
+
+def number_option(given: float | None, options: Mapping[str, str], name: str, default: float) -> float:
+    """A numeric backend option: the keyword ``given``, else the URL's ``name``, else ``default``;
+    a URL value that is not a number is a :class:`ConfigurationError` naming it."""
+    if given is not None:
+        return float(given)
+    if name not in options:
+        return default
+    try:
+        return float(options[name])
+    except ValueError:
+        raise ConfigurationError(f"URL option {name}={options[name]!r} is not a number") from None
 
 
 def open_backend(url: str, **options: Any) -> Backend:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from conveyor.backends import DEFAULT_IDEMPOTENCY_RETENTION, url_options
+from conveyor.backends import DEFAULT_IDEMPOTENCY_RETENTION, number_option, url_options
 from conveyor.backends.memory import MemoryBackend
 from conveyor.backends.nats.log import CommitLog, LogSettings
 from conveyor.model.errors import ConfigurationError
@@ -43,13 +43,6 @@ _WAKING = frozenset({"commit", "commit_and_lease", "redrive", "resume"})
 _LEASING = frozenset({"lease", "commit_and_lease"})
 """The commands that lease: applying one also answers how many arrivals its lease saw."""
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _number(options: dict[str, str], name: str, default: float, url: str) -> float:
-    try:
-        return float(options.get(name, default))
-    except ValueError as exc:
-        raise ConfigurationError(f"{name} in {url!r} is not a number") from exc
 
 
 class NatsBackend:
@@ -78,17 +71,15 @@ class NatsBackend:
             raise ConfigurationError(
                 f"NATS prefix {self.prefix!r} must be letters, digits, '-' and '_' (it names a stream)"
             )
-        if idempotency_retention is None:
-            idempotency_retention = _number(
-                options, "idempotency_retention", DEFAULT_IDEMPOTENCY_RETENTION, url
-            )
-        self.idempotency_retention = float(idempotency_retention)
+        self.idempotency_retention = number_option(
+            idempotency_retention, options, "idempotency_retention", DEFAULT_IDEMPOTENCY_RETENTION
+        )
         settings = LogSettings(
-            replicas=int(_number(options, "replicas", 1, url)),
-            duplicate_window=_number(options, "duplicate_window", 120.0, url),
-            publish_timeout=_number(options, "publish_timeout", 30.0, url),
-            max_bytes=int(_number(options, "max_bytes", -1, url)),
-            snapshot_every=int(_number(options, "snapshot_every", 10_000, url)),
+            replicas=int(number_option(None, options, "replicas", 1)),
+            duplicate_window=number_option(None, options, "duplicate_window", 120.0),
+            publish_timeout=number_option(None, options, "publish_timeout", 30.0),
+            max_bytes=int(number_option(None, options, "max_bytes", -1)),
+            snapshot_every=int(number_option(None, options, "snapshot_every", 10_000)),
         )
         if settings.publish_timeout >= settings.duplicate_window:
             raise ConfigurationError(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
-from conveyor.backends import DEFAULT_IDEMPOTENCY_RETENTION, url_options
+from conveyor.backends import DEFAULT_IDEMPOTENCY_RETENTION, number_option, url_options
 from conveyor.backends.sqlite.store import Store
 from conveyor.backends.sqlite.wakeup import Watcher
 from conveyor.model.errors import BackendError, BackendUnavailableError, ConfigurationError
@@ -74,17 +74,6 @@ def _flag(given: bool | None, options: Mapping[str, str], name: str) -> bool:
     return text in ("1", "true", "yes")
 
 
-def _option(given: float | None, options: Mapping[str, str], name: str, default: float) -> float:
-    if given is not None:
-        return float(given)
-    if name not in options:
-        return default
-    try:
-        return float(options[name])
-    except ValueError:
-        raise ConfigurationError(f"URL option {name}={options[name]!r} is not a number") from None
-
-
 class SQLiteBackend:
     """``sqlite:///path``: the embedded default, durable in one file shared by any number of
     worker processes on one machine.
@@ -121,12 +110,14 @@ class SQLiteBackend:
         self.path = database_path(url)
         options = url_options(url)
         self.create_dirs = _flag(create_dirs, options, "create_dirs")
-        self.idempotency_retention = _option(
+        self.idempotency_retention = number_option(
             idempotency_retention, options, "idempotency_retention", DEFAULT_IDEMPOTENCY_RETENTION
         )
-        self.busy_timeout = _option(busy_timeout, options, "busy_timeout", DEFAULT_BUSY_TIMEOUT)
-        self.wakeup_interval = _option(wakeup_interval, options, "wakeup_interval", DEFAULT_WAKEUP_INTERVAL)
-        self.wakeup_idle_interval = _option(
+        self.busy_timeout = number_option(busy_timeout, options, "busy_timeout", DEFAULT_BUSY_TIMEOUT)
+        self.wakeup_interval = number_option(
+            wakeup_interval, options, "wakeup_interval", DEFAULT_WAKEUP_INTERVAL
+        )
+        self.wakeup_idle_interval = number_option(
             wakeup_idle_interval, options, "wakeup_idle_interval", DEFAULT_WAKEUP_IDLE_INTERVAL
         )
         if (
